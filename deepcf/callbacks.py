@@ -1,0 +1,94 @@
+"""Callbacks: ONNX export with an onnxruntime parity check, and the loss-curve plot."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from deepcf.onnx_export import export_onnx, parity
+
+log = logging.getLogger(__name__)
+
+
+class OnnxExport(pl.Callback):
+    """At the end of fit, export the best checkpoint's weights (else the last) to ONNX.
+
+    The file is reloaded with onnxruntime and compared with PyTorch on up to `n_rows` real rows
+    of the training matrix; a difference above `atol` fails the run.
+    """
+
+    def __init__(self, path: str, atol: float = 1e-4, n_rows: int = 256):
+        self.path, self.atol, self.n_rows = Path(path), atol, n_rows
+        self.exported: Path | None = None
+        self.max_abs_diff: float | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if best and Path(best).exists():
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            net = copy.deepcopy(net).cpu()
+            net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+        dm = trainer.datamodule
+        train = dm.dataset("train").inputs
+        rows = train[: min(self.n_rows, train.shape[0])].toarray()
+        hp = pl_module.hparams
+        meta = {"deepcf.n_items": net.n_items, "deepcf.rating_min": hp.rating_min,
+                "deepcf.rating_max": hp.rating_max, "deepcf.train_mean": hp.train_mean,
+                "deepcf.orientation": dm.orientation, "deepcf.checkpoint": best or "last"}
+        export_onnx(net, self.path, torch.from_numpy(rows[:8]), meta)
+        self.max_abs_diff = parity(self.path, net, rows)
+        if not self.max_abs_diff <= self.atol:
+            raise RuntimeError(f"ONNX export {self.path}: onnxruntime differs from PyTorch by "
+                               f"{self.max_abs_diff:.3g} > {self.atol:g} on {len(rows)} rows")
+        self.exported = self.path
+        log.info("ONNX model: %s (onnxruntime parity %.2g on %d rows)", self.path,
+                 self.max_abs_diff, len(rows))
+
+
+class LossCurve(pl.Callback):
+    """Plot train/loss and val/rmse per epoch into a PNG when fit ends."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.history: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/rmse": []}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer, "train/loss")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, "val/rmse")
+
+    def _record(self, trainer, key: str) -> None:
+        value = trainer.callback_metrics.get(key)
+        if value is not None:
+            self.history[key].append((trainer.current_epoch, float(value)))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not any(self.history.values()):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, style in (("train/loss", "o-"), ("val/rmse", "s-")):
+            pts = self.history[key]
+            if pts:
+                ax.plot([e + 1 for e, _ in pts], [v for _, v in pts], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train MSE / val RMSE")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.path, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,1 @@
+"""Ratings data: readers, the RatingMatrix and its split, the synthetic generator, the DataModule."""

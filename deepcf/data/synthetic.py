@@ -1,0 +1,117 @@
+"""A seeded synthetic ratings generator with the skew of real movie ratings.
+
+Popular movies (Zipf-like item popularity), heavy and light users (log-normal activity), and
+ratings from a low-rank model plus user/item biases and noise, rounded to the star grid. Any
+size: the `movies_full` scale matches "The Movies Dataset" `ratings.csv` (270,896 users,
+45,115 movies with ids up to 176,275, 26,024,289 ratings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepcf.data.readers import RatingsTable
+from deepcf.errors import ConfigError
+
+SCALES: dict[str, dict] = {
+    "tiny": dict(n_users=300, n_items=200, n_ratings=6_000, max_item_id=None, half_stars=False),
+    "ml100k": dict(n_users=943, n_items=1_682, n_ratings=100_000, max_item_id=None,
+                   half_stars=False),
+    "movies_small": dict(n_users=671, n_items=9_066, n_ratings=100_004, max_item_id=163_949,
+                         half_stars=True),
+    "movies_full": dict(n_users=270_896, n_items=45_115, n_ratings=26_024_289,
+                        max_item_id=176_275, half_stars=True),
+}
+
+
+def scale_params(scale: str | None, **overrides) -> dict:
+    """Generator parameters for a named scale, with explicit (non-None) overrides applied."""
+    if scale is None:
+        params = dict(SCALES["tiny"])
+    elif scale in SCALES:
+        params = dict(SCALES[scale])
+    else:
+        raise ConfigError(f"data.scale={scale!r} is not one of {', '.join(SCALES)}")
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+def generate(
+    n_users: int,
+    n_items: int,
+    n_ratings: int,
+    seed: int = 0,
+    rank: int = 8,
+    noise: float = 0.6,
+    half_stars: bool = False,
+    max_item_id: int | None = None,
+    popularity_exponent: float = 1.0,
+    activity_sigma: float = 1.1,
+) -> RatingsTable:
+    """Generate `n_ratings` distinct (user, movie, rating, timestamp) rows."""
+    if min(n_users, n_items, n_ratings) <= 0:
+        raise ConfigError("data.n_users, data.n_items and data.n_ratings must be positive")
+    if n_ratings > n_users * n_items // 2:
+        raise ConfigError(
+            f"data.n_ratings={n_ratings} is too dense for {n_users} x {n_items} (at most half)"
+        )
+    rng = np.random.default_rng(seed)
+    # Item popularity: Zipf over a random permutation of the items.
+    pop = 1.0 / np.arange(1, n_items + 1, dtype=np.float64) ** popularity_exponent
+    pop = pop[rng.permutation(n_items)]
+    pop /= pop.sum()
+    act = rng.lognormal(0.0, activity_sigma, n_users)
+    act /= act.sum()
+
+    keys = np.empty(0, dtype=np.int64)
+    while len(keys) < n_ratings:
+        need = int((n_ratings - len(keys)) * 1.3) + 1024
+        u = rng.choice(n_users, size=need, p=act)
+        i = rng.choice(n_items, size=need, p=pop)
+        keys = np.unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
+    keys = np.sort(rng.choice(keys, size=n_ratings, replace=False))
+    users = (keys // n_items).astype(np.int64)
+    items = (keys % n_items).astype(np.int64)
+    del keys
+
+    # Ratings: mean + biases (popular movies rate a little higher) + low-rank taste + noise.
+    b_u = rng.normal(0.0, 0.35, n_users).astype(np.float32)
+    b_i = (rng.normal(0.0, 0.3, n_items) + 0.15 * (np.log(pop) - np.log(pop).mean())
+           / np.log(pop).std()).astype(np.float32)
+    P = rng.normal(0.0, (0.7 / rank) ** 0.5, (n_users, rank)).astype(np.float32)
+    Q = rng.normal(0.0, (0.7 / rank) ** 0.5, (n_items, rank)).astype(np.float32) * 1.5
+    ratings = np.empty(n_ratings, dtype=np.float32)
+    chunk = 2_000_000
+    for s in range(0, n_ratings, chunk):
+        u, i = users[s : s + chunk], items[s : s + chunk]
+        r = 3.55 + b_u[u] + b_i[i] + np.einsum("ij,ij->i", P[u], Q[i])
+        r += rng.normal(0.0, noise, len(u)).astype(np.float32)
+        ratings[s : s + chunk] = r
+    if half_stars:
+        np.clip(np.round(ratings * 2) / 2, 0.5, 5.0, out=ratings)
+    else:
+        np.clip(np.round(ratings), 1.0, 5.0, out=ratings)
+
+    raw_items = np.arange(1, n_items + 1, dtype=np.int64)
+    if max_item_id is not None and max_item_id > n_items:
+        raw_items = np.sort(rng.choice(np.arange(1, max_item_id + 1), n_items, replace=False))
+        raw_items[-1] = max_item_id
+    timestamps = rng.integers(789_652_009, 1_501_505_581, n_ratings, dtype=np.int64)
+    return RatingsTable(users + 1, raw_items[items], ratings, timestamps,
+                        source=f"synthetic(n_users={n_users}, n_items={n_items}, "
+                        f"n_ratings={n_ratings}, seed={seed})")
+
+
+def write_csv(table: RatingsTable, path: str | Path) -> Path:
+    """Write a table as a Movies-Dataset style `userId,movieId,rating,timestamp` CSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ts = table.timestamp if table.timestamp is not None else np.zeros(len(table), np.int64)
+    frame = pd.DataFrame(
+        {"userId": table.user, "movieId": table.item, "rating": table.rating, "timestamp": ts}
+    )
+    frame.to_csv(path, index=False, float_format="%g", chunksize=1_000_000)
+    return path

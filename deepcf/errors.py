@@ -1,0 +1,33 @@
+"""Errors that reach the user as one clear line (principle 5: errors at the door)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+
+class DeepCFError(Exception):
+    """A problem with the user's input (file, config, model/data mismatch).
+
+    The message is complete on its own: it names the file, line or key. The command-line entry
+    points print it as one line and exit with status 2 instead of showing a traceback.
+    """
+
+
+class DataError(DeepCFError):
+    """A ratings or titles file that cannot be used as it is."""
+
+
+class ConfigError(DeepCFError):
+    """A config value that cannot work."""
+
+
+@contextmanager
+def one_line_errors(prog: str = "deepcf"):
+    """Turn DeepCFError into `prog: error: message` on stderr and exit status 2."""
+    try:
+        yield
+    except DeepCFError as e:
+        msg = " ".join(str(e).split())
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,42 @@
+"""Logger factories that keep runs from failing or hanging for want of a network."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+
+log = logging.getLogger(__name__)
+
+
+def wandb_api_key_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(mode: str = "auto", **kwargs):
+    """A WandbLogger that runs offline unless an API key is set and mode allows online.
+
+    mode: "auto" (online only with an API key, else offline), "online", "offline", "disabled".
+    WANDB_MODE in the environment wins over the config. Offline runs land in the run dir and
+    can be uploaded later with `wandb sync <run dir>/wandb/offline-run-*`.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        mode = env_mode
+    elif mode == "auto":
+        mode = "online" if wandb_api_key_present() else "offline"
+    if mode == "online" and not wandb_api_key_present():
+        log.warning("wandb: no API key found; running offline")
+        mode = "offline"
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
+    offline = mode in ("offline", "disabled")
+    return WandbLogger(offline=offline, mode=mode, **kwargs)

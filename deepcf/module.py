@@ -1,0 +1,144 @@
+"""The LightningModule: the autoencoder, its masked MSE, and honest held-out metrics.
+
+- Training loss: masked MSE, mean squared error over the observed ratings of the batch only.
+- val/test: the input is each row's training ratings, the targets its held-out ratings.
+  Predictions are clipped to the rating range; a held-out rating whose row or column has no
+  training rating gets the declared fallback (the training mean) and is counted
+  (`*/n_fallback`). RMSE = sqrt(sum of squared errors / number of ratings) over the whole split,
+  accumulated across batches and devices (not a mean of batch RMSEs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
+
+from deepcf.models.autoencoder import AutoEncoder, init_weights
+from deepcf.models.noise import check_noise, corrupt
+
+
+def _plain(conf: Any) -> Any:
+    """DictConfig/ListConfig -> plain Python containers; anything else as it is."""
+    if isinstance(conf, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(conf, resolve=True)
+    return conf
+
+
+def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Batch row of each entry of a flat (idx, val, off) batch, without a host sync."""
+    counts = torch.diff(off, append=off.new_tensor([nnz]))
+    return torch.repeat_interleave(torch.arange(len(off), device=off.device), counts,
+                                   output_size=nnz)
+
+
+class AutoRecModule(pl.LightningModule):
+    def __init__(
+        self,
+        n_items: int,
+        hidden: list[int] = (512, 256, 128),
+        activation: str = "selu",
+        tied: bool = False,
+        dropout: float = 0.0,
+        linear_last: bool = True,
+        init: dict | None = None,
+        noise: dict | None = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        rating_min: float = 1.0,
+        rating_max: float = 5.0,
+        train_mean: float = 3.5,
+    ):
+        super().__init__()
+        init, noise = _plain(init) or {}, _plain(noise) or {"kind": "none"}
+        check_noise(**noise)
+        # plain containers only: checkpoints then load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            dict(n_items=n_items, hidden=list(hidden), activation=activation, tied=tied,
+                 dropout=dropout, linear_last=linear_last, init=init, noise=noise,
+                 optimizer=_plain(optimizer), scheduler=_plain(scheduler),
+                 rating_min=float(rating_min), rating_max=float(rating_max),
+                 train_mean=float(train_mean)),
+            logger=False,
+        )
+        self.net = AutoEncoder(n_items, hidden, activation, tied, dropout, linear_last)
+        init_weights(self.net, **init)
+        self.noise = noise
+        for split in ("val", "test"):
+            setattr(self, f"{split}_rmse", MeanSquaredError(squared=False))
+            setattr(self, f"{split}_mae", MeanAbsoluteError())
+            setattr(self, f"{split}_n", SumMetric())
+            setattr(self, f"{split}_fallback", SumMetric())
+        self.val_rmse_best = MinMetric()
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
+        row = entry_rows(off, len(idx))
+        c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
+        pred = self.net.forward_sparse(c_idx, c_val, c_off, row, idx)
+        loss = F.mse_loss(pred, val)  # masked MSE: only observed ratings are targets
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=len(idx))  # epoch value = sum sq err / number of ratings
+        return loss
+
+    # -- held-out scoring -------------------------------------------------------------------
+    def predict_targets(self, batch: dict) -> torch.Tensor:
+        """Clipped predictions at the batch's held-out positions, fallback where cold."""
+        pred = self.net.forward_sparse(batch["in_idx"], batch["in_val"], batch["in_off"],
+                                       batch["tgt_row"], batch["tgt_idx"])
+        pred = pred.clamp(self.hparams.rating_min, self.hparams.rating_max)
+        return torch.where(batch["tgt_cold"], pred.new_tensor(self.hparams.train_mean), pred)
+
+    def _eval_step(self, split: str, batch: dict) -> None:
+        pred, target = self.predict_targets(batch), batch["tgt_val"]
+        getattr(self, f"{split}_rmse").update(pred, target)
+        getattr(self, f"{split}_mae").update(pred, target)
+        getattr(self, f"{split}_n").update(target.new_tensor(float(len(target))))
+        getattr(self, f"{split}_fallback").update(batch["tgt_cold"].sum().float())
+
+    def _eval_log(self, split: str) -> torch.Tensor:
+        rmse = getattr(self, f"{split}_rmse").compute()
+        self.log(f"{split}/rmse", rmse, prog_bar=True)
+        self.log(f"{split}/mae", getattr(self, f"{split}_mae").compute())
+        self.log(f"{split}/n_ratings", getattr(self, f"{split}_n").compute())
+        self.log(f"{split}/n_fallback", getattr(self, f"{split}_fallback").compute())
+        for name in ("rmse", "mae", "n", "fallback"):
+            getattr(self, f"{split}_{name}").reset()
+        return rmse
+
+    def on_train_start(self) -> None:
+        self.val_rmse_best.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        # the sanity-check value is dropped by the reset in on_train_start
+        self.val_rmse_best.update(self._eval_log("val"))
+        self.log("val/rmse_best", self.val_rmse_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_log("test")
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_cfg = self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        optimizer = instantiate({**opt_cfg, "_partial_": False}, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate({**self.hparams.scheduler, "_partial_": False},
+                                optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler,
+                             "interval": "epoch", "frequency": 1, "monitor": "val/rmse"},
+        }
