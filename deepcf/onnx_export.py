@@ -3,6 +3,12 @@
 The graph is the dense full-width forward: input `ratings` (batch, n_items) with unrated entries
 0, output `predictions` (batch, n_items), the batch axis dynamic. Facts a scorer needs (rating
 range, training mean, orientation, sizes) are stored as ONNX metadata properties.
+
+Everything a scorer needs later travels in a sidecar next to the model, `model.onnx` ->
+`model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw user and movie
+ids of the training matrix, titles when the source has them, rating range, training mean,
+orientation, and each movie's training rating count (popularity). `export_checked` writes model and
+sidecar together; the training callback and `python -m deepcf.generate` both call it.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+
+from deepcf.errors import DeepCFError
 
 log = logging.getLogger(__name__)
 INPUT, OUTPUT = "ratings", "predictions"
@@ -55,11 +65,112 @@ def onnx_session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray) -> float:
-    """Max |onnxruntime - PyTorch| over the dense `rows`."""
+def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray,
+           rtol: float = 1e-6) -> float:
+    """max |onnxruntime - PyTorch| - rtol * max |PyTorch| over the dense `rows`.
+
+    For outputs on the rating scale this is the plain max abs difference (to ~5e-6); the rtol
+    term only forgives the float32 rounding of a model whose outputs are huge (a diverged run's
+    outputs of 1e5 carry rounding of ~1e-2), which no absolute bound can hold.
+    """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     ours = onnx_session(path).run([OUTPUT], {INPUT: rows})[0]
     net = copy.deepcopy(net).cpu().float().eval()
     with torch.no_grad():
         ref = net(torch.from_numpy(rows)).numpy()
-    return float(np.abs(ours - ref).max())
+    return float(max(np.abs(ours - ref).max() - rtol * np.abs(ref).max(), 0.0))
+
+
+SIDECAR_SUFFIX = ".deepcf.npz"
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """What a scorer needs besides the graph; users x movies terms whatever the orientation."""
+
+    user_ids: np.ndarray  # raw user id of each training-matrix row
+    item_ids: np.ndarray  # raw movie id of each training-matrix column (the model's movie order)
+    titles: np.ndarray | None  # title per movie ("" when unknown), None when the source has none
+    rating_min: float
+    rating_max: float
+    train_mean: float
+    orientation: str  # "user": model rows are users; "item": model rows are movies
+    item_train_count: np.ndarray  # training ratings per movie (popularity)
+
+    @property
+    def width(self) -> int:
+        """The model's input width: movies for orientation=user, users for orientation=item."""
+        return len(self.item_ids) if self.orientation == "user" else len(self.user_ids)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def card_from_datamodule(dm) -> ModelCard:
+    """The card of a set-up RatingsDataModule (its matrix and split)."""
+    m, train = dm.matrix, dm.split.train
+    return ModelCard(
+        user_ids=np.asarray(m.user_ids, np.int64), item_ids=np.asarray(m.item_ids, np.int64),
+        titles=None if m.titles is None else np.asarray(m.titles, dtype=str),
+        rating_min=float(m.rating_min), rating_max=float(m.rating_max),
+        train_mean=float(dm.train_mean), orientation=dm.orientation,
+        item_train_count=np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64),
+    )
+
+
+def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
+    path = sidecar_path(model_path)
+    arrays = {
+        "version": np.array(SIDECAR_VERSION), "user_ids": card.user_ids,
+        "item_ids": card.item_ids,
+        "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
+        "train_mean": np.array(card.train_mean, np.float64),
+        "orientation": np.array(card.orientation), "item_train_count": card.item_train_count,
+    }
+    if card.titles is not None:
+        arrays["titles"] = np.asarray(card.titles, dtype=str)
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
+        np.savez(f, **arrays)
+    return path
+
+
+def read_sidecar(model_path: str | Path) -> ModelCard:
+    path = sidecar_path(model_path)
+    if not path.exists():
+        raise DeepCFError(f"{path}: no such file (the sidecar of {model_path}; recreate both "
+                          f"with `python -m deepcf.generate RUN_DIR`)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            lo, hi = (float(x) for x in z["rating_range"])
+            return ModelCard(
+                user_ids=z["user_ids"], item_ids=z["item_ids"],
+                titles=z.get("titles"), rating_min=lo, rating_max=hi,
+                train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
+                item_train_count=z["item_train_count"],
+            )
+    except (KeyError, ValueError, OSError) as e:
+        raise DeepCFError(f"{path}: not a deepcf sidecar ({e})") from None
+
+
+def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_matrix,
+                   card: ModelCard, checkpoint: str = "last", atol: float = 1e-4,
+                   n_rows: int = 256) -> float:
+    """Export `net` to `path` with its sidecar; fail if onnxruntime and PyTorch differ.
+
+    The check runs on up to `n_rows` real rows of `train_rows` (the model-oriented training
+    matrix). Returns the max abs difference.
+    """
+    rows = train_rows[: min(n_rows, train_rows.shape[0])].toarray()
+    meta = {"deepcf.n_items": net.n_items, "deepcf.rating_min": card.rating_min,
+            "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
+            "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,
+            "deepcf.sidecar": sidecar_path(path).name}
+    export_onnx(net, path, torch.from_numpy(rows[:8]), meta)
+    diff = parity(path, net, rows)
+    if not diff <= atol:
+        raise RuntimeError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
+                           f"{diff:.3g} > {atol:g} on {len(rows)} rows")
+    write_sidecar(path, card)
+    return diff

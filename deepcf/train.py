@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import deepcf  # noqa: F401  (registers config resolvers)
-from deepcf.errors import ConfigError, one_line_errors
+from deepcf.errors import ConfigError, DeepCFError, one_line_errors
 
 log = logging.getLogger("deepcf.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -34,15 +34,30 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
+def build(conf: DictConfig, key: str, **kwargs):
+    """hydra.utils.instantiate, with failures reported as one line naming the config key."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
 
+    try:
+        return instantiate(conf, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DeepCFError):
+            raise cause from None
+        raise ConfigError(f"{key}: {cause if cause is not None else e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+
+
+def _build_all(group: DictConfig | None, key: str) -> list:
     out = []
     for name, conf in (group or {}).items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
-            out.append(instantiate(conf))
+            out.append(build(conf, f"{key}.{name}"))
         elif conf is not None:
-            raise ConfigError(f"{name}: expected a config with _target_, got {conf!r}")
+            raise ConfigError(f"{key}.{name}: expected a config with _target_, got {conf!r}")
     return out
 
 
@@ -58,7 +73,6 @@ def experiment_name(cfg: DictConfig) -> str:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test from a composed config; returns the final metrics as floats."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
     _quiet_lightning()
     out_dir = Path(cfg.paths.output_dir)
@@ -66,18 +80,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    dm = instantiate(cfg.data)
+    dm = build(cfg.data, "data")
     dm.setup("fit")
     lo, hi = dm.rating_range
-    model = instantiate(cfg.model, n_items=dm.n_cols, rating_min=lo, rating_max=hi,
-                        train_mean=dm.train_mean)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    model = build(cfg.model, "model", n_items=dm.n_cols, rating_min=lo, rating_max=hi,
+                  train_mean=dm.train_mean)
+    callbacks = _build_all(cfg.get("callbacks"), "callbacks")
+    loggers = _build_all(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks,
+                                logger=loggers or False)
 
-    OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+    resolved = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(resolved)
 
     metrics: dict[str, float] = {}
     try:
@@ -139,5 +156,56 @@ def main(cfg: DictConfig) -> float | None:
         return None if value is None else float(value)
 
 
+_HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--version",
+                "-p", "--package", "--shell-completion", "-sc", "--config-path", "-cp",
+                "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Keys left at ??? (without resolving interpolations, which need a running Hydra)."""
+    out = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            out.append(full)
+        else:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                out += _missing_keys(child, f"{full}.")
+    return out
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose the config up front so that a wrong key, an unknown choice or a missing
+    mandatory value is one line naming it, not Hydra's multi-line report. Each value of a swept
+    override is checked with the first value of the others."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+        return  # Hydra's own modes (help, --cfg, ...) report for themselves
+    try:
+        parsed = [o for o in OverridesParser.create().parse_overrides(
+            [a for a in args if not a.startswith("-")]) if not o.key_or_group.startswith("hydra")]
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override()
+                  else [o.get_value_element_as_str()] for o in parsed]
+        base = [f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
+        variants = [base] + [base[:i] + [f"{o.get_key_element()}={x}"] + base[i + 1:]
+                             for i, (o, v) in enumerate(zip(parsed, values)) for x in v[1:]]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            for overrides in variants[:64]:
+                cfg = compose(config_name="train", overrides=overrides)
+                missing = _missing_keys(cfg)
+                if missing:
+                    raise ConfigError(f"missing value for {', '.join(missing)} "
+                                      f"(set it on the command line: {missing[0]}=...)")
+    except ConfigError:
+        raise
+    except Exception as e:  # Hydra raises several types; all mean "this override is wrong"
+        raise ConfigError(str(e).split("Config search path")[0]) from None
+
+
 if __name__ == "__main__":
+    with one_line_errors("deepcf.train"):
+        check_overrides(sys.argv[1:])
     sys.exit(main())

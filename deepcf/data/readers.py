@@ -47,8 +47,11 @@ def _norm(name: str) -> str:
     return name.strip().split(":")[0].strip().lower()
 
 
-def _sniff(first_line: str) -> tuple[str, bool]:
-    """Return (separator, has_header) from the first line of a file."""
+def _sniff(first_line: str, numeric_fields: int = 3) -> tuple[str, bool]:
+    """Return (separator, has_header) from the first line of a file.
+
+    A line whose first `numeric_fields` fields are all numbers is data, not a header.
+    """
     if "::" in first_line:
         sep = "::"
     elif "\t" in first_line:
@@ -60,7 +63,7 @@ def _sniff(first_line: str) -> tuple[str, bool]:
     else:
         sep = r"\s+"
     fields = first_line.split(sep) if sep != r"\s+" else first_line.split()
-    has_header = not all(_is_number(f) for f in fields[:3])
+    has_header = not all(_is_number(f) for f in fields[:numeric_fields])
     return sep, has_header
 
 
@@ -81,7 +84,7 @@ def _find(columns: list[str], aliases: tuple[str, ...]) -> int | None:
 
 
 def _read_table(
-    path: Path, encoding: str = "utf-8", data: bytes | None = None
+    path: Path, encoding: str = "utf-8", data: bytes | None = None, numeric_fields: int = 3
 ) -> tuple[pd.DataFrame, bool]:
     """Read a delimited file (or its bytes, named `path`); return (frame, has_header)."""
     if data is None:
@@ -96,7 +99,7 @@ def _read_table(
     first = head.decode(encoding, errors="replace").strip("\r\n")
     if not first.strip():
         raise DataError(f"{path}: file is empty")
-    sep, has_header = _sniff(first)
+    sep, has_header = _sniff(first, numeric_fields)
     source: io.BytesIO | Path = path if data is None else io.BytesIO(data)
     if sep == "::":  # pandas' C reader takes one-character separators only
         raw = path.read_bytes() if data is None else data
@@ -149,7 +152,7 @@ def _ids(s: pd.Series, name: str, path: Path, has_header: bool) -> np.ndarray:
         frac = v != np.floor(v)
         if frac.any():
             i = int(np.flatnonzero(frac)[0])
-            raise DataError(f"{path}:{i + offset}: {name} {v[i]!r} is not an integer id")
+            raise DataError(f"{path}:{i + offset}: {name} {v[i]:g} is not an integer id")
     return v.astype(np.int64)
 
 
@@ -223,7 +226,7 @@ def read_titles(path: str | Path, data: bytes | None = None) -> dict[int, str]:
     """
     path = Path(path).expanduser()
     encoding = "latin-1" if path.name == "u.item" else "utf-8"
-    frame, has_header = _read_table(path, encoding=encoding, data=data)
+    frame, has_header = _read_table(path, encoding=encoding, data=data, numeric_fields=1)
     cols = [str(c) for c in frame.columns]
     if has_header:
         i_id, i_title = _find(cols, ITEM_ALIASES + ("id",)), _find(cols, TITLE_ALIASES)

@@ -1,0 +1,52 @@
+"""Shared fixtures: configs composed the way `python -m deepcf.train` composes them.
+
+Importing torch + Lightning + Hydra costs seconds per process, so tests run in-process where they
+can and share the expensive pieces at session scope.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from deepcf.train import CONF_DIR
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session (ML-100K wheel, parsed matrices), never the user's."""
+    return tmp_path_factory.mktemp("deepcf-cache")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """make_cfg(*overrides) -> a composed train config writing into tmp_path."""
+
+    def _make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(overrides),
+                          return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or tmp_path / "run")
+            cfg.paths.cache_dir = str(cache_dir)
+            cfg.trainer.accelerator = "cpu"
+            cfg.trainer.enable_progress_bar = False
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
