@@ -31,3 +31,24 @@ lint: install
 
 clean:
 	rm -rf outputs .pytest_cache
+
+# the newest run dir with a model.onnx (any task), or RUN=outputs/<task>/runs/<timestamp>
+RUN     ?= $(shell ls -t outputs/*/runs/*/model.onnx 2>/dev/null | head -1 | xargs -r dirname)
+USER_ID ?= 196
+.PHONY: evaluate recommend
+
+# held-out RMSE/MAE and ranking metrics of the newest trained model on its own test split
+evaluate: install
+	@test -n "$(RUN)" || { echo "make evaluate: no model.onnx under outputs/; run make train first" >&2; exit 2; }
+	$(PY) -m deepcf.evaluate $(RUN)
+
+# top-10 unseen movies with titles for one user of the newest trained model's data
+recommend: install
+	@test -n "$(RUN)" || { echo "make recommend: no model.onnx under outputs/; run make train first" >&2; exit 2; }
+	$(PY) -m deepcf.recommend $(RUN) --user $(USER_ID) -n 10
+
+# the study's five experiments and the beyond ones, 3 seeds each, next to the baselines;
+# rewrites the table in README.md
+experiments: install
+	rm -rf outputs/experiments
+	$(PY) -m deepcf.experiments --seeds 1 2 3 --update-readme README.md

@@ -53,16 +53,12 @@ class LossCurve(pl.Callback):
         self.history: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/rmse": []}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._record(trainer, "train/loss")
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._record(trainer, "val/rmse")
-
-    def _record(self, trainer, key: str) -> None:
-        value = trainer.callback_metrics.get(key)
-        if value is not None:
-            self.history[key].append((trainer.current_epoch, float(value)))
+        # the epoch's validation has run by now (callbacks' on_validation_epoch_end runs before
+        # the module logs val/rmse, so reading it there would lag by one epoch)
+        for key in self.history:
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                self.history[key].append((trainer.current_epoch, float(value)))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not any(self.history.values()):
@@ -79,6 +75,7 @@ class LossCurve(pl.Callback):
                 ax.plot([e + 1 for e, _ in pts], [v for _, v in pts], style, label=key)
         ax.set_xlabel("epoch")
         ax.set_ylabel("train MSE / val RMSE")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

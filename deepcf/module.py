@@ -30,6 +30,13 @@ def _plain(conf: Any) -> Any:
     return conf
 
 
+def clip_or_fallback(pred: torch.Tensor, cold: torch.Tensor, rating_min: float,
+                     rating_max: float, fallback: float) -> torch.Tensor:
+    """The held-out protocol: clip to the rating range; the declared fallback where cold."""
+    pred = pred.clamp(rating_min, rating_max)
+    return torch.where(cold, pred.new_tensor(fallback), pred)
+
+
 def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
     """Batch row of each entry of a flat (idx, val, off) batch, without a host sync."""
     counts = torch.diff(off, append=off.new_tensor([nnz]))
@@ -92,8 +99,9 @@ class AutoRecModule(pl.LightningModule):
         """Clipped predictions at the batch's held-out positions, fallback where cold."""
         pred = self.net.forward_sparse(batch["in_idx"], batch["in_val"], batch["in_off"],
                                        batch["tgt_row"], batch["tgt_idx"])
-        pred = pred.clamp(self.hparams.rating_min, self.hparams.rating_max)
-        return torch.where(batch["tgt_cold"], pred.new_tensor(self.hparams.train_mean), pred)
+        hp = self.hparams
+        return clip_or_fallback(pred, batch["tgt_cold"], hp.rating_min, hp.rating_max,
+                                hp.train_mean)
 
     def _eval_step(self, split: str, batch: dict) -> None:
         pred, target = self.predict_targets(batch), batch["tgt_val"]

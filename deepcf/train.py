@@ -185,10 +185,18 @@ def check_overrides(args: list[str]) -> None:
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         return  # Hydra's own modes (help, --cfg, ...) report for themselves
     try:
-        parsed = [o for o in OverridesParser.create().parse_overrides(
-            [a for a in args if not a.startswith("-")]) if not o.key_or_group.startswith("hydra")]
-        values = [list(o.sweep_string_iterator()) if o.is_sweep_override()
-                  else [o.get_value_element_as_str()] for o in parsed]
+        parsed, values = [], []
+        for o in OverridesParser.create().parse_overrides(
+                [a for a in args if not a.startswith("-")]):
+            if o.key_or_group.startswith("hydra"):
+                continue
+            try:
+                v = list(o.sweep_string_iterator()) if o.is_sweep_override() else \
+                    [o.get_value_element_as_str()]
+            except Exception:  # glob() and interval() need Hydra's loader or a sweeper plugin
+                continue
+            parsed.append(o)
+            values.append(v)
         base = [f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
         variants = [base] + [base[:i] + [f"{o.get_key_element()}={x}"] + base[i + 1:]
                              for i, (o, v) in enumerate(zip(parsed, values)) for x in v[1:]]

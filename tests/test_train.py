@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from deepcf.train import CONF_DIR, build, train
 
@@ -162,3 +163,24 @@ def test_cli_config_mistakes_are_one_line(tmp_path, args, message):
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("deepcf.train: error: ") and message in line
+
+
+@pytest.mark.parametrize("search", sorted(p.stem for p in (Path(CONF_DIR) / "hparams_search")
+                                           .glob("*.yaml")))
+def test_hparams_search_configs_compose_into_a_multirun(make_cfg, search):
+    from hydra.types import RunMode
+
+    cfg = make_cfg("experiment=item_autorec", f"hparams_search={search}")
+    assert cfg.hydra.mode == RunMode.MULTIRUN
+    params = cfg.hydra.sweeper.params
+    assert params and all(str(k).split(".")[0] in ("model", "data") for k in params)
+    for key in params:  # every swept key exists in the composed config
+        assert OmegaConf.select(cfg, str(key)) is not None, key
+
+
+@pytest.mark.slow
+def test_cli_sweep_over_every_experiment(tmp_path, cache_dir):
+    r = _cli("-m", "experiment=glob(*)", "debug=fast_dev_run", "callbacks.onnx_export=null",
+             f"paths.cache_dir={cache_dir}", f"paths.log_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("test RMSE") == len(EXPERIMENTS)

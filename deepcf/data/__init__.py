@@ -1,1 +1,1 @@
-"""Ratings data: readers, the RatingMatrix and its split, the synthetic generator, the DataModule."""
+"""Ratings data: readers, RatingMatrix and its split, the synthetic generator, the DataModule."""

@@ -1,0 +1,131 @@
+"""Run named experiments over several seeds and tabulate test RMSE next to the baselines.
+
+    python -m deepcf.experiments                       # the five study experiments + beyond
+    python -m deepcf.experiments --seeds 1 2 3 --update-readme
+
+Each (experiment, seed) is one job of a Hydra multirun of `python -m deepcf.train`, so the
+numbers are exactly what that command produces; the seed also picks the random 80/10/10 split,
+and the baselines are scored on the same splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deepcf.errors import one_line_errors
+
+STUDY = ["first_test_run", "RMSprop_test_tied", "better_init_tied", "scheduler_lr",
+         "denoising_test"]
+BEYOND = ["item_autorec"]
+BEGIN, END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+
+
+def run_sweep(experiments: list[str], seeds: list[int], out: Path, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "deepcf.train", "-m", f"experiment={','.join(experiments)}",
+           f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={out}", *extra]
+    print("+", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def collect(out: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for f in sorted(out.glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        runs.setdefault(m["experiment"], []).append(m)
+    return runs
+
+
+def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dict]]:
+    """Baseline scores on the same data and splits as the runs (one per seed)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from deepcf.baselines import baseline_scores
+    from deepcf.train import CONF_DIR
+
+    out: dict[str, list[dict]] = {}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for seed in seeds:
+            cfg = compose(config_name="train", overrides=[f"seed={seed}", *data_overrides])
+            dm = instantiate(cfg.data)
+            dm.setup()
+            lo, hi = dm.rating_range
+            for name, s in baseline_scores(dm.split.train, dm.split.test, lo, hi).items():
+                out.setdefault(name, []).append({"test/rmse": s["rmse"], "test/mae": s["mae"]})
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    v = np.array(values, dtype=float)
+    if np.isnan(v).any():
+        return f"diverged ({int(np.isnan(v).sum())}/{len(v)} NaN)"
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+
+def table(runs: dict[str, list[dict]], base: dict[str, list[dict]], order: list[str]) -> str:
+    lines = ["| experiment | test RMSE | test MAE | best val RMSE | epochs | seeds |",
+             "|---|---|---|---|---|---|"]
+    for name in [*base, *order]:
+        rs = base.get(name) or runs.get(name)
+        if not rs:
+            continue
+        label = f"*{name}* (baseline)" if name in base else f"`{name}`"
+        val = "" if name in base else _ms([r.get("val/rmse_best", np.nan) for r in rs])
+        epochs = "" if name in base else "/".join(str(r["epochs"]) for r in rs)
+        lines.append(f"| {label} | {_ms([r['test/rmse'] for r in rs])} | "
+                     f"{_ms([r['test/mae'] for r in rs])} | {val} | {epochs} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, text: str) -> None:
+    body = readme.read_text()
+    if BEGIN not in body or END not in body:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to replace")
+    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
+                 lambda _: f"{BEGIN}\n{text}\n{END}", body, flags=re.S)
+    readme.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m deepcf.experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=STUDY + BEYOND)
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--out", type=Path, default=Path("outputs/experiments"))
+    p.add_argument("--data", nargs="*", default=[],
+                   help="data overrides for runs and baselines, e.g. data=ratings_csv "
+                        "data.path=ratings_small.csv")
+    p.add_argument("--reuse", action="store_true", help="tabulate existing runs in --out")
+    p.add_argument("--update-readme", type=Path, nargs="?", const=Path("README.md"))
+    p.add_argument("overrides", nargs="*", help="more overrides for every run")
+    args = p.parse_args(argv)
+    with one_line_errors("deepcf.experiments"):
+        if not args.reuse:
+            if args.out.exists() and any(args.out.glob("*/metrics.json")):
+                raise SystemExit(f"{args.out} already holds runs: pass --reuse to tabulate "
+                                 f"them, or choose another --out")
+            run_sweep(args.experiments, args.seeds, args.out.resolve(),
+                      [*args.data, *args.overrides])
+        runs = collect(args.out)
+        seeds = sorted({r["seed"] for rs in runs.values() for r in rs}) or args.seeds
+        text = table(runs, baselines(seeds, args.data), args.experiments)
+        cmd = "python -m deepcf.experiments " + " ".join(
+            ["--seeds", *map(str, seeds)] + (["--data", *args.data] if args.data else [])
+            + args.overrides)
+        text = f"{text}\n\nProduced by `{cmd.strip()}` (mean ± std over seeds; each seed is " \
+               f"also the split seed)."
+        (args.out / "table.md").write_text(text + "\n")
+        print(text)
+        if args.update_readme:
+            update_readme(args.update_readme, text)
+
+
+if __name__ == "__main__":
+    main()

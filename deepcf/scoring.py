@@ -1,0 +1,147 @@
+"""Chunked scoring: predicted ratings for users straight from a users x movies CSR.
+
+Only a chunk of rows is ever dense (chunk x width float32), never the whole matrix, so scoring
+works at 270,896 x 45,115 within a few GB. The ONNX model is the scorer of record; the PyTorch
+net scores through the same interface for parity checks and the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+from deepcf.errors import DataError, DeepCFError
+from deepcf.onnx_export import INPUT, OUTPUT
+
+
+class UnknownUserError(DeepCFError):
+    """A user id that neither the model nor the ratings know."""
+
+
+class UnknownMovieError(DataError):
+    """A movie id the model never saw in training."""
+
+
+class ModelDataMismatch(DeepCFError):
+    """An ONNX model, its sidecar and the ratings disagree on the movies (or users)."""
+
+
+def densify(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Rows of X as a dense float32 block (unrated entries 0), the model's input."""
+    return X[rows].toarray().astype(np.float32, copy=False)
+
+
+def densify_flat(idx, val, off, n_rows: int, width: int) -> np.ndarray:
+    """The dense block of a flat (column ids, ratings, offsets) batch, as RowBatches serves it."""
+    idx, val, off = (np.asarray(a) for a in (idx, val, off))
+    counts = np.diff(np.append(off, len(idx)))
+    dense = np.zeros((n_rows, width), np.float32)
+    dense[np.repeat(np.arange(n_rows), counts), idx] = val
+    return dense
+
+
+class OnnxScorer:
+    """onnxruntime session over the exported dense forward; `scorer(block) -> predictions`."""
+
+    def __init__(self, path, threads: int = 0):
+        import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import (
+            Fail,
+            InvalidArgument,
+            InvalidGraph,
+            InvalidProtobuf,
+            NoSuchFile,
+        )
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default, one per physical core
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as e:
+            raise DeepCFError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})"
+                              ) from None
+        width = self.session.get_inputs()[0].shape[1]
+        if not isinstance(width, int):
+            raise DeepCFError(f"{path}: input width is not fixed ({width!r}); not a deepcf model")
+        self.width, self.path = width, str(path)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {INPUT: block})[0]
+
+
+class TorchScorer:
+    """The PyTorch net's dense forward (eager), same interface as OnnxScorer."""
+
+    def __init__(self, net):
+        import torch
+
+        self.torch, self.net = torch, net.eval()
+        self.width = net.n_items
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.net(self.torch.from_numpy(block)).numpy()
+
+
+class UserScores:
+    """Predicted ratings of users (rows of X, users x movies) for every movie, in chunks.
+
+    orientation="user": a user's row is the model input. orientation="item": the model's rows are
+    movies and its columns users, so a user's scores are one column of the output over all movie
+    rows; each call then runs every movie through the model once.
+    """
+
+    def __init__(self, scorer, X: sp.csr_matrix, orientation: str = "user", chunk: int = 1024):
+        self.scorer, self.X, self.orientation, self.chunk = scorer, X, orientation, chunk
+        self.n_movies = X.shape[1]
+        self.XT = X.T.tocsr() if orientation == "item" else None
+
+    def block(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_movies) float32 predictions, unclipped."""
+        if self.orientation == "user":
+            return self.scorer(densify(self.X, users))
+        out = np.empty((len(users), self.n_movies), np.float32)
+        for s in range(0, self.n_movies, self.chunk):
+            movies = np.arange(s, min(s + self.chunk, self.n_movies))
+            out[:, movies] = self.scorer(densify(self.XT, movies))[:, users].T
+        return out
+
+    def chunks(self, users: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(users of the chunk, their scores) for `users` in order."""
+        step = self.chunk
+        if self.orientation == "item":  # each block costs a full pass over the movies
+            step = max(self.chunk, (256 << 20) // (4 * max(self.n_movies, 1)))
+        for s in range(0, len(users), step):
+            part = users[s : s + step]
+            yield part, self.block(part)
+
+
+def top_k_unseen(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns per row after setting each row's `seen` columns to -inf (in place).
+
+    Returns (movie indices, scores), best first; where a row has fewer than k unseen movies the
+    tail is index -1 with score -inf.
+    """
+    n, width = scores.shape
+    seen = seen.tocsr()
+    scores[np.repeat(np.arange(n), np.diff(seen.indptr)), seen.indices] = -np.inf
+    k = min(k, width)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    idx, vals = np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    idx[np.isneginf(vals)] = -1
+    return idx, vals
+
+
+def popular_unseen(item_count: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
+    """The k movies with the most training ratings that are not in `seen` (movie indices)."""
+    order = np.argsort(-item_count, kind="stable")
+    if len(seen):
+        order = order[~np.isin(order, seen)]
+    return order[:k]
