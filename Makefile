@@ -52,3 +52,9 @@ recommend: install
 experiments: install
 	rm -rf outputs/experiments
 	$(PY) -m deepcf.experiments --seeds 1 2 3 --update-readme README.md
+
+# deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
+# ratings) and ML-100K; rewrites BENCHMARKS.md (~10 min on 2 cores; not part of `make test`)
+.PHONY: bench
+bench: install
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md

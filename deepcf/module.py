@@ -1,6 +1,15 @@
 """The LightningModule: the autoencoder, its masked MSE, and honest held-out metrics.
 
 - Training loss: masked MSE, mean squared error over the observed ratings of the batch only.
+- Training path (`model.train_path`): `sparse` computes on the U movies a batch touches
+  (`AutoEncoder.forward_rows`: sparse first layer, decoder at the observed ratings only);
+  `dense` builds the (batch, n_items) rows and the mask, the textbook masked-MSE computation;
+  `auto` takes dense when n_items <= DENSE_MAX_ITEMS, sparse otherwise; the bench found sparse
+  no slower even at ML-100K's 1,682 movies, so the threshold is 0 (see BENCHMARKS.md).
+- Gradients of the movie-indexed weights (`model.sparse_grad`): row-sparse when the optimizer
+  can take them (`deepcf.optim.takes_sparse_grads`: LazyAdam, plain SGD), so that the update
+  also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with momentum), automatically
+  with `auto`, and a ConfigError with `true`.
 - val/test: the input is each row's training ratings, the targets its held-out ratings.
   Predictions are clipped to the rating range; a held-out rating whose row or column has no
   training rating gets the declared fallback (the training mean) and is counted
@@ -10,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,8 +29,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
 
+from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import check_noise, corrupt
+from deepcf.optim import takes_sparse_grads
+
+log = logging.getLogger(__name__)
+
+TRAIN_PATHS = ("auto", "sparse", "dense")
+# `train_path=auto` trains dense up to this many columns. `make bench` measures both: at
+# ML-100K's 1,682 movies the sparse step is already as fast as tuned dense rows (BENCHMARKS.md),
+# at 45k movies many times faster, so auto means sparse; `train_path=dense` stays selectable.
+DENSE_MAX_ITEMS = 0
 
 
 def _plain(conf: Any) -> Any:
@@ -60,19 +80,39 @@ class AutoRecModule(pl.LightningModule):
         rating_min: float = 1.0,
         rating_max: float = 5.0,
         train_mean: float = 3.5,
+        train_path: str = "auto",
+        sparse_grad: Any = "auto",
     ):
         super().__init__()
         init, noise = _plain(init) or {}, _plain(noise) or {"kind": "none"}
         check_noise(**noise)
+        if train_path not in TRAIN_PATHS:
+            raise ConfigError(f"model.train_path={train_path!r} is not one of "
+                              f"{', '.join(TRAIN_PATHS)}")
+        if sparse_grad not in ("auto", True, False):
+            raise ConfigError(f"model.sparse_grad={sparse_grad!r} must be auto, true or false")
         # plain containers only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             dict(n_items=n_items, hidden=list(hidden), activation=activation, tied=tied,
                  dropout=dropout, linear_last=linear_last, init=init, noise=noise,
                  optimizer=_plain(optimizer), scheduler=_plain(scheduler),
                  rating_min=float(rating_min), rating_max=float(rating_max),
-                 train_mean=float(train_mean)),
+                 train_mean=float(train_mean), train_path=train_path,
+                 sparse_grad=sparse_grad),
             logger=False,
         )
+        self.dense_train = train_path == "dense" or (train_path == "auto"
+                                                     and n_items <= DENSE_MAX_ITEMS)
+        can, why = takes_sparse_grads(_plain(optimizer))
+        if sparse_grad is True and not can:
+            raise ConfigError(f"model.sparse_grad=true needs an optimizer that takes row-sparse "
+                              f"gradients ({why}); use optimizer=lazy_adam, or sgd without "
+                              f"momentum/weight decay, or model.sparse_grad=auto")
+        self.sparse_grad = bool(can and sparse_grad is not False and not self.dense_train)
+        log.info("training path: %s, movie-indexed gradients %s (%s)",
+                 "dense masked" if self.dense_train else "sparse",
+                 "row-sparse" if self.sparse_grad else "dense",
+                 "dense path" if self.dense_train else why)
         self.net = AutoEncoder(n_items, hidden, activation, tied, dropout, linear_last)
         init_weights(self.net, **init)
         self.noise = noise
@@ -87,12 +127,28 @@ class AutoRecModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
         row = entry_rows(off, len(idx))
-        c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
-        pred = self.net.forward_sparse(c_idx, c_val, c_off, row, idx)
+        if self.dense_train:
+            pred = self.dense_masked_outputs(idx, val, off, row)
+        else:
+            # the batch's movies, and each entry's position among them (order-preserving)
+            movies, pos = torch.unique(idx, sorted=True, return_inverse=True)
+            c_pos, c_val, c_off = corrupt(pos, val, off, row, **self.noise)
+            crow = torch.cat([off, off.new_tensor([len(idx)])])
+            pred = self.net.forward_rows(movies, c_pos, c_val, c_off, crow, pos,
+                                         self.sparse_grad)
         loss = F.mse_loss(pred, val)  # masked MSE: only observed ratings are targets
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(idx))  # epoch value = sum sq err / number of ratings
         return loss
+
+    def dense_masked_outputs(self, idx, val, off, row) -> torch.Tensor:
+        """The textbook computation: dense (batch, n_items) input rows, full-width outputs,
+        read at the observed entries (the masked MSE then counts those only)."""
+        c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
+        c_row = entry_rows(c_off, len(c_idx))
+        x = val.new_zeros(len(off), self.net.n_items)
+        x[c_row, c_idx] = c_val
+        return self.net(x)[row, idx]
 
     # -- held-out scoring -------------------------------------------------------------------
     def predict_targets(self, batch: dict) -> torch.Tensor:

@@ -142,6 +142,8 @@ def _print_summary(s: dict) -> None:
         f"({int(s.get('test/n_ratings', 0))} ratings, {int(s.get('test/n_fallback', 0))} "
         f"scored by the training-mean fallback)",
         f"  best val RMSE {_fmt(s.get('val/rmse_best'))}",
+        *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
+          if not math.isfinite(s.get("test/rmse", 0.0)) else []),
         f"  run dir: {s['run_dir']}",
         f"  ONNX:    {s['onnx'] or 'not exported'}",
     ]

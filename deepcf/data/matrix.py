@@ -69,6 +69,39 @@ def _csr(rows, cols, vals, shape) -> sp.csr_matrix:
     return m
 
 
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique ids, int32 code of each entry), as np.unique(return_inverse=True) gives,
+    in O(n) through a lookup table when the ids are non-negative and not too sparse."""
+    lo, hi = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
+    if lo >= 0 and hi < 4 * len(ids) + (1 << 24):
+        present = np.zeros(hi + 1, dtype=bool)
+        present[ids] = True
+        uniq = np.flatnonzero(present)
+        lookup = np.zeros(hi + 1, dtype=np.int32)
+        lookup[uniq] = np.arange(len(uniq), dtype=np.int32)
+        return uniq.astype(np.int64), lookup[ids]
+    uniq, code = np.unique(ids, return_inverse=True)
+    return uniq, code.astype(np.int32)
+
+
+def _csr_from_codes(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                    shape: tuple[int, int]) -> sp.csr_matrix | None:
+    """CSR of distinct (row, col) entries, sorted; None when some (row, col) repeats."""
+    key = rows.astype(np.int64) * shape[1] + cols
+    if len(key) > 1 and not (key[1:] > key[:-1]).all():  # a file in (user, movie) order skips this
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        if len(key) > 1 and not (key[1:] > key[:-1]).all():
+            return None
+        rows, cols, vals = rows[order], cols[order], vals[order]
+    del key
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    indptr = indptr.astype(np.int64 if len(cols) >= 2**31 else np.int32)
+    return sp.csr_matrix((np.asarray(vals, np.float32), cols.astype(np.int32, copy=False), indptr),
+                         shape=shape)
+
+
 def build_matrix(
     table: RatingsTable,
     titles: dict[int, str] | None = None,
@@ -76,24 +109,34 @@ def build_matrix(
     rating_max: float = 5.0,
     test_table: RatingsTable | None = None,
 ) -> RatingMatrix:
-    """Compact raw ids and build the CSR; duplicates keep the latest rating."""
-    table, dropped = dedupe_latest(table)
-    if dropped:
-        log.info("%s: %d duplicate (user, movie) ratings; kept the latest of each",
-                 table.source, dropped)
+    """Compact raw ids and build the CSR; duplicates keep the latest rating.
+
+    Linear-time for the common case (no repeated (user, movie) pair); a repeat sends the table
+    through `dedupe_latest` first.
+    """
+    dropped = 0
     users, items = table.user, table.item
     if test_table is not None:
         test_table, _ = dedupe_latest(test_table)
         users = np.concatenate([users, test_table.user])
         items = np.concatenate([items, test_table.item])
-    user_ids, u_code = np.unique(users, return_inverse=True)
-    item_ids, i_code = np.unique(items, return_inverse=True)
+    user_ids, u_code = _compact(users)
+    item_ids, i_code = _compact(items)
+    del users, items
     n = len(table)
     shape = (len(user_ids), len(item_ids))
-    m = _csr(u_code[:n], i_code[:n], table.rating, shape)
+    m = _csr_from_codes(u_code[:n], i_code[:n], table.rating, shape)
+    if m is None:
+        table, dropped = dedupe_latest(table)
+        log.info("%s: %d duplicate (user, movie) ratings; kept the latest of each",
+                 table.source, dropped)
+        # deduping keeps one rating of each pair, so every id survives: same id maps
+        m = _csr_from_codes(np.searchsorted(user_ids, table.user).astype(np.int32),
+                            np.searchsorted(item_ids, table.item).astype(np.int32),
+                            table.rating, shape)
     test = None
     if test_table is not None:
-        test = _csr(u_code[n:], i_code[n:], test_table.rating, shape)
+        test = _csr_from_codes(u_code[n:], i_code[n:], test_table.rating, shape)
     title_arr = None
     if titles:
         title_arr = np.array([titles.get(int(i), "") for i in item_ids], dtype=str)
@@ -116,18 +159,29 @@ def split_matrix(
             raise ConfigError(f"data.{name}={frac} must be in [0, 1)")
     if val_fraction + test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be below 1")
-    X = m.ratings.tocoo()
+    X = m.ratings
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
     nnz = X.nnz
     rng = np.random.default_rng(seed)
-    part = np.zeros(nnz, dtype=np.int8)  # 0 train, 1 val, 2 test
+    part = np.zeros(nnz, dtype=np.int8)  # 0 train, 1 val, 2 test, entries in CSR order
     order = rng.permutation(nnz)
     n_test = int(round(test_fraction * nnz))
     n_val = int(round(val_fraction * nnz))
     part[order[:n_test]] = 2
     part[order[n_test : n_test + n_val]] = 1
-    mats = [
-        _csr(X.row[part == k], X.col[part == k], X.data[part == k], X.shape) for k in range(3)
-    ]
+    del order
+    # selecting entries of a sorted CSR keeps it sorted: no re-sort, O(nnz)
+    row = np.repeat(np.arange(X.shape[0], dtype=np.int32), np.diff(X.indptr))
+    mats = []
+    for k in range(3):
+        sel = part == k
+        indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row[sel], minlength=X.shape[0]), out=indptr[1:])
+        mats.append(sp.csr_matrix(
+            (X.data[sel], X.indices[sel],
+             indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)), shape=X.shape))
+    del row, part
     if m.test_ratings is not None:
         mats[2] = m.test_ratings
     return Split(*mats)
@@ -183,23 +237,11 @@ def load_cached(path: Path) -> RatingMatrix:
                             test, meta.get("info", {}))
 
 
-def load_matrix(
-    source: str = "ml100k",
-    cache_dir: str | Path = "~/.cache/deepcf",
-    path: str | None = None,
-    titles_path: str | None = None,
-    test_path: str | None = None,
-    rating_min: float = 1.0,
-    rating_max: float = 5.0,
-    scale: str | None = None,
-    n_users: int | None = None,
-    n_items: int | None = None,
-    n_ratings: int | None = None,
-    generator_seed: int = 0,
-    cache: bool = True,
-) -> RatingMatrix:
-    """Load a RatingMatrix from `source` (ml100k | file | synthetic), through the .npz cache."""
+def _source_key(source, cache_dir, path, titles_path, test_path, rating_min, rating_max, scale,
+                n_users, n_items, n_ratings, generator_seed):
+    """(cache path, rating range, generator params) of a source."""
     cache_dir = Path(cache_dir).expanduser()
+    params = None
     if source == "ml100k":
         from deepcf.data.ml100k import WHEEL
 
@@ -221,7 +263,40 @@ def load_matrix(
     else:
         raise ConfigError(f"data.source={source!r} is not one of ml100k, file, synthetic")
     key.update(rating_min=rating_min, rating_max=rating_max, v=CACHE_VERSION)
-    cache_path = cache_dir / "matrices" / f"{name}-{_cache_key(key)}.npz"
+    return cache_dir / "matrices" / f"{name}-{_cache_key(key)}.npz", rating_min, rating_max, params
+
+
+def matrix_cache_path(source: str = "ml100k", cache_dir: str | Path = "~/.cache/deepcf",
+                      path: str | None = None, titles_path: str | None = None,
+                      test_path: str | None = None, rating_min: float = 1.0,
+                      rating_max: float = 5.0, scale: str | None = None,
+                      n_users: int | None = None, n_items: int | None = None,
+                      n_ratings: int | None = None, generator_seed: int = 0) -> Path:
+    """Where `load_matrix` with these arguments caches its `.npz`."""
+    return _source_key(source, cache_dir, path, titles_path, test_path, rating_min, rating_max,
+                       scale, n_users, n_items, n_ratings, generator_seed)[0]
+
+
+def load_matrix(
+    source: str = "ml100k",
+    cache_dir: str | Path = "~/.cache/deepcf",
+    path: str | None = None,
+    titles_path: str | None = None,
+    test_path: str | None = None,
+    rating_min: float = 1.0,
+    rating_max: float = 5.0,
+    scale: str | None = None,
+    n_users: int | None = None,
+    n_items: int | None = None,
+    n_ratings: int | None = None,
+    generator_seed: int = 0,
+    cache: bool = True,
+) -> RatingMatrix:
+    """Load a RatingMatrix from `source` (ml100k | file | synthetic), through the .npz cache."""
+    cache_path, rating_min, rating_max, params = _source_key(
+        source, cache_dir, path, titles_path, test_path, rating_min, rating_max, scale,
+        n_users, n_items, n_ratings, generator_seed)
+    cache_dir = Path(cache_dir).expanduser()
     if cache and cache_path.exists():
         try:
             return load_cached(cache_path)

@@ -167,6 +167,10 @@ def read_ratings(
     Ratings outside [rating_min, rating_max] (when given) are an error, reported with their line.
     """
     path = Path(path).expanduser()
+    if data is None:
+        table = _read_typed_csv(path, rating_min, rating_max)
+        if table is not None:
+            return table
     frame, has_header = _read_table(path, data=data)
     offset = 2 if has_header else 1
     if len(frame) == 0:
@@ -217,6 +221,51 @@ def read_ratings(
         ts = _numeric(frame, picked["timestamp"], "timestamp", path, has_header)
         ts = ts.to_numpy().astype(np.int64)
     return RatingsTable(user, item, rating.astype(np.float32), ts, source=str(path))
+
+
+def _read_typed_csv(path: Path, rating_min: float | None,
+                    rating_max: float | None) -> RatingsTable | None:
+    """The fast path for a clean comma-separated file with a header (e.g. the 26M-row
+    `ratings.csv`): only the needed columns, parsed by pandas' C reader straight into typed
+    arrays. Returns None for anything else (other formats, a bad or missing value, a rating out
+    of range), which the general path then reads and reports with its line number."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", errors="replace").strip("\r\n")
+    if "," not in first or "::" in first or "\t" in first:
+        return None
+    sep, has_header = _sniff(first)
+    if not has_header:
+        return None
+    cols = [c.strip().strip('"') for c in first.split(",")]
+    picked = {k: _find(cols, a) for k, a in (("user", USER_ALIASES), ("movie", ITEM_ALIASES),
+                                             ("rating", RATING_ALIASES),
+                                             ("timestamp", TIME_ALIASES))}
+    if any(picked[k] is None for k in ("user", "movie", "rating")):
+        return None
+    types = {"user": np.int64, "movie": np.int64, "rating": np.float32, "timestamp": np.int64}
+    use = {k: v for k, v in picked.items() if v is not None}
+    try:
+        # every column is read (no usecols) so that a line with extra fields stays an error
+        frame = pd.read_csv(path, sep=",", header=0,
+                            dtype={cols[v]: types[k] for k, v in use.items()}, engine="c",
+                            na_filter=True, skip_blank_lines=True, low_memory=False)
+    except (ValueError, OverflowError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    if len(frame) == 0:
+        return None
+    col = {k: frame[cols[v]].to_numpy() for k, v in use.items()}
+    rating = col["rating"]
+    ok = np.isfinite(rating)
+    if rating_min is not None:
+        ok &= rating >= np.float32(rating_min)
+    if rating_max is not None:
+        ok &= rating <= np.float32(rating_max)
+    if not ok.all():
+        return None
+    return RatingsTable(col["user"], col["movie"], rating, col.get("timestamp"),
+                        source=str(path))
 
 
 def read_titles(path: str | Path, data: bytes | None = None) -> dict[int, str]:

@@ -39,6 +39,14 @@ def scale_params(scale: str | None, **overrides) -> dict:
     return params
 
 
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique by sorting in place (numpy 2.3+'s hash-based unique is ~10x slower here)."""
+    x.sort()
+    keep = np.ones(len(x), dtype=bool)
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def generate(
     n_users: int,
     n_items: int,
@@ -71,7 +79,7 @@ def generate(
         need = int((n_ratings - len(keys)) * 1.3) + 1024
         u = rng.choice(n_users, size=need, p=act)
         i = rng.choice(n_items, size=need, p=pop)
-        keys = np.unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
+        keys = _sorted_unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
     keys = np.sort(rng.choice(keys, size=n_ratings, replace=False))
     users = (keys // n_items).astype(np.int64)
     items = (keys % n_items).astype(np.int64)
@@ -105,13 +113,51 @@ def generate(
                         f"n_ratings={n_ratings}, seed={seed})")
 
 
-def write_csv(table: RatingsTable, path: str | Path) -> Path:
-    """Write a table as a Movies-Dataset style `userId,movieId,rating,timestamp` CSV."""
+def _digits(x: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) ASCII digits of non-negative ints, right-aligned, leading zeros as byte 0."""
+    out = np.zeros((len(x), width), dtype=np.uint8)
+    v = x.astype(np.int64, copy=True)
+    for j in range(width - 1, -1, -1):
+        d = (v % 10).astype(np.uint8)
+        out[:, j] = np.where((v > 0) | (j == width - 1), d + 48, 0)
+        v //= 10
+    return out
+
+
+def write_csv(table: RatingsTable, path: str | Path, chunk: int = 2_000_000) -> Path:
+    """Write a table as a Movies-Dataset style `userId,movieId,rating,timestamp` CSV
+    (ratings as `4.0`, `3.5`, like the real file).
+
+    Lines are assembled as fixed-width byte rows in numpy, chunk by chunk, and the padding
+    dropped: ~1 s per million rows instead of pandas' formatter. Negative ids or ratings not on
+    a 0.1 grid fall back to pandas.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = table.timestamp if table.timestamp is not None else np.zeros(len(table), np.int64)
-    frame = pd.DataFrame(
-        {"userId": table.user, "movieId": table.item, "rating": table.rating, "timestamp": ts}
-    )
-    frame.to_csv(path, index=False, float_format="%g", chunksize=1_000_000)
+    tenths = np.round(table.rating.astype(np.float64) * 10)
+    fast = (len(table) > 0 and min(table.user.min(), table.item.min(), ts.min()) >= 0
+            and np.allclose(tenths, table.rating * 10.0, atol=1e-3)
+            and tenths.min() >= 0 and tenths.max() <= 999)
+    if not fast:
+        frame = pd.DataFrame({"userId": table.user, "movieId": table.item,
+                              "rating": table.rating, "timestamp": ts})
+        frame.to_csv(path, index=False, float_format="%g", chunksize=1_000_000)
+        return path
+    widths = [len(str(int(a.max()))) for a in (table.user, table.item, ts)]
+    tenths = tenths.astype(np.int64)
+    comma, dot, nl = (np.full((1, 1), ord(c), np.uint8) for c in ",.\n")
+    with open(path, "wb") as f:
+        f.write(b"userId,movieId,rating,timestamp\n")
+        for s in range(0, len(table), chunk):
+            sl = slice(s, s + chunk)
+            n = len(table.user[sl])
+            t = tenths[sl]
+            c, d, e = (np.repeat(x, n, axis=0) for x in (comma, dot, nl))
+            line = np.hstack([
+                _digits(table.user[sl], widths[0]), c, _digits(table.item[sl], widths[1]), c,
+                _digits(t // 10, 3), d, (t % 10).astype(np.uint8)[:, None] + 48, c,
+                _digits(ts[sl], widths[2]), e,
+            ])
+            f.write(line[line != 0].tobytes())
     return path

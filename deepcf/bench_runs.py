@@ -1,0 +1,212 @@
+"""One measurement of `deepcf.bench`, run in its own process (own allocator settings, own peak RSS).
+
+`python -m deepcf.bench_runs '<json spec>'` prints one JSON line of results. Kinds:
+- `data`: generate the synthetic ratings, write them as a CSV, read + compact + CSR (the CSV
+  load), save the `.npz` cache;
+- `reload`: load the `.npz` cache;
+- `train`: timed training steps of one formulation on the data module's real batches (the loop
+  Lightning runs: zero_grad, training_step, backward, step), optionally a torch.profiler summary;
+- `epoch`: one full training epoch through `pytorch_lightning.Trainer` (the real thing), its
+  wall time and the process's peak RSS;
+- `gemm`: a plain fp32 GEMM, the machine's reference GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def peak_rss_gb() -> float:
+    try:  # VmHWM: this process's high-water mark
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _data(spec: dict) -> dict:
+    import numpy as np
+
+    from deepcf.data.matrix import build_matrix, save_matrix
+    from deepcf.data.readers import read_ratings
+    from deepcf.data.synthetic import SCALES, generate, write_csv
+
+    out: dict = {}
+    t = time.perf_counter()
+    table = generate(**SCALES[spec["scale"]], seed=0)
+    out["generate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_csv(table, spec["csv"])
+    out["write_csv_s"] = time.perf_counter() - t
+    out["csv_bytes"] = os.path.getsize(spec["csv"])
+    del table
+    t = time.perf_counter()
+    table = read_ratings(spec["csv"], 0.5, 5.0)
+    out["read_s"] = time.perf_counter() - t
+    m = build_matrix(table, None, 0.5, 5.0)
+    out["load_s"] = time.perf_counter() - t  # read + validate + compact ids + CSR
+    out.update(n_ratings=int(m.ratings.nnz), shape=list(m.shape),
+               max_item_id=int(np.max(m.item_ids)))
+    del table
+    from deepcf.data.matrix import matrix_cache_path
+
+    npz = matrix_cache_path("file", spec["cache_dir"], spec["csv"], rating_min=0.5,
+                            rating_max=5.0)  # where the data module will look for it
+    t = time.perf_counter()
+    save_matrix(m, npz)
+    out["save_npz_s"] = time.perf_counter() - t
+    out["npz_bytes"] = os.path.getsize(npz)
+    out["npz"] = str(npz)
+    out["csr_bytes"] = int(m.ratings.data.nbytes + m.ratings.indices.nbytes
+                           + m.ratings.indptr.nbytes)
+    return out
+
+
+def _reload(spec: dict) -> dict:
+    from deepcf.data.matrix import load_cached
+
+    base = peak_rss_gb()
+    t = time.perf_counter()
+    m = load_cached(Path(spec["npz"]))
+    return {"reload_s": time.perf_counter() - t, "n_ratings": int(m.ratings.nnz),
+            "rss_gain_gb": peak_rss_gb() - base}
+
+
+def _datamodule(spec: dict):
+    from deepcf.data.datamodule import RatingsDataModule
+
+    extra = ({"path": spec["csv"], "rating_min": 0.5, "rating_max": 5.0}
+             if spec["source"] == "file" else {})
+    dm = RatingsDataModule(source=spec["source"], batch_size=spec["batch_size"],
+                           cache_dir=spec["cache_dir"], split_seed=42, **extra)
+    dm.setup("fit")
+    return dm
+
+
+def _module(spec: dict, dm):
+    from deepcf.module import AutoRecModule
+
+    lo, hi = dm.rating_range
+    return AutoRecModule(dm.n_cols, spec["hidden"], "selu", optimizer=spec["optimizer"],
+                         train_path=spec["train_path"],
+                         init={"scheme": "xavier_uniform", "bias": 0.01},
+                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean)
+
+
+def _train(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    dm = _datamodule(spec)
+    module = _module(spec, dm)
+    opt = module.configure_optimizers()
+    loader = dm.train_dataloader()
+    n_batches = len(loader)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("bf16")
+                else contextlib.nullcontext())
+    times, nnz, touched = [], [], []
+
+    def batches():
+        while True:  # a small catalogue has fewer batches than the bench asks for: go round
+            yield from loader
+
+    it = batches()
+    warm, steps = spec.get("warmup", 2), spec["batches"]
+    for i in range(warm + steps):
+        batch = next(it)
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = module.training_step(batch, i)
+        loss.backward()
+        opt.step()
+        if i >= warm:
+            times.append(time.perf_counter() - t)
+            nnz.append(len(batch["in_idx"]))
+            touched.append(len(torch.unique(batch["in_idx"])))
+    out = {"n_batches": n_batches, "measured": len(times), "s_per_batch": sum(times) / len(times),
+           "nnz_per_batch": sum(nnz) / len(nnz), "n_items": dm.n_cols,
+           "movies_per_batch": sum(touched) / len(touched),
+           "batch_size": spec["batch_size"], "train_ratings": int(dm.split.train.nnz),
+           "sparse_grad": module.sparse_grad, "dense_path": module.dense_train,
+           "loss": float(loss)}
+    out["epoch_s"] = out["s_per_batch"] * n_batches
+    if spec.get("profile"):
+        from torch.profiler import profile
+
+        with profile() as prof:
+            for i in range(spec["profile"]):
+                batch = next(it)
+                opt.zero_grad(set_to_none=True)
+                module.training_step(batch, i).backward()
+                opt.step()
+        rows = []
+        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
+            rows.append([e.key, e.self_cpu_time_total / 1e3 / spec["profile"], e.count])
+        out["profile"] = rows
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def _epoch(spec: dict) -> dict:
+    import pytorch_lightning as pl
+    import torch
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    dm = _datamodule(spec)
+    module = _module(spec, dm)
+    setup_s = time.perf_counter() - t0
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    t = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    epoch_s = time.perf_counter() - t
+    return {"epoch_s": epoch_s, "setup_s": setup_s, "n_batches": trainer.num_training_batches,
+            "train_ratings": int(dm.split.train.nnz), "peak_rss_gb": peak_rss_gb(),
+            "loss": float(trainer.callback_metrics["train/loss"]),
+            "sparse_grad": module.sparse_grad}
+
+
+def _gemm(spec: dict) -> dict:
+    import torch
+
+    n = spec.get("n", 2048)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, t = 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    s = (time.perf_counter() - t) / reps
+    return {"n": n, "gflops": 2 * n**3 / s / 1e9}
+
+
+KINDS = {"data": _data, "reload": _reload, "train": _train, "epoch": _epoch, "gemm": _gemm}
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    import torch
+
+    torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    out = KINDS[spec["kind"]](spec)
+    out["threads"] = torch.get_num_threads()
+    out["allocator_env"] = bool(os.environ.get("MALLOC_MMAP_MAX_"))
+    print("BENCH_RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""LazyAdam: Adam whose cost per step follows the movies a batch touches.
+
+Dense gradients (the middle layers, biases of width h) get exactly `torch.optim.Adam`'s update
+(the same functional kernel, fused on CPU). Row-sparse gradients (the movie-indexed `item_in`,
+`item_out`, `out_b` in deepcf's sparse training step) update only their rows, the way
+`torch.optim.SparseAdam` does:
+
+    m[r] = b1 m[r] + (1 - b1) g[r];  v[r] = b2 v[r] + (1 - b2) g[r]^2
+    p[r] -= lr * (m[r] / (1 - b1^t)) / (sqrt(v[r] / (1 - b2^t)) + eps)      for touched rows r
+
+with t the parameter's step count. How it differs from dense Adam, exactly: a row a batch does
+not touch (its gradient is 0) keeps its parameters *and* its moments. Dense Adam would decay
+that row's moments (m *= b1, v *= b2) and still move it by lr * m_hat / (sqrt(v_hat) + eps),
+momentum carried over from earlier batches. `weight_decay` (L2, added to the gradient as
+torch.optim.Adam does) likewise reaches touched rows only. On a step where every row is
+touched, or with dense gradients, the update is dense Adam's, bit for bit up to kernel rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.adam import adam as adam_functional
+
+from deepcf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class LazyAdam(Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, fused: bool | None = None):
+        if not lr >= 0.0:
+            raise ConfigError(f"model.optimizer.lr={lr} must be >= 0")
+        if not eps >= 0.0:
+            raise ConfigError(f"model.optimizer.eps={eps} must be >= 0")
+        betas = tuple(float(b) for b in betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"model.optimizer.betas={list(betas)} must be two values in [0, 1)")
+        if not weight_decay >= 0.0:
+            raise ConfigError(f"model.optimizer.weight_decay={weight_decay} must be >= 0")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      fused=fused))
+
+    def _workspace(self, p: torch.Tensor, n_rows: int) -> list[torch.Tensor]:
+        """Three reused (n_rows, ...) buffers for the gathered rows of p, exp_avg, exp_avg_sq:
+        gathering into fresh allocations of tens of MB each step costs as much as the copy.
+        Grown by 25% when a batch touches more rows; not part of the state_dict."""
+        work = self.__dict__.setdefault("_work", {})
+        bufs = work.get(p)
+        if bufs is None or bufs[0].shape[0] < n_rows:
+            size = min(p.shape[0], int(n_rows * 1.25) + 16)
+            bufs = [p.new_empty((size, *p.shape[1:])) for _ in range(3)]
+            work[p] = bufs
+        return [b[:n_rows] for b in bufs]
+
+    def _state(self, p: torch.Tensor, fused: bool) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            fused = group["fused"]
+            if fused is None:
+                fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                            for p in group["params"])
+            dense: dict[str, list] = {k: [] for k in "pgmvt"}
+            sparse: dict[str, list] = {k: [] for k in "pgmvtr"}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p, fused)
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                if not p.grad.is_sparse:
+                    for k, x in zip("pgmvt", (p, p.grad, m, v, t)):
+                        dense[k].append(x)
+                    continue
+                rows, g = _rows_and_values(p.grad)
+                # Adam's own kernel on the touched rows, gathered; scattered back below
+                bp, bm, bv = self._workspace(p, len(rows))
+                for k, x in zip("pgmvtr", (torch.index_select(p, 0, rows, out=bp), g,
+                                           torch.index_select(m, 0, rows, out=bm),
+                                           torch.index_select(v, 0, rows, out=bv), t, rows)):
+                    sparse[k].append(x)
+            for part in (dense, sparse):
+                if part["p"]:
+                    adam_functional(part["p"], part["g"], part["m"], part["v"], [], part["t"],
+                                    foreach=None if fused else True, fused=fused, amsgrad=False,
+                                    beta1=b1, beta2=b2, lr=group["lr"],
+                                    weight_decay=group["weight_decay"], eps=group["eps"],
+                                    maximize=False)
+            params = [p for p in group["params"] if p.grad is not None and p.grad.is_sparse]
+            for p, p_r, m_r, v_r, rows in zip(params, sparse["p"], sparse["m"], sparse["v"],
+                                              sparse["r"]):
+                state = self.state[p]
+                p.index_copy_(0, rows, p_r)
+                state["exp_avg"].index_copy_(0, rows, m_r)
+                state["exp_avg_sq"].index_copy_(0, rows, v_r)
+        return loss
+
+
+def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ids (unique) and their gradient rows of a row-sparse gradient."""
+    if grad.sparse_dim() != 1:  # e.g. a fully sparse COO: make it row-sparse
+        grad = grad.coalesce().to_dense().to_sparse(1)
+    rows = grad._indices()[0]
+    if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()  # repeated or unsorted rows; deepcf's own grads never are
+        rows = grad._indices()[0]
+    return rows, grad._values()
+
+
+# Optimizers whose update with a row-sparse gradient equals their dense update, or that are
+# defined on row-sparse gradients (LazyAdam). Anything else gets dense gradients.
+def takes_sparse_grads(opt_cfg: dict[str, Any] | None) -> tuple[bool, str]:
+    """(can it take row-sparse gradients, why) for an optimizer config (`_target_` + kwargs)."""
+    opt_cfg = opt_cfg or {}
+    target = str(opt_cfg.get("_target_", "torch.optim.Adam"))
+    name = target.rsplit(".", 1)[-1]
+    if target in ("deepcf.optim.LazyAdam",):
+        return True, "LazyAdam updates the rows a batch touches"
+    if target == "torch.optim.SGD":
+        plain = (not opt_cfg.get("momentum") and not opt_cfg.get("weight_decay")
+                 and not opt_cfg.get("nesterov"))
+        if plain:
+            return True, "plain SGD: a row-sparse step equals the dense step exactly"
+        return False, "SGD with momentum or weight decay moves untouched rows too"
+    return False, f"{name} takes dense gradients only"

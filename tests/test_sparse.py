@@ -1,0 +1,196 @@
+"""The sparse training step: same loss and gradients as the dense masked MSE, row-sparse
+gradients where the optimizer takes them, LazyAdam's exact semantics, automatic fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepcf.errors import ConfigError
+from deepcf.models.autoencoder import AutoEncoder
+from deepcf.models.sparse_ops import gather_rows, sampled_decode, sparse_encode
+from deepcf.module import AutoRecModule, entry_rows
+from deepcf.optim import LazyAdam, takes_sparse_grads
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
+              pytest.mark.filterwarnings("ignore:You are trying to")]
+
+N_ITEMS = 60
+
+
+def _batch(n_rows=7, n_items=N_ITEMS, density=0.15, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n_rows, n_items, generator=g) < density
+    mask[2] = False  # an empty row
+    mask[:, 5] = False  # a movie nobody in the batch rated
+    x = torch.randint(1, 6, (n_rows, n_items), generator=g).double() * mask
+    idx = mask.nonzero()[:, 1]
+    counts = mask.sum(1)
+    off = torch.cumsum(counts, 0) - counts
+    return x, mask, idx, x[mask], off
+
+
+def _dense_masked_loss(net, x, mask):
+    return ((net(x) - x) ** 2 * mask).sum() / mask.sum()
+
+
+def _rows_loss(net, idx, val, off, sparse_grad):
+    movies, pos = torch.unique(idx, return_inverse=True)
+    crow = torch.cat([off, off.new_tensor([len(idx)])])
+    return F.mse_loss(net.forward_rows(movies, pos, val, off, crow, pos, sparse_grad), val)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("linear_last", [True, False])
+@pytest.mark.parametrize("sparse_grad", [True, False])
+def test_rows_step_equals_dense_masked_mse(tied, linear_last, sparse_grad):
+    torch.manual_seed(0)
+    net = AutoEncoder(N_ITEMS, [16, 8, 4], "selu", tied=tied, linear_last=linear_last).double()
+    x, mask, idx, val, off = _batch()
+    params = list(net.parameters())
+    dense = _dense_masked_loss(net, x, mask)
+    g_dense = torch.autograd.grad(dense, params)
+    loss = _rows_loss(net, idx, val, off, sparse_grad)
+    g_rows = torch.autograd.grad(loss, params)
+    assert abs(dense.item() - loss.item()) < 1e-5
+    item_params = {id(net.item_in), id(net.out_b)} | ({id(net.item_out)} if not tied else set())
+    touched = torch.unique(idx)
+    for p, a, b in zip(params, g_dense, g_rows):
+        if id(p) in item_params:
+            assert b.is_sparse == sparse_grad
+            if sparse_grad:  # exactly the touched rows, coalesced (tied: both uses summed)
+                b = b.coalesce()
+                assert torch.equal(b.indices()[0], touched)
+            b = b.to_dense()
+            assert (a[5] == 0).all()  # the unrated movie has no gradient in dense either
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_ops_match_their_dense_definitions():
+    torch.manual_seed(2)
+    x, mask, idx, val, off = _batch(seed=3)
+    W = torch.randn(N_ITEMS, 6, dtype=torch.double, requires_grad=True)
+    b = torch.randn(N_ITEMS, dtype=torch.double, requires_grad=True)
+    h = torch.randn(len(x), 6, dtype=torch.double, requires_grad=True)
+    crow = torch.cat([off, off.new_tensor([len(idx)])])
+    row = entry_rows(off, len(idx))
+    got = sampled_decode(h, W, b, crow, idx) + sparse_encode(W, idx, val, off)[row].sum(1)
+    want = (h @ W.t() + b)[row, idx] + (x @ W)[row].sum(1)
+    torch.testing.assert_close(got, want)
+    ga = torch.autograd.grad(got.square().sum(), (W, b, h))
+    gb = torch.autograd.grad(want.square().sum(), (W, b, h))
+    for a, c in zip(ga, gb):
+        torch.testing.assert_close(a, c)
+    rows = torch.tensor([1, 4, 9])
+    g = torch.autograd.grad(gather_rows(W, rows, True).sum(), W)[0]
+    assert g.is_sparse and g.is_coalesced() and torch.equal(g.indices()[0], rows)
+
+
+def test_lazy_adam_equals_adam_on_dense_grads_and_touched_rows():
+    torch.manual_seed(0)
+    p_ref = torch.randn(10, 4, requires_grad=True)
+    p_lazy = p_ref.detach().clone().requires_grad_()
+    ref = torch.optim.Adam([p_ref], lr=0.01, weight_decay=0.1)
+    lazy = LazyAdam([p_lazy], lr=0.01, weight_decay=0.1)
+    for _ in range(3):  # dense gradients: Adam's update
+        g = torch.randn(10, 4)
+        p_ref.grad, p_lazy.grad = g.clone(), g.clone()
+        ref.step()
+        lazy.step()
+    torch.testing.assert_close(p_lazy, p_ref)
+    # a row-sparse gradient touching every row: still Adam's update
+    g = torch.randn(10, 4)
+    p_ref.grad = g.clone()
+    p_lazy.grad = g.to_sparse(1)
+    ref.step()
+    lazy.step()
+    torch.testing.assert_close(p_lazy, p_ref)
+
+
+def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
+    p = torch.randn(6, 3, requires_grad=True)
+    opt = LazyAdam([p], lr=0.1)
+    p.grad = torch.ones(6, 3).to_sparse(1)
+    opt.step()
+    before = p.detach().clone()
+    m_before = opt.state[p]["exp_avg"].clone()
+    rows = torch.tensor([1, 4])
+    p.grad = torch.sparse_coo_tensor(rows[None], torch.ones(2, 3), (6, 3)).coalesce()
+    opt.step()
+    untouched = torch.tensor([0, 2, 3, 5])
+    assert torch.equal(p.detach()[untouched], before[untouched])  # dense Adam would move them
+    assert torch.equal(opt.state[p]["exp_avg"][untouched], m_before[untouched])
+    assert (p.detach()[rows] != before[rows]).all()
+
+
+def test_lazy_adam_bad_options_name_the_key():
+    p = [torch.zeros(2, requires_grad=True)]
+    for kwargs, key in (({"lr": -1}, "model.optimizer.lr"),
+                        ({"betas": (0.9, 1.5)}, "model.optimizer.betas"),
+                        ({"weight_decay": -1}, "model.optimizer.weight_decay")):
+        with pytest.raises(ConfigError, match=key):
+            LazyAdam(p, **kwargs)
+
+
+@pytest.mark.parametrize("opt,sparse", [
+    ({"_target_": "deepcf.optim.LazyAdam", "lr": 1e-3}, True),
+    ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}, True),
+    ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}, False),
+    ({"_target_": "torch.optim.RMSprop", "lr": 0.01}, False),
+    ({"_target_": "torch.optim.Adam", "lr": 1e-3}, False),
+])
+def test_optimizers_get_sparse_grads_only_when_they_take_them(opt, sparse):
+    assert takes_sparse_grads(opt)[0] == sparse
+    m = AutoRecModule(3000, [8], optimizer=opt, train_path="sparse")
+    assert m.sparse_grad == sparse and not m.dense_train
+    # every such optimizer trains a step through the sparse path, its grads as chosen
+    x, mask, idx, val, off = _batch(n_items=3000, density=0.01)
+    batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
+    optimizer = m.configure_optimizers()
+    before = m.net.item_in.detach().clone()
+    m.training_step(batch, 0).backward()
+    assert m.net.item_in.grad.is_sparse == sparse
+    optimizer.step()
+    changed = (m.net.item_in.detach() != before).any(1)
+    assert changed[torch.unique(idx)].all()
+    if sparse:  # lazily updated: no other movie moved
+        assert changed.sum() == len(torch.unique(idx))
+
+
+def test_sparse_grad_true_with_a_dense_optimizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.sparse_grad=true"):
+        AutoRecModule(100, [8], optimizer={"_target_": "torch.optim.RMSprop", "lr": 0.01},
+                      sparse_grad=True)
+    with pytest.raises(ConfigError, match="model.train_path='fast'"):
+        AutoRecModule(100, [8], train_path="fast")
+    with pytest.raises(ConfigError, match="model.sparse_grad='yes'"):
+        AutoRecModule(100, [8], sparse_grad="yes")
+
+
+def test_auto_path_is_sparse_and_dense_stays_selectable():
+    assert not AutoRecModule(1682, [8]).dense_train
+    assert not AutoRecModule(45115, [8]).dense_train
+    assert AutoRecModule(1682, [8], train_path="dense").dense_train
+
+
+@pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3}])
+def test_sparse_and_dense_training_steps_agree(noise):
+    """The module's two paths give the same loss and gradients (same noise draw)."""
+    opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
+    torch.manual_seed(0)
+    a = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="sparse")
+    b = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="dense")
+    b.load_state_dict(a.state_dict())
+    x, mask, idx, val, off = _batch()
+    batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
+    torch.manual_seed(5)
+    la = a.training_step(batch, 0)
+    la.backward()
+    torch.manual_seed(5)
+    lb = b.training_step(batch, 0)
+    lb.backward()
+    assert abs(la.item() - lb.item()) < 1e-5
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        ga = pa.grad.to_dense() if pa.grad.is_sparse else pa.grad
+        torch.testing.assert_close(ga, pb.grad, atol=1e-5, rtol=1e-5)
