@@ -96,6 +96,7 @@ def test_synthetic_is_seeded_sized_and_skewed():
     assert np.array_equal(a.rating, b.rating) and np.array_equal(a.item, b.item)
     m = build_matrix(a, None, 1, 5)
     assert m.ratings.nnz == 40_000  # distinct pairs, exactly as asked
+    assert m.shape == (2000, 500)  # every user and movie has a rating
     assert set(np.unique(a.rating).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
     pop = np.sort(np.bincount(m.ratings.indices))[::-1]
     assert pop[:25].sum() > 0.15 * pop.sum()  # the top 5% of movies hold a large share
@@ -105,6 +106,8 @@ def test_synthetic_is_seeded_sized_and_skewed():
     half = generate(300, 100, 3000, seed=1, half_stars=True, max_item_id=176_275)
     assert half.item.max() == 176_275 and (half.rating * 2 % 1 == 0).all()
     assert scale_params("movies_full")["n_ratings"] == SCALES["movies_full"]["n_ratings"]
+    with pytest.raises(ConfigError, match="data.n_ratings=10 must be at least"):
+        generate(20, 30, 10)
     with pytest.raises(ConfigError, match="data.scale='huge'"):
         scale_params("huge")
 

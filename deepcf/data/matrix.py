@@ -22,7 +22,7 @@ from deepcf.data.readers import RatingsTable, dedupe_latest, read_ratings, read_
 from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: synthetic sets give every user and movie a rating
 
 
 @dataclass

@@ -74,13 +74,23 @@ def generate(
     act = rng.lognormal(0.0, activity_sigma, n_users)
     act /= act.sum()
 
-    keys = np.empty(0, dtype=np.int64)
+    if n_ratings < n_users + n_items:
+        raise ConfigError(f"data.n_ratings={n_ratings} must be at least n_users + n_items "
+                          f"({n_users + n_items}): every user and movie gets a rating")
+    # One rating per user and one per movie first, so the matrix has exactly the asked shape.
+    base = _sorted_unique(np.concatenate([
+        np.arange(n_users, dtype=np.int64) * n_items + rng.choice(n_items, n_users, p=pop),
+        rng.choice(n_users, n_items, p=act).astype(np.int64) * n_items + np.arange(n_items),
+    ]))
+    keys = base
     while len(keys) < n_ratings:
         need = int((n_ratings - len(keys)) * 1.3) + 1024
         u = rng.choice(n_users, size=need, p=act)
         i = rng.choice(n_items, size=need, p=pop)
         keys = _sorted_unique(np.concatenate([keys, u.astype(np.int64) * n_items + i]))
-    keys = np.sort(rng.choice(keys, size=n_ratings, replace=False))
+    extra = keys[~np.isin(keys, base, assume_unique=True)]
+    keys = np.sort(np.concatenate(
+        [base, rng.choice(extra, size=n_ratings - len(base), replace=False)]))
     users = (keys // n_items).astype(np.int64)
     items = (keys % n_items).astype(np.int64)
     del keys
