@@ -38,6 +38,15 @@ class OnnxExport(pl.Callback):
             net = copy.deepcopy(net).cpu()
             net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         dm = trainer.datamodule
+        train = dm.dataset("train").inputs
+        with torch.no_grad():
+            probe = copy.deepcopy(net).cpu().float().eval()(
+                torch.from_numpy(train[: min(self.n_rows, train.shape[0])].toarray()))
+        if not torch.isfinite(probe).all():
+            # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
+            log.warning("ONNX model not exported: the model's outputs are NaN or inf "
+                        "(training diverged)")
+            return
         self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
                                            card_from_datamodule(dm), best or "last",
                                            self.atol, self.n_rows)

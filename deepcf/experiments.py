@@ -64,9 +64,11 @@ def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dic
 
 def _ms(values: list[float]) -> str:
     v = np.array(values, dtype=float)
-    if np.isnan(v).any():
-        return f"diverged ({int(np.isnan(v).sum())}/{len(v)} NaN)"
-    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+    ok = v[np.isfinite(v)]
+    note = f" ({len(v) - len(ok)}/{len(v)} diverged)" if len(ok) < len(v) else ""
+    if len(ok) == 0:
+        return f"diverged ({len(v)}/{len(v)})"
+    return (f"{ok.mean():.4f} ± {ok.std(ddof=1):.4f}" if len(ok) > 1 else f"{ok[0]:.4f}") + note
 
 
 def table(runs: dict[str, list[dict]], base: dict[str, list[dict]], order: list[str]) -> str:
@@ -119,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         cmd = "python -m deepcf.experiments " + " ".join(
             ["--seeds", *map(str, seeds)] + (["--data", *args.data] if args.data else [])
             + args.overrides)
-        text = f"{text}\n\nProduced by `{cmd.strip()}` (mean ± std over seeds; each seed is " \
-               f"also the split seed)."
+        text = f"{text}\n\nProduced by `{cmd.strip()}` (mean ± std over the seeds that did not " \
+               f"diverge; each seed is also the split seed)."
         (args.out / "table.md").write_text(text + "\n")
         print(text)
         if args.update_readme:
