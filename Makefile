@@ -58,3 +58,6 @@ experiments: install
 .PHONY: bench
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md
+	$(PY) -m deepcf.bench_scoring --threads 2 --out outputs/bench_scoring.md
+	printf '\n## Scoring: onnxruntime vs PyTorch eager\n\n' >> BENCHMARKS.md
+	cat outputs/bench_scoring.md >> BENCHMARKS.md
