@@ -9,7 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from deepcf.onnx_export import card_from_datamodule, export_checked
+from deepcf.onnx_export import DivergedModel, card_from_datamodule, export_checked
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,13 @@ class OnnxExport(pl.Callback):
             net = copy.deepcopy(net).cpu()
             net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
         dm = trainer.datamodule
-        train = dm.dataset("train").inputs
-        with torch.no_grad():
-            probe = copy.deepcopy(net).cpu().float().eval()(
-                torch.from_numpy(train[: min(self.n_rows, train.shape[0])].toarray()))
-        if not torch.isfinite(probe).all():
-            # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
-            log.warning("ONNX model not exported: the model's outputs are NaN or inf "
-                        "(training diverged)")
+        try:
+            self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
+                                               card_from_datamodule(dm), best or "last",
+                                               self.atol, self.n_rows)
+        except DivergedModel as e:
+            log.warning("ONNX model %s", e)
             return
-        self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
-                                           card_from_datamodule(dm), best or "last",
-                                           self.atol, self.n_rows)
         self.exported = self.path
         log.info("ONNX model: %s (onnxruntime parity %.2g)", self.path, self.max_abs_diff)
 

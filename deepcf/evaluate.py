@@ -73,14 +73,9 @@ def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[
 
 def heldout_batches(train: sp.csr_matrix, test: sp.csr_matrix, orientation: str):
     """RowBatches over `test` built as RatingsDataModule.setup builds its test set."""
-    from deepcf.data.datamodule import RowBatches
+    from deepcf.data.datamodule import heldout_set, orient
 
-    if orientation == "item":
-        train, test = train.T.tocsr(), test.T.tocsr()
-        train.sort_indices()
-        test.sort_indices()
-    cold = np.bincount(train.indices, minlength=train.shape[1]) == 0
-    return RowBatches(train, np.flatnonzero(np.diff(test.indptr) > 0), test, cold)
+    return heldout_set(*orient((train, test), orientation))
 
 
 def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,

@@ -154,6 +154,10 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
         raise DeepCFError(f"{path}: not a deepcf sidecar ({e})") from None
 
 
+class DivergedModel(DeepCFError):
+    """A model whose outputs are not finite: nothing to export."""
+
+
 def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_matrix,
                    card: ModelCard, checkpoint: str = "last", atol: float = 1e-4,
                    n_rows: int = 256) -> float:
@@ -163,6 +167,12 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
     matrix). Returns the max abs difference.
     """
     rows = train_rows[: min(n_rows, train_rows.shape[0])].toarray()
+    with torch.no_grad():
+        probe = copy.deepcopy(net).cpu().float().eval()(torch.from_numpy(rows).float())
+    if not torch.isfinite(probe).all():
+        # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
+        raise DivergedModel(f"{path}: not exported: the model's outputs are NaN or inf "
+                            f"(training diverged)")
     meta = {"deepcf.n_items": net.n_items, "deepcf.rating_min": card.rating_min,
             "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,

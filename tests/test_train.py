@@ -184,3 +184,21 @@ def test_cli_sweep_over_every_experiment(tmp_path, cache_dir):
              f"paths.cache_dir={cache_dir}", f"paths.log_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("test RMSE") == len(EXPERIMENTS)
+
+
+def test_a_diverged_model_is_not_exported(tmp_path):
+    import scipy.sparse as sp
+
+    from deepcf.models.autoencoder import AutoEncoder
+    from deepcf.onnx_export import DivergedModel, ModelCard, export_checked
+
+    net = AutoEncoder(20, [4])
+    with torch.no_grad():
+        net.out_b[3] = float("nan")
+    card = ModelCard(user_ids=np.arange(5), item_ids=np.arange(20), titles=None, rating_min=1,
+                     rating_max=5, train_mean=3.0, orientation="user",
+                     item_train_count=np.ones(20, np.int64))
+    rows = sp.random(5, 20, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    with pytest.raises(DivergedModel, match="training diverged"):
+        export_checked(net, tmp_path / "m.onnx", rows, card)
+    assert not (tmp_path / "m.onnx").exists()

@@ -73,6 +73,24 @@ class RowBatches(Dataset):
         return batch
 
 
+def orient(mats, orientation: str) -> tuple[sp.csr_matrix, ...]:
+    """Users x movies matrices as the model's rows: unchanged for "user", transposed for
+    "item"."""
+    mats = tuple(mats)
+    if orientation == "item":
+        mats = tuple(m.T.tocsr() for m in mats)
+        for m in mats:
+            m.sort_indices()
+    return mats
+
+
+def heldout_set(train: sp.csr_matrix, target: sp.csr_matrix) -> RowBatches:
+    """The rows of `target` that have held-out ratings, with the training rows as inputs; a
+    column with no training rating is cold."""
+    cold = np.bincount(train.indices, minlength=train.shape[1]) == 0
+    return RowBatches(train, np.flatnonzero(np.diff(target.indptr) > 0), target, cold)
+
+
 class RatingsDataModule(pl.LightningDataModule):
     """Loads a ratings source, splits it, and serves sparse row batches.
 
@@ -136,13 +154,10 @@ class RatingsDataModule(pl.LightningDataModule):
         self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
                                   self.split_seed)
         train, val, test = self.oriented(self.split)
-        col_count = np.bincount(train.indices, minlength=train.shape[1])
-        cold = col_count == 0
-        train_rows = np.flatnonzero(np.diff(train.indptr) > 0)
         self._sets = {
-            "train": RowBatches(train, train_rows),
-            "val": RowBatches(train, np.flatnonzero(np.diff(val.indptr) > 0), val, cold),
-            "test": RowBatches(train, np.flatnonzero(np.diff(test.indptr) > 0), test, cold),
+            "train": RowBatches(train, np.flatnonzero(np.diff(train.indptr) > 0)),
+            "val": heldout_set(train, val),
+            "test": heldout_set(train, test),
         }
         s = self.split
         log.info("data: %s, %d users x %d movies; ratings train %d / val %d / test %d; rows=%ss",
@@ -150,12 +165,7 @@ class RatingsDataModule(pl.LightningDataModule):
                  self.orientation)
 
     def oriented(self, split: Split) -> tuple[sp.csr_matrix, ...]:
-        mats = (split.train, split.val, split.test)
-        if self.orientation == "item":
-            mats = tuple(m.T.tocsr() for m in mats)
-            for m in mats:
-                m.sort_indices()
-        return mats
+        return orient((split.train, split.val, split.test), self.orientation)
 
     # -- facts the model needs -------------------------------------------------------------
     @property
