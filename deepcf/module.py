@@ -32,6 +32,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetr
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import check_noise, corrupt
+from deepcf.models.sparse_ops import Pattern
 from deepcf.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -130,12 +131,11 @@ class AutoRecModule(pl.LightningModule):
         if self.dense_train:
             pred = self.dense_masked_outputs(idx, val, off, row)
         else:
-            # the batch's movies, and each entry's position among them (order-preserving)
-            movies, pos = torch.unique(idx, sorted=True, return_inverse=True)
-            c_pos, c_val, c_off = corrupt(pos, val, off, row, **self.noise)
-            crow = torch.cat([off, off.new_tensor([len(idx)])])
-            pred = self.net.forward_rows(movies, c_pos, c_val, c_off, crow, pos,
-                                         self.sparse_grad)
+            targets = Pattern.from_offsets(off, idx, self.net.n_items)
+            c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
+            inputs = targets if c_idx is idx else Pattern.from_offsets(c_off, c_idx,
+                                                                       self.net.n_items)
+            pred = self.net.forward_rows(inputs, c_val, targets, self.sparse_grad)
         loss = F.mse_loss(pred, val)  # masked MSE: only observed ratings are targets
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(idx))  # epoch value = sum sq err / number of ratings

@@ -8,7 +8,9 @@ Dense gradients (the middle layers, biases of width h) get exactly `torch.optim.
     m[r] = b1 m[r] + (1 - b1) g[r];  v[r] = b2 v[r] + (1 - b2) g[r]^2
     p[r] -= lr * (m[r] / (1 - b1^t)) / (sqrt(v[r] / (1 - b2^t)) + eps)      for touched rows r
 
-with t the parameter's step count. How it differs from dense Adam, exactly: a row a batch does
+with t the parameter's step count. On the CPU the touched rows are updated in place by a native
+kernel (`deepcf.kernels.row_adam_`); elsewhere they are gathered, updated by Adam's own fused
+kernel and scattered back. How it differs from dense Adam, exactly: a row a batch does
 not touch (its gradient is 0) keeps its parameters *and* its moments. Dense Adam would decay
 that row's moments (m *= b1, v *= b2) and still move it by lr * m_hat / (sqrt(v_hat) + eps),
 momentum carried over from earlier batches. `weight_decay` (L2, added to the gradient as
@@ -26,6 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.adam import adam as adam_functional
 
 from deepcf.errors import ConfigError
+from deepcf.kernels import row_adam_
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,12 @@ class LazyAdam(Optimizer):
                         dense[k].append(x)
                     continue
                 rows, g = _rows_and_values(p.grad)
-                # Adam's own kernel on the touched rows, gathered; scattered back below
+                if _native(p, m, v):
+                    t += 1  # the native kernel: in place, each touched row read and written once
+                    row_adam_(p, g, m, v, rows, int(t), group["lr"], b1, b2, group["eps"],
+                              group["weight_decay"])
+                    continue
+                # elsewhere Adam's own kernel on the touched rows, gathered; scattered back below
                 bp, bm, bv = self._workspace(p, len(rows))
                 for k, x in zip("pgmvtr", (torch.index_select(p, 0, rows, out=bp), g,
                                            torch.index_select(m, 0, rows, out=bm),
@@ -102,7 +110,8 @@ class LazyAdam(Optimizer):
                                     beta1=b1, beta2=b2, lr=group["lr"],
                                     weight_decay=group["weight_decay"], eps=group["eps"],
                                     maximize=False)
-            params = [p for p in group["params"] if p.grad is not None and p.grad.is_sparse]
+            params = [p for p in group["params"] if p.grad is not None and p.grad.is_sparse
+                      and not _native(p, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"])]
             for p, p_r, m_r, v_r, rows in zip(params, sparse["p"], sparse["m"], sparse["v"],
                                               sparse["r"]):
                 state = self.state[p]
@@ -110,6 +119,12 @@ class LazyAdam(Optimizer):
                 state["exp_avg"].index_copy_(0, rows, m_r)
                 state["exp_avg_sq"].index_copy_(0, rows, v_r)
         return loss
+
+
+def _native(*tensors: torch.Tensor) -> bool:
+    """Whether `deepcf.kernels.row_adam_` can update these in place."""
+    return all(x.device.type == "cpu" and x.is_contiguous()
+               and x.dtype in (torch.float32, torch.float64) for x in tensors)
 
 
 def _rows_and_values(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

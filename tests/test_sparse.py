@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
-from deepcf.models.sparse_ops import gather_rows, sampled_decode, sparse_encode
+from deepcf.models.sparse_ops import Pattern, sampled_decode, sparse_encode
 from deepcf.module import AutoRecModule, entry_rows
 from deepcf.optim import LazyAdam, takes_sparse_grads
 
@@ -36,9 +36,8 @@ def _dense_masked_loss(net, x, mask):
 
 
 def _rows_loss(net, idx, val, off, sparse_grad):
-    movies, pos = torch.unique(idx, return_inverse=True)
-    crow = torch.cat([off, off.new_tensor([len(idx)])])
-    return F.mse_loss(net.forward_rows(movies, pos, val, off, crow, pos, sparse_grad), val)
+    pat = Pattern.from_offsets(off, idx, net.n_items)
+    return F.mse_loss(net.forward_rows(pat, val, pat, sparse_grad), val)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -73,18 +72,35 @@ def test_ops_match_their_dense_definitions():
     W = torch.randn(N_ITEMS, 6, dtype=torch.double, requires_grad=True)
     b = torch.randn(N_ITEMS, dtype=torch.double, requires_grad=True)
     h = torch.randn(len(x), 6, dtype=torch.double, requires_grad=True)
-    crow = torch.cat([off, off.new_tensor([len(idx)])])
+    pat = Pattern.from_offsets(off, idx, N_ITEMS)
     row = entry_rows(off, len(idx))
-    got = sampled_decode(h, W, b, crow, idx) + sparse_encode(W, idx, val, off)[row].sum(1)
+    got = sampled_decode(h, W, b, pat) + sparse_encode(W, val, pat)[row].sum(1)
     want = (h @ W.t() + b)[row, idx] + (x @ W)[row].sum(1)
     torch.testing.assert_close(got, want)
     ga = torch.autograd.grad(got.square().sum(), (W, b, h))
     gb = torch.autograd.grad(want.square().sum(), (W, b, h))
     for a, c in zip(ga, gb):
-        torch.testing.assert_close(a, c)
-    rows = torch.tensor([1, 4, 9])
-    g = torch.autograd.grad(gather_rows(W, rows, True).sum(), W)[0]
-    assert g.is_sparse and g.is_coalesced() and torch.equal(g.indices()[0], rows)
+        torch.testing.assert_close(a.to_dense(), c)
+    g = torch.autograd.grad(sparse_encode(W, val, pat).sum(), W)[0]
+    assert g.is_sparse and g.is_coalesced() and torch.equal(g.indices()[0], torch.unique(idx))
+    g = torch.autograd.grad(sparse_encode(W, val, pat, sparse_grad=False).sum(), W)[0]
+    assert not g.is_sparse and (g[5] == 0).all()
+
+
+def test_pattern_compaction_and_movie_order_match_torch():
+    torch.manual_seed(4)
+    counts = torch.tensor([3, 0, 5, 1, 0, 7])
+    idx = torch.cat([torch.randperm(40)[:c] for c in counts.tolist()])
+    pat = Pattern.from_offsets(torch.cumsum(counts, 0) - counts, idx, 40)
+    movies, pos = pat.compact()
+    want_movies, want_pos = torch.unique(idx, sorted=True, return_inverse=True)
+    assert torch.equal(movies, want_movies) and torch.equal(pos, want_pos)
+    toff, trow, perm = pat.by_movie()
+    row = entry_rows(pat.off, len(idx))
+    want_perm = torch.argsort(pos, stable=True)  # movie-major, rows ascending within a movie
+    assert torch.equal(perm, want_perm) and torch.equal(trow, row[want_perm])
+    n_per_movie = torch.bincount(pos)
+    assert torch.equal(toff, torch.cumsum(n_per_movie, 0) - n_per_movie)
 
 
 def test_lazy_adam_equals_adam_on_dense_grads_and_touched_rows():
@@ -122,6 +138,25 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
     assert torch.equal(p.detach()[untouched], before[untouched])  # dense Adam would move them
     assert torch.equal(opt.state[p]["exp_avg"][untouched], m_before[untouched])
     assert (p.detach()[rows] != before[rows]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lazy_adam_native_kernel_equals_the_gathered_fused_update(dtype):
+    """The in-place CPU kernel and the gather / fused Adam / scatter path (what runs off the
+    CPU; here forced by a non-contiguous parameter) take the same steps."""
+    torch.manual_seed(1)
+    base = torch.randn(9, 5, dtype=dtype)
+    native = torch.nn.Parameter(base.clone())
+    gathered = torch.nn.Parameter(base.t().clone().t())  # same values, not contiguous
+    opts = [LazyAdam([p], lr=0.05, weight_decay=0.01) for p in (native, gathered)]
+    for rows in ([0, 3, 4], [3, 8], [1, 2, 3, 4, 5, 6, 7]):
+        g = torch.randn(len(rows), 5, dtype=dtype)
+        for p, opt in zip((native, gathered), opts):
+            p.grad = torch.sparse_coo_tensor(torch.tensor([rows]), g, p.shape).coalesce()
+            opt.step()
+    torch.testing.assert_close(native, gathered)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        torch.testing.assert_close(opts[0].state[native][key], opts[1].state[gathered][key])
 
 
 def test_lazy_adam_bad_options_name_the_key():

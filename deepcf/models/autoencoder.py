@@ -10,10 +10,10 @@ the decoder mirroring the encoder. The movie-indexed weights are stored movie-ma
   decoder rows of the batch's movie ids (`decode_at`);
 - with `tied=True` the last layer's weight *is* the first layer's parameter (decoder = encoder
   transposed, DeepRecommender's `is_constrained`), each layer keeping its own bias;
-- `forward_rows` is the training step's computation on the U movies a batch touches: the
-  movie-indexed weights are gathered once per batch (gradients row-sparse or dense, see
-  `deepcf.models.sparse_ops`), the encoder is a sparse product and the decoder is evaluated at
-  the observed ratings only. Same numbers as the dense masked computation (tests/test_sparse.py).
+- `forward_rows` is the training step's computation at the ratings of a batch: the encoder is
+  a sparse product, the decoder is evaluated at the observed ratings only, and the gradients of
+  the movie-indexed weights live on the movies the batch touches (row-sparse or dense, see
+  `deepcf.models.sparse_ops`). Same numbers as the dense masked computation (tests/test_sparse.py).
 
 `forward(x)` is the plain dense computation over all movies, for ONNX export and full ranking.
 """
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcf.errors import ConfigError
-from deepcf.models.sparse_ops import gather_rows, sampled_decode, sparse_encode
+from deepcf.models.sparse_ops import Pattern, sampled_decode, sparse_encode
 
 ACTIVATIONS = {
     "selu": F.selu,
@@ -124,23 +124,20 @@ class AutoEncoder(nn.Module):
         return self.decode_at(self.decode_hidden(self.encode_sparse(idx, val, off)),
                               tgt_row, tgt_idx)
 
-    def forward_rows(self, movies: torch.Tensor, in_idx: torch.Tensor, in_val: torch.Tensor,
-                     in_off: torch.Tensor, tgt_crow: torch.Tensor, tgt_idx: torch.Tensor,
+    def forward_rows(self, inputs: Pattern, in_val: torch.Tensor, targets: Pattern,
                      sparse_grad: bool = True) -> torch.Tensor:
-        """Training outputs at the targets, computed on the batch's movies only.
+        """Training outputs at the targets, computed at the batch's ratings only.
 
-        `movies`: sorted unique movie ids the batch touches; `in_idx` / `tgt_idx`: positions in
-        `movies` of the input entries / the targets; targets in CSR order with row offsets
-        `tgt_crow` (length batch + 1). Gradients of `item_in`, `item_out`, `out_b` are row-sparse
-        (coalesced COO over `movies`) when `sparse_grad`, else dense.
+        `inputs` (values `in_val`) and `targets` are the batch's entries (the same object when
+        the input is not corrupted). Returns the outputs at the targets, in their order.
+        Gradients of `item_in`, `item_out`, `out_b` live on the movies of the batch: row-sparse
+        (coalesced COO) when `sparse_grad`, else dense.
         """
-        w_in = gather_rows(self.item_in, movies, sparse_grad)
-        w_out = w_in if self.tied else gather_rows(self.item_out, movies, sparse_grad)
-        b_out = gather_rows(self.out_b, movies, sparse_grad)
-        z = self.act(sparse_encode(w_in, in_idx, in_val, in_off) + self.enc_b[0])
+        z = self.act(sparse_encode(self.item_in, in_val, inputs, sparse_grad) + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
-        out = sampled_decode(self.decode_hidden(z), w_out, b_out, tgt_crow, tgt_idx)
+        out = sampled_decode(self.decode_hidden(z), self.item_decoder, self.out_b, targets,
+                             sparse_grad)
         return out if self.linear_last else self.act(out)
 
     # -- dense path (export, ranking all movies) --------------------------------------------

@@ -1,20 +1,26 @@
 """Autograd pieces of the sparse training step, whose cost follows the ratings of a batch.
 
-A training batch touches U movies (U << n_items at scale). The step works on those rows only:
+A training batch touches U movies (U << n_items at scale). The step reads the movie-indexed
+weights at the batch's entries only and computes their gradients on those U rows only:
 
-- `gather_rows(weight, rows, sparse)`: `weight[rows]` for the batch's sorted unique movie ids.
-  Its gradient is a coalesced sparse COO tensor with exactly those rows (`sparse=True`; what
-  `deepcf.optim.LazyAdam` or plain SGD update lazily), or the same values scattered into a dense
-  zero tensor (`sparse=False`, for optimizers that only take dense gradients). Tied weights are
-  gathered once and used by encoder and decoder, so both gradients add in the compact rows.
-- `sparse_encode`: rows x compact weight, `sum_j val_j * W[idx_j]` per row (embedding_bag
-  forward); the weight gradient is the sparse product `V^T @ dz` (no nnz x h0 intermediate).
-- `sampled_decode`: outputs only at the observed (row, col) pairs, `h[row] . W[col] + b[col]`,
-  with `torch.sparse.sampled_addmm` forward and sparse-matrix products backward
-  (`dh = G @ W`, `dW = G^T @ h`), G the CSR matrix of output gradients.
+- `Pattern`: a batch's entries in CSR order (row offsets, global movie ids), with, computed once
+  on first use, the batch's sorted unique movies, each entry's position among them, and the
+  entries in movie-major order (`deepcf.kernels`: a mark array and a counting sort, no sort).
+- `sparse_encode(W, val, pattern)`: per row `sum_j val_j * W[idx_j]` (`F.embedding_bag`); the
+  weight gradient `V^T @ dz` on the U rows.
+- `sampled_decode(h, W, b, pattern)`: outputs only at the observed (row, movie) pairs,
+  `h[row] . W[movie] + b[movie]` (`torch.sparse.sampled_addmm`); backward `dh = G @ W`,
+  `dW = G^T @ h`, `db` on the U rows, G the sparse matrix of output gradients.
 
-Targets must come in CSR order (rows ascending; what the data module hands over): `crow` are
-the row offsets of the entries.
+The weights go in whole: nothing is gathered or copied forward. A movie-indexed gradient is a
+coalesced sparse COO tensor over the batch's U movies (`sparse_grad=True`: what
+`deepcf.optim.LazyAdam` and plain SGD update lazily) or those rows scattered into a dense zero
+tensor (`sparse_grad=False`, for optimizers that take dense gradients only). A tied weight,
+used by both ops, gets the sum of both gradients.
+
+Both sparse products run as `F.embedding_bag(mode="sum", per_sample_weights=...)`: over the
+rows for `M @ x`, over the movies for `M^T @ x`. torch's CSR product with the ~8k short rows of
+`M^T` runs ~100x slower.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from deepcf.kernels import compact_ids, transpose_pattern
+
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "CSR support is in beta" (once per process)
@@ -32,82 +40,114 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> 
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
-def _csr_t(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """The transpose of CSR (crow, col, values) of `shape`, built as CSR directly: one stable
-    argsort of the column ids (`csr.t() @ x` would go through CSC and a conversion)."""
-    n_rows, n_cols = shape
-    row = torch.repeat_interleave(torch.arange(n_rows, device=col.device), torch.diff(crow),
-                                  output_size=len(col))
-    perm = torch.argsort(col, stable=True)
-    tcrow = torch.zeros(n_cols + 1, dtype=crow.dtype, device=crow.device)
-    torch.cumsum(torch.bincount(col, minlength=n_cols), 0, out=tcrow[1:])
-    return _csr(tcrow, row[perm], values[perm], (n_cols, n_rows))
+class Pattern:
+    """A batch's entries in CSR order: row offsets `crow` (n_rows + 1) and movie ids `idx` in
+    [0, n_items). What the backward passes need (`compact`, `by_movie`) is computed once, on
+    first use, and shared: without input noise, encoder and decoder get the same object."""
 
+    def __init__(self, crow: torch.Tensor, idx: torch.Tensor, n_items: int):
+        self.crow, self.idx, self.n_items = crow, idx, int(n_items)
+        self.off = crow[:-1]  # row starts: F.embedding_bag's offsets
+        self.n_rows = len(self.off)
+        self._compact = self._by_movie = None
 
-class _GatherRows(Function):
-    @staticmethod
-    def forward(ctx, weight, rows, sparse):
-        ctx.save_for_backward(rows)
-        ctx.shape, ctx.sparse = weight.shape, sparse
-        return weight.index_select(0, rows)
+    @classmethod
+    def from_offsets(cls, off: torch.Tensor, idx: torch.Tensor, n_items: int) -> Pattern:
+        return cls(torch.cat([off, off.new_tensor([len(idx)])]), idx, n_items)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        if ctx.sparse:  # rows are sorted and unique: the COO tensor is coalesced as built
-            g = torch.sparse_coo_tensor(rows.unsqueeze(0), grad.contiguous(), ctx.shape,
-                                        is_coalesced=True, check_invariants=False)
-        else:
-            g = grad.new_zeros(ctx.shape).index_copy_(0, rows, grad)
-        return g, None, None
+    def compact(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(movies, pos): the sorted unique movie ids and each entry's position among them."""
+        if self._compact is None:
+            if self.idx.device.type == "cpu":
+                self._compact = compact_ids(self.idx, self.n_items)
+            else:
+                self._compact = torch.unique(self.idx, sorted=True, return_inverse=True)
+        return self._compact
 
+    def by_movie(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(toff, trow, perm): the i-th movie's entries are perm[toff[i]:toff[i+1]], in row
+        order, in rows trow[toff[i]:toff[i+1]]; toff has one entry per movie of `compact`."""
+        if self._by_movie is None:
+            movies, pos = self.compact()
+            if pos.device.type == "cpu":
+                self._by_movie = transpose_pattern(self.crow, pos, len(movies))
+            else:  # no native kernel off the CPU: a stable sort of the positions
+                row = torch.repeat_interleave(torch.arange(self.n_rows, device=pos.device),
+                                              torch.diff(self.crow), output_size=len(pos))
+                perm = torch.argsort(pos, stable=True)
+                counts = torch.bincount(pos, minlength=len(movies))
+                self._by_movie = (torch.cumsum(counts, 0) - counts, row[perm], perm)
+        return self._by_movie
 
-def gather_rows(weight: torch.Tensor, rows: torch.Tensor, sparse: bool = True) -> torch.Tensor:
-    """`weight[rows]` (rows sorted, unique) with a row-sparse or dense gradient."""
-    return _GatherRows.apply(weight, rows, sparse)
+    def matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """M @ x, (n_rows, x.shape[1]), for the (n_rows, n_items) matrix M of this pattern
+        with `values`; an empty row gives 0."""
+        return F.embedding_bag(self.idx, x, self.off, mode="sum", per_sample_weights=values)
+
+    def t_matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(M^T @ x)[movies], (U, x.shape[1]): the rows of M^T @ x that can be non-zero."""
+        toff, trow, perm = self.by_movie()
+        return F.embedding_bag(trow, x, toff, mode="sum", per_sample_weights=values[perm])
+
+    def movie_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(M^T @ 1)[movies]: each movie's sum of `values`, (U,)."""
+        movies, pos = self.compact()
+        return values.new_zeros(len(movies)).index_add_(0, pos, values)
+
+    def grad(self, rows: torch.Tensor, shape: torch.Size, sparse: bool) -> torch.Tensor:
+        """The gradient of a (n_items, ...) weight whose `movies` rows are `rows`: coalesced
+        row-sparse COO, or dense with zeros elsewhere."""
+        movies, _ = self.compact()
+        if sparse:  # movies are sorted and unique: coalesced as built
+            return torch.sparse_coo_tensor(movies.unsqueeze(0), rows, shape, is_coalesced=True,
+                                           check_invariants=False)
+        return rows.new_zeros(shape).index_copy_(0, movies, rows)
 
 
 class _SparseEncode(Function):
     @staticmethod
-    def forward(ctx, weight, idx, val, off, crow):
-        ctx.save_for_backward(idx, val, crow)
-        ctx.shape = (len(off), weight.shape[0])
-        return F.embedding_bag(idx, weight, off, mode="sum", per_sample_weights=val)
+    def forward(ctx, weight, val, pattern, sparse_grad):
+        ctx.save_for_backward(val)
+        ctx.pattern, ctx.sparse_grad, ctx.shape = pattern, sparse_grad, weight.shape
+        return pattern.matmul(val, weight)
 
     @staticmethod
     def backward(ctx, dz):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        idx, val, crow = ctx.saved_tensors
-        return _csr_t(crow, idx, val, ctx.shape) @ dz.contiguous(), None, None, None, None
+            return None, None, None, None
+        (val,) = ctx.saved_tensors
+        pat = ctx.pattern
+        return pat.grad(pat.t_matmul(val, dz.contiguous()), ctx.shape, ctx.sparse_grad), \
+            None, None, None
 
 
-def sparse_encode(weight: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
-                  off: torch.Tensor) -> torch.Tensor:
-    """(batch, h0) = sum over each row's entries of val * weight[idx]; empty rows give 0."""
-    crow = torch.cat([off, off.new_tensor([len(idx)])])
-    return _SparseEncode.apply(weight, idx, val, off, crow)
+def sparse_encode(weight: torch.Tensor, val: torch.Tensor, pattern: Pattern,
+                  sparse_grad: bool = True) -> torch.Tensor:
+    """(n_rows, h0) = sum over each row's entries of val * weight[idx]; empty rows give 0."""
+    return _SparseEncode.apply(weight, val, pattern, sparse_grad)
 
 
 class _SampledDecode(Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, crow, col):
-        ctx.save_for_backward(h, weight, crow, col)
-        mask = _csr(crow, col, bias.index_select(0, col), (h.shape[0], weight.shape[0]))
+    def forward(ctx, h, weight, bias, pattern, sparse_grad):
+        ctx.save_for_backward(h, weight)
+        ctx.pattern, ctx.sparse_grad = pattern, sparse_grad
+        idx = pattern.idx
+        mask = _csr(pattern.crow, idx, bias.index_select(0, idx), (h.shape[0], weight.shape[0]))
         return torch.sparse.sampled_addmm(mask, h, weight.t()).values()
 
     @staticmethod
     def backward(ctx, g):
-        h, weight, crow, col = ctx.saved_tensors
-        G = _csr(crow, col, g.contiguous(), (h.shape[0], weight.shape[0]))
-        dh = G @ weight if ctx.needs_input_grad[0] else None
-        dw = _csr_t(crow, col, g, G.shape) @ h if ctx.needs_input_grad[1] else None
-        db = g.new_zeros(weight.shape[0]).index_add_(0, col, g) \
-            if ctx.needs_input_grad[2] else None
+        h, weight = ctx.saved_tensors
+        pat, g, sparse = ctx.pattern, g.contiguous(), ctx.sparse_grad
+        need = ctx.needs_input_grad
+        dh = pat.matmul(g, weight) if need[0] else None
+        dw = pat.grad(pat.t_matmul(g, h), weight.shape, sparse) if need[1] else None
+        db = pat.grad(pat.movie_sums(g), (weight.shape[0],), sparse) if need[2] else None
         return dh, dw, db, None, None
 
 
 def sampled_decode(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   crow: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """`h[r] . weight[c] + bias[c]` for each entry (r, c) of the CSR pattern (crow, col)."""
-    return _SampledDecode.apply(h, weight, bias, crow, col)
+                   pattern: Pattern, sparse_grad: bool = True) -> torch.Tensor:
+    """`h[r] . weight[c] + bias[c]` for each entry (r, c) of the pattern, in its order."""
+    return _SampledDecode.apply(h, weight, bias, pattern, sparse_grad)
