@@ -49,7 +49,9 @@ def row_adam_(p: torch.Tensor, grad_rows: torch.Tensor, exp_avg: torch.Tensor,
     `grad_rows[i]` is the gradient of row `rows[i]`; p, exp_avg, exp_avg_sq contiguous CPU
     tensors of one float dtype. Arithmetic in that dtype, as Adam's CPU kernel does."""
     ft = np.dtype(str(p.dtype).removeprefix("torch.")).type
-    # as many threads as torch's intra-op pool, so that the two never oversubscribe the cores
+    # as many threads as torch's intra-op pool, so that the two never oversubscribe the cores.
+    # (prange also matters on one thread: the parallel lowering vectorizes the row loop, the
+    # serial one measured 4x slower.)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     _row_adam(_np2d(p), _np2d(grad_rows.contiguous()), _np2d(exp_avg), _np2d(exp_avg_sq),
               rows.numpy(), ft(lr / (1.0 - b1**step)), ft(b1), ft(1.0 - b1), ft(b2),

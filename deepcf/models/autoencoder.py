@@ -133,11 +133,13 @@ class AutoEncoder(nn.Module):
         Gradients of `item_in`, `item_out`, `out_b` live on the movies of the batch: row-sparse
         (coalesced COO) when `sparse_grad`, else dense.
         """
-        z = self.act(sparse_encode(self.item_in, in_val, inputs, sparse_grad) + self.enc_b[0])
+        tied = self.tied and inputs is targets  # one weight, one pattern: grads add compactly
+        z = self.act(sparse_encode(self.item_in, in_val, inputs, sparse_grad, tied)
+                     + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
         out = sampled_decode(self.decode_hidden(z), self.item_decoder, self.out_b, targets,
-                             sparse_grad)
+                             sparse_grad, tied)
         return out if self.linear_last else self.act(out)
 
     # -- dense path (export, ranking all movies) --------------------------------------------
