@@ -8,7 +8,8 @@
   Lightning runs: zero_grad, training_step, backward, step), optionally a torch.profiler summary;
 - `epoch`: one full training epoch through `pytorch_lightning.Trainer` (the real thing), its
   wall time and the process's peak RSS;
-- `gemm`: a plain fp32 GEMM, the machine's reference GFLOP/s.
+- `gemm`: a plain fp32 GEMM, the machine's reference GFLOP/s;
+- `copy`: a plain 256 MB copy, the machine's reference memory bandwidth.
 """
 
 from __future__ import annotations
@@ -122,16 +123,22 @@ def _train(spec: dict) -> dict:
 
     it = batches()
     warm, steps = spec.get("warmup", 2), spec["batches"]
+    phases = [0.0, 0.0, 0.0]  # forward (with zero_grad), backward, optimizer step
     for i in range(warm + steps):
         batch = next(it)
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast:
             loss = module.training_step(batch, i)
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         opt.step()
+        t3 = time.perf_counter()
         if i >= warm:
-            times.append(time.perf_counter() - t)
+            times.append(t3 - t)
+            for k, dt in enumerate((t1 - t, t2 - t1, t3 - t2)):
+                phases[k] += dt
             nnz.append(len(batch["in_idx"]))
             touched.append(len(torch.unique(batch["in_idx"])))
     out = {"n_batches": n_batches, "measured": len(times), "s_per_batch": sum(times) / len(times),
@@ -139,7 +146,8 @@ def _train(spec: dict) -> dict:
            "movies_per_batch": sum(touched) / len(touched),
            "batch_size": spec["batch_size"], "train_ratings": int(dm.split.train.nnz),
            "sparse_grad": module.sparse_grad, "dense_path": module.dense_train,
-           "loss": float(loss)}
+           "loss": float(loss), "forward_s": phases[0] / len(times),
+           "backward_s": phases[1] / len(times), "step_s": phases[2] / len(times)}
     out["epoch_s"] = out["s_per_batch"] * n_batches
     if spec.get("profile"):
         from torch.profiler import profile
@@ -192,7 +200,23 @@ def _gemm(spec: dict) -> dict:
     return {"n": n, "gflops": 2 * n**3 / s / 1e9}
 
 
-KINDS = {"data": _data, "reload": _reload, "train": _train, "epoch": _epoch, "gemm": _gemm}
+def _copy(spec: dict) -> dict:
+    """A plain 256 MB tensor copy: the machine's memory bandwidth as torch reaches it."""
+    import torch
+
+    n = spec.get("mb", 256) * 2**20 // 4
+    src, dst = torch.randn(n), torch.empty(n)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return {"mb": spec.get("mb", 256), "gb_per_s": 2 * n * 4 / best / 1e9}  # read + write
+
+
+KINDS = {"data": _data, "reload": _reload, "train": _train, "epoch": _epoch, "gemm": _gemm,
+         "copy": _copy}
 
 
 def main() -> None:
