@@ -209,13 +209,18 @@ def test_auto_path_is_sparse_and_dense_stays_selectable():
     assert AutoRecModule(1682, [8], train_path="dense").dense_train
 
 
-@pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3}])
-def test_sparse_and_dense_training_steps_agree(noise):
-    """The module's two paths give the same loss and gradients (same noise draw)."""
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3},
+                                   {"kind": "gaussian", "std": 0.5}])
+def test_sparse_and_dense_training_steps_agree(noise, tied):
+    """The module's two paths give the same loss and gradients (same noise draw). Tied with
+    dropout: encoder and decoder see different entries, autograd adds their gradients."""
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="sparse")
-    b = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="dense")
+    a = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="sparse",
+                      tied=tied)
+    b = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="dense",
+                      tied=tied)
     b.load_state_dict(a.state_dict())
     x, mask, idx, val, off = _batch()
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
