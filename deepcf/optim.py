@@ -81,7 +81,7 @@ class LazyAdam(Optimizer):
                 fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
                             for p in group["params"])
             dense: dict[str, list] = {k: [] for k in "pgmvt"}
-            sparse: dict[str, list] = {k: [] for k in "pgmvtr"}
+            sparse: dict[str, list] = {k: [] for k in "pgmvtro"}  # o: the parameter itself
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -99,9 +99,10 @@ class LazyAdam(Optimizer):
                     continue
                 # elsewhere Adam's own kernel on the touched rows, gathered; scattered back below
                 bp, bm, bv = self._workspace(p, len(rows))
-                for k, x in zip("pgmvtr", (torch.index_select(p, 0, rows, out=bp), g,
-                                           torch.index_select(m, 0, rows, out=bm),
-                                           torch.index_select(v, 0, rows, out=bv), t, rows)):
+                for k, x in zip("pgmvtro", (torch.index_select(p, 0, rows, out=bp), g,
+                                            torch.index_select(m, 0, rows, out=bm),
+                                            torch.index_select(v, 0, rows, out=bv), t, rows,
+                                            p)):
                     sparse[k].append(x)
             for part in (dense, sparse):
                 if part["p"]:
@@ -110,10 +111,8 @@ class LazyAdam(Optimizer):
                                     beta1=b1, beta2=b2, lr=group["lr"],
                                     weight_decay=group["weight_decay"], eps=group["eps"],
                                     maximize=False)
-            params = [p for p in group["params"] if p.grad is not None and p.grad.is_sparse
-                      and not _native(p, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"])]
-            for p, p_r, m_r, v_r, rows in zip(params, sparse["p"], sparse["m"], sparse["v"],
-                                              sparse["r"]):
+            for p, p_r, m_r, v_r, rows in zip(sparse["o"], sparse["p"], sparse["m"],
+                                              sparse["v"], sparse["r"]):
                 state = self.state[p]
                 p.index_copy_(0, rows, p_r)
                 state["exp_avg"].index_copy_(0, rows, m_r)
