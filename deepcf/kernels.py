@@ -87,24 +87,30 @@ def transpose_pattern(crow: torch.Tensor, col: torch.Tensor, n_cols: int):
 
 
 @numba.njit(**_JIT)
-def _compact(idx, n_items):  # pragma: no cover
-    pos_of = np.full(n_items, -1, dtype=np.int64)
+def _compact(idx, n, pos):  # pragma: no cover
+    pos_of = np.full(n, -1, dtype=pos.dtype)
     for j in range(idx.shape[0]):
         pos_of[idx[j]] = 0
-    n = 0
-    for c in range(n_items):
+    k = 0
+    for c in range(n):
         if pos_of[c] == 0:
-            pos_of[c] = n
-            n += 1
-    ids = np.empty(n, dtype=np.int64)
-    pos = np.empty(idx.shape[0], dtype=np.int64)
+            pos_of[c] = k
+            k += 1
+    ids = np.empty(k, dtype=np.int64)
     for j in range(idx.shape[0]):
         pos[j] = pos_of[idx[j]]
         ids[pos[j]] = idx[j]
-    return ids, pos
+    return ids
+
+
+def compact(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(ids, return_inverse=True)` for ids in [0, n), through a mark array in
+    O(len(ids) + n): (sorted unique ids as int64, each entry's position among them as `dtype`)."""
+    pos = np.empty(len(ids), dtype=dtype)
+    return _compact(ids, int(n), pos), pos
 
 
 def compact_ids(idx: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.unique(idx, sorted=True, return_inverse=True)` for ids in [0, n_items)."""
-    ids, pos = _compact(idx.numpy(), int(n_items))
+    ids, pos = compact(idx.numpy(), n_items)
     return torch.from_numpy(ids), torch.from_numpy(pos)

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from deepcf.data.readers import RatingsTable, dedupe_latest, read_ratings, read_titles
 from deepcf.errors import ConfigError, DataError
+from deepcf.kernels import compact
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: synthetic sets give every user and movie a rating
@@ -58,28 +59,12 @@ class Split:
         return float(self.train.data.mean()) if self.train.nnz else 0.0
 
 
-def _csr(rows, cols, vals, shape) -> sp.csr_matrix:
-    m = sp.csr_matrix(
-        (np.asarray(vals, np.float32), (np.asarray(rows), np.asarray(cols))), shape=shape
-    )
-    m.sum_duplicates()
-    m.sort_indices()
-    m.indices = m.indices.astype(np.int32, copy=False)
-    m.indptr = m.indptr.astype(np.int64 if m.nnz >= 2**31 else np.int32, copy=False)
-    return m
-
-
 def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique ids, int32 code of each entry), as np.unique(return_inverse=True) gives,
     in O(n) through a lookup table when the ids are non-negative and not too sparse."""
     lo, hi = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
     if lo >= 0 and hi < 4 * len(ids) + (1 << 24):
-        present = np.zeros(hi + 1, dtype=bool)
-        present[ids] = True
-        uniq = np.flatnonzero(present)
-        lookup = np.zeros(hi + 1, dtype=np.int32)
-        lookup[uniq] = np.arange(len(uniq), dtype=np.int32)
-        return uniq.astype(np.int64), lookup[ids]
+        return compact(ids, hi + 1, np.int32)
     uniq, code = np.unique(ids, return_inverse=True)
     return uniq, code.astype(np.int32)
 
@@ -95,6 +80,12 @@ def _csr_from_codes(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
             return None
         rows, cols, vals = rows[order], cols[order], vals[order]
     del key
+    return _csr_in_order(rows, cols, vals, shape)
+
+
+def _csr_in_order(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                  shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR of entries already in (row, col) order, distinct: only the row offsets to count."""
     indptr = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
     indptr = indptr.astype(np.int64 if len(cols) >= 2**31 else np.int32)
@@ -176,11 +167,7 @@ def split_matrix(
     mats = []
     for k in range(3):
         sel = part == k
-        indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row[sel], minlength=X.shape[0]), out=indptr[1:])
-        mats.append(sp.csr_matrix(
-            (X.data[sel], X.indices[sel],
-             indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)), shape=X.shape))
+        mats.append(_csr_in_order(row[sel], X.indices[sel], X.data[sel], X.shape))
     del row, part
     if m.test_ratings is not None:
         mats[2] = m.test_ratings
