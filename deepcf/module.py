@@ -32,7 +32,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetr
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import check_noise, corrupt
-from deepcf.models.sparse_ops import Pattern
+from deepcf.models.sparse_ops import Pattern, entry_rows
 from deepcf.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ def clip_or_fallback(pred: torch.Tensor, cold: torch.Tensor, rating_min: float,
     """The held-out protocol: clip to the rating range; the declared fallback where cold."""
     pred = pred.clamp(rating_min, rating_max)
     return torch.where(cold, pred.new_tensor(fallback), pred)
-
-
-def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
-    """Batch row of each entry of a flat (idx, val, off) batch, without a host sync."""
-    counts = torch.diff(off, append=off.new_tensor([nnz]))
-    return torch.repeat_interleave(torch.arange(len(off), device=off.device), counts,
-                                   output_size=nnz)
 
 
 class AutoRecModule(pl.LightningModule):
@@ -127,12 +120,11 @@ class AutoRecModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
-        row = entry_rows(off, len(idx))
         if self.dense_train:
-            pred = self.dense_masked_outputs(idx, val, off, row)
+            pred = self.dense_masked_outputs(idx, val, off, entry_rows(off, len(idx)))
         else:
             targets = Pattern.from_offsets(off, idx, self.net.n_items)
-            c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
+            c_idx, c_val, c_off = corrupt(idx, val, off, **self.noise)
             inputs = targets if c_idx is idx else Pattern.from_offsets(c_off, c_idx,
                                                                        self.net.n_items)
             pred = self.net.forward_rows(inputs, c_val, targets, self.sparse_grad)

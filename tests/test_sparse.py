@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
-from deepcf.models.sparse_ops import Pattern, sampled_decode, sparse_encode
-from deepcf.module import AutoRecModule, entry_rows
+from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
+from deepcf.module import AutoRecModule
 from deepcf.optim import LazyAdam, takes_sparse_grads
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),

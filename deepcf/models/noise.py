@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from deepcf.errors import ConfigError
+from deepcf.models.sparse_ops import entry_rows
 
 NOISE_KINDS = ("none", "dropout", "gaussian")
 
@@ -26,13 +27,17 @@ def check_noise(kind: str = "none", p: float = 0.0, std: float = 0.0) -> None:
 
 
 def corrupt(
-    idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor, row: torch.Tensor,
+    idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor, row: torch.Tensor | None = None,
     kind: str = "none", p: float = 0.0, std: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Corrupted (idx, val, off) of a batch; `row` is the batch row of each entry."""
+    """Corrupted (idx, val, off) of a batch; `row` is the batch row of each entry (derived from
+    `off` when not given, and only dropout needs it). Without noise the tensors come back as
+    they are, the same objects."""
     if kind == "gaussian" and std > 0:
         return idx, val + std * torch.randn_like(val), off
     if kind == "dropout" and p > 0:
+        if row is None:
+            row = entry_rows(off, len(idx))
         keep = torch.rand_like(val) >= p
         counts = torch.zeros_like(off).index_add_(0, row, keep.to(off.dtype))
         new_off = torch.cumsum(counts, 0) - counts

@@ -41,6 +41,13 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> 
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
+def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Batch row of each entry of a flat (idx, val, off) batch, without a host sync."""
+    counts = torch.diff(off, append=off.new_tensor([nnz]))
+    return torch.repeat_interleave(torch.arange(len(off), device=off.device), counts,
+                                   output_size=nnz)
+
+
 class Pattern:
     """A batch's entries in CSR order: row offsets `crow` (n_rows + 1) and movie ids `idx` in
     [0, n_items). What the backward passes need (`compact`, `by_movie`) is computed once, on
@@ -74,8 +81,7 @@ class Pattern:
             if pos.device.type == "cpu":
                 self._by_movie = transpose_pattern(self.crow, pos, len(movies))
             else:  # no native kernel off the CPU: a stable sort of the positions
-                row = torch.repeat_interleave(torch.arange(self.n_rows, device=pos.device),
-                                              torch.diff(self.crow), output_size=len(pos))
+                row = entry_rows(self.off, len(pos))
                 perm = torch.argsort(pos, stable=True)
                 counts = torch.bincount(pos, minlength=len(movies))
                 self._by_movie = (torch.cumsum(counts, 0) - counts, row[perm], perm)
