@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                        alloc=alloc)
 
     text = report(args, cmd, info, res, big_rows, small_rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. outputs/ on a fresh clone
     Path(args.out).write_text(text)
     print(f"deepcf.bench: wrote {args.out}", flush=True)
     if tmp is not None:

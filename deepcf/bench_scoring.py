@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> str:
     text = table(rows, args.threads)
     print(text)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. outputs/ on a fresh clone
         Path(args.out).write_text(text + "\n")
     return text
 
