@@ -54,7 +54,7 @@ experiments: install
 	$(PY) -m deepcf.experiments --seeds 1 2 3 --update-readme README.md
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
-# ratings) and ML-100K; rewrites BENCHMARKS.md (~10 min on 2 cores; not part of `make test`)
+# ratings) and ML-100K, then ONNX scoring; rewrites BENCHMARKS.md (~4 min on 2 cores; not `make test`)
 .PHONY: bench
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md
