@@ -90,6 +90,8 @@ def transpose_pattern(crow: torch.Tensor, col: torch.Tensor, n_cols: int):
 def _compact(idx, n, pos):  # pragma: no cover
     pos_of = np.full(n, -1, dtype=pos.dtype)
     for j in range(idx.shape[0]):
+        if idx[j] < 0 or idx[j] >= n:  # numba does not check bounds: a stray id would corrupt
+            raise IndexError("id out of range")
         pos_of[idx[j]] = 0
     k = 0
     for c in range(n):
@@ -107,7 +109,11 @@ def compact(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray, np.nda
     """`np.unique(ids, return_inverse=True)` for ids in [0, n), through a mark array in
     O(len(ids) + n): (sorted unique ids as int64, each entry's position among them as `dtype`)."""
     pos = np.empty(len(ids), dtype=dtype)
-    return _compact(ids, int(n), pos), pos
+    try:
+        return _compact(ids, int(n), pos), pos
+    except IndexError:
+        raise IndexError(f"ids must lie in [0, {n}); got ids from {int(ids.min())} to "
+                         f"{int(ids.max())}") from None
 
 
 def compact_ids(idx: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:

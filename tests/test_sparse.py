@@ -101,6 +101,8 @@ def test_pattern_compaction_and_movie_order_match_torch():
     assert torch.equal(perm, want_perm) and torch.equal(trow, row[want_perm])
     n_per_movie = torch.bincount(pos)
     assert torch.equal(toff, torch.cumsum(n_per_movie, 0) - n_per_movie)
+    with pytest.raises(IndexError, match=r"\[0, 40\)"):  # a stray id is refused, not written
+        Pattern.from_offsets(torch.tensor([0]), torch.tensor([3, 40]), 40).compact()
 
 
 def test_lazy_adam_equals_adam_on_dense_grads_and_touched_rows():
