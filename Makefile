@@ -51,13 +51,13 @@ recommend: install
 # rewrites the table in README.md
 experiments: install
 	rm -rf outputs/experiments
-	$(PY) -m deepcf.experiments --seeds 1 2 3 --update-readme README.md
+	$(PY) -m deepcf.study.experiments --seeds 1 2 3 --update-readme README.md
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
 # ratings) and ML-100K, then ONNX scoring; rewrites BENCHMARKS.md (~4 min on 2 cores; not `make test`)
 .PHONY: bench
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md
-	$(PY) -m deepcf.bench_scoring --threads 2 --out outputs/bench_scoring.md
+	$(PY) -m deepcf.bench.scoring --threads 2 --out outputs/bench_scoring.md
 	printf '\n## Scoring: onnxruntime vs PyTorch eager\n\n' >> BENCHMARKS.md
 	cat outputs/bench_scoring.md >> BENCHMARKS.md

@@ -22,6 +22,30 @@ class ConfigError(DeepCFError):
     """A config value that cannot work."""
 
 
+class CheckpointError(DeepCFError):
+    """A file that is not a deepcf checkpoint, or a checkpoint that does not fit the data."""
+
+
+class UnknownUserError(DeepCFError):
+    """A user id that neither the model nor the ratings know."""
+
+
+class UnknownMovieError(DataError):
+    """A movie id the model never saw in training."""
+
+
+class ModelDataMismatch(DeepCFError):
+    """An ONNX model, its sidecar and the ratings disagree on the movies (or users)."""
+
+
+class DivergedModel(DeepCFError):
+    """A model whose outputs are not finite (training diverged): nothing to export or serve."""
+
+
+class ExportParityError(DeepCFError):
+    """onnxruntime's outputs differ from PyTorch's by more than the allowed tolerance."""
+
+
 @contextmanager
 def one_line_errors(prog: str = "deepcf"):
     """Turn DeepCFError into `prog: error: message` on stderr and exit status 2."""

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from deepcf.train import CONF_DIR
+from deepcf.training.config import CONF_DIR
 
 os.environ.setdefault("WANDB_SILENT", "true")
 

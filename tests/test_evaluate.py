@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepcf.ranking import RankingAccumulator, gini, ndcg_at, recall_at, top_popular
-from deepcf.scoring import top_k_unseen
+from deepcf.serving.metrics import RankingAccumulator, gini, ndcg_at, recall_at, top_popular
+from deepcf.serving.scoring import top_k_unseen
 
 TINY_RUN = ["data=synthetic", "data.scale=tiny", "trainer.max_epochs=3", "logger=csv",
             "trainer.accelerator=cpu", "model.hidden=[32,16]", "data.batch_size=64"]
@@ -24,7 +24,8 @@ def train_run(run: Path, cache_dir: Path, overrides: list[str]) -> Path:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from deepcf.train import CONF_DIR, train
+    from deepcf.training.config import CONF_DIR
+    from deepcf.training.train import train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -133,7 +134,7 @@ def test_top_k_unseen_never_returns_a_seen_movie():
 # -- on a trained run -------------------------------------------------------------------------
 
 def test_run_exports_model_and_sidecar(tiny_run):
-    from deepcf.onnx_export import read_sidecar
+    from deepcf.serving.sidecar import read_sidecar
 
     card = read_sidecar(tiny_run / "model.onnx")
     assert (tiny_run / "model.deepcf.npz").exists()
@@ -158,8 +159,8 @@ def test_evaluate_rmse_equals_training_test_rmse(tiny_run, tmp_path):
 
 
 def test_evaluate_on_npz_matrices_matches_the_run(tiny_run, tmp_path):
-    from deepcf.evaluate import evaluate_files, evaluate_run
-    from deepcf.inputs import run_datamodule
+    from deepcf.serving.evaluate import evaluate_files, evaluate_run
+    from deepcf.serving.runs import run_datamodule
 
     split = run_datamodule(tiny_run).split
     sp.save_npz(tmp_path / "train.npz", split.train)
@@ -173,12 +174,12 @@ def test_evaluate_on_npz_matrices_matches_the_run(tiny_run, tmp_path):
 def test_generate_from_checkpoint_agrees_with_pytorch(tiny_run, tmp_path):
     import torch
 
-    from deepcf.generate import find_checkpoint, generate, load_net
-    from deepcf.inputs import run_datamodule
-    from deepcf.onnx_export import read_sidecar
-    from deepcf.scoring import OnnxScorer, densify
+    from deepcf.serving.export import export_run
+    from deepcf.serving.runs import find_checkpoint, load_net, run_datamodule
+    from deepcf.serving.scoring import OnnxScorer, densify
+    from deepcf.serving.sidecar import read_sidecar
 
-    out, diff = generate(tiny_run, tmp_path / "g.onnx")
+    out, diff = export_run(tiny_run, tmp_path / "g.onnx")
     assert diff <= 1e-4 and (tmp_path / "g.deepcf.npz").exists()
     net = load_net(find_checkpoint(tiny_run)[0])
     train = run_datamodule(tiny_run).split.train
@@ -193,7 +194,7 @@ def test_generate_from_checkpoint_agrees_with_pytorch(tiny_run, tmp_path):
 
 def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys):
     from deepcf.evaluate import main
-    from deepcf.onnx_export import read_sidecar
+    from deepcf.serving.sidecar import read_sidecar
 
     n = len(read_sidecar(tiny_run / "model.onnx").item_ids)
     bad = tmp_path / "wide.npz"
@@ -215,8 +216,8 @@ def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys):
 
 
 def test_item_oriented_run_evaluates_and_ranks(tmp_path, cache_dir):
-    from deepcf.evaluate import evaluate_run
-    from deepcf.recommend import load_ratings, recommend
+    from deepcf.serving.evaluate import evaluate_run
+    from deepcf.serving.recommend import load_ratings, recommend
 
     run = train_run(tmp_path / "item", cache_dir,
                     [*TINY_RUN, "data.orientation=item", "trainer.max_epochs=2"])

@@ -12,7 +12,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import corrupt
 from deepcf.models.sparse_ops import entry_rows
-from deepcf.module import AutoRecModule
+from deepcf.training.module import AutoRecModule
 
 
 def _sparse_batch(n_rows=6, n_items=40, density=0.2, seed=0):

@@ -19,13 +19,13 @@ def tiny_run(request, tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):
-    from deepcf.recommend import load_ratings
+    from deepcf.serving.recommend import load_ratings
 
     return load_ratings(tiny_run)
 
 
 def test_every_user_gets_unseen_movies_in_score_order(loaded):
-    from deepcf.recommend import recommend
+    from deepcf.serving.recommend import recommend
 
     scorer, card, data = loaded
     recs = list(recommend(scorer, card, data, data.user_ids, n=10, chunk=64))
@@ -49,7 +49,8 @@ def test_every_user_gets_unseen_movies_in_score_order(loaded):
 
 
 def test_cli_writes_csv_and_table(tiny_run, tmp_path, capsys):
-    from deepcf.recommend import load_ratings, main
+    from deepcf.recommend import main
+    from deepcf.serving.recommend import load_ratings
 
     _, _, data = load_ratings(tiny_run)
     uid = int(data.user_ids[0])
@@ -63,8 +64,8 @@ def test_cli_writes_csv_and_table(tiny_run, tmp_path, capsys):
 
 
 def test_ratings_file_with_titles_and_popularity_fallback(tiny_run, tmp_path):
-    from deepcf.onnx_export import read_sidecar, write_sidecar
-    from deepcf.recommend import load_ratings, recommend
+    from deepcf.serving.recommend import load_ratings, recommend
+    from deepcf.serving.sidecar import read_sidecar, write_sidecar
 
     # a copy of the model whose sidecar knows titles, as an ML-100K model's does
     model = tmp_path / "m.onnx"
@@ -92,14 +93,14 @@ def test_ratings_file_with_titles_and_popularity_fallback(tiny_run, tmp_path):
     top = np.argsort(-card.item_train_count, kind="stable")[:4]
     assert [r["movie_id"] for r in silent] == card.item_ids[top].tolist()
 
-    from deepcf.recommend import format_table
+    from deepcf.serving.recommend import format_table
 
     assert "POPULARITY FALLBACK" in format_table(silent)
 
 
 def test_bad_inputs_get_one_clear_line(tiny_run, tmp_path, capsys):
-    from deepcf.onnx_export import read_sidecar
     from deepcf.recommend import main
+    from deepcf.serving.sidecar import read_sidecar
 
     model = str(tiny_run / "model.onnx")
     card = read_sidecar(model)
@@ -130,8 +131,9 @@ def test_model_whose_movie_count_differs_from_the_run_data(tiny_run, tmp_path, c
     import torch
 
     from deepcf.models.autoencoder import AutoEncoder
-    from deepcf.onnx_export import export_onnx, read_sidecar, write_sidecar
     from deepcf.recommend import main
+    from deepcf.serving.export import export_onnx
+    from deepcf.serving.sidecar import read_sidecar, write_sidecar
 
     card = read_sidecar(tiny_run / "model.onnx")
     n = len(card.item_ids) - 1  # a consistent model + sidecar, trained on other movies

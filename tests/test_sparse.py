@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
-from deepcf.module import AutoRecModule
-from deepcf.optim import LazyAdam, takes_sparse_grads
+from deepcf.training.module import AutoRecModule
+from deepcf.training.optim import LazyAdam, takes_sparse_grads
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
               pytest.mark.filterwarnings("ignore:You are trying to")]
@@ -171,7 +171,7 @@ def test_lazy_adam_bad_options_name_the_key():
 
 
 @pytest.mark.parametrize("opt,sparse", [
-    ({"_target_": "deepcf.optim.LazyAdam", "lr": 1e-3}, True),
+    ({"_target_": "deepcf.training.optim.LazyAdam", "lr": 1e-3}, True),
     ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}, True),
     ({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}, False),
     ({"_target_": "torch.optim.RMSprop", "lr": 0.01}, False),

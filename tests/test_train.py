@@ -13,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from deepcf.train import CONF_DIR, build, train
+from deepcf.training.config import CONF_DIR, build
+from deepcf.training.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 STUDY = ["first_test_run", "RMSprop_test_tied", "better_init_tied", "scheduler_lr",
@@ -189,8 +190,10 @@ def test_cli_sweep_over_every_experiment(tmp_path, cache_dir):
 def test_a_diverged_model_is_not_exported(tmp_path):
     import scipy.sparse as sp
 
+    from deepcf.errors import DivergedModel
     from deepcf.models.autoencoder import AutoEncoder
-    from deepcf.onnx_export import DivergedModel, ModelCard, export_checked
+    from deepcf.serving.export import export_checked
+    from deepcf.serving.sidecar import ModelCard
 
     net = AutoEncoder(20, [4])
     with torch.no_grad():

@@ -14,10 +14,10 @@ weights at the batch's entries only and computes their gradients on those U rows
 
 The weights go in whole: nothing is gathered or copied forward. A movie-indexed gradient is a
 coalesced sparse COO tensor over the batch's U movies (`sparse_grad=True`: what
-`deepcf.optim.LazyAdam` and plain SGD update lazily) or those rows scattered into a dense zero
-tensor (`sparse_grad=False`, for optimizers that take dense gradients only). A tied weight,
-used by both ops, gets the sum of both gradients (added on the batch's rows when both ops
-see the same pattern, `tied=True`).
+`deepcf.training.optim.LazyAdam` and plain SGD update lazily) or those rows scattered into a
+dense zero tensor (`sparse_grad=False`, for optimizers that take dense gradients only). A tied
+weight, used by both ops, gets the sum of both gradients (added on the batch's rows when both
+ops see the same pattern, `tied=True`).
 
 Both sparse products run as `F.embedding_bag(mode="sum", per_sample_weights=...)`: over the
 rows for `M @ x`, over the movies for `M^T @ x`. torch's CSR product with the ~8k short rows of

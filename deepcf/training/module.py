@@ -7,9 +7,9 @@
   `auto` takes dense when n_items <= DENSE_MAX_ITEMS, sparse otherwise; the bench found sparse
   no slower even at ML-100K's 1,682 movies, so the threshold is 0 (see BENCHMARKS.md).
 - Gradients of the movie-indexed weights (`model.sparse_grad`): row-sparse when the optimizer
-  can take them (`deepcf.optim.takes_sparse_grads`: LazyAdam, plain SGD), so that the update
-  also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with momentum), automatically
-  with `auto`, and a ConfigError with `true`.
+  can take them (`deepcf.training.optim.takes_sparse_grads`: LazyAdam, plain SGD), so that the
+  update also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with momentum),
+  automatically with `auto`, and a ConfigError with `true`.
 - val/test: the input is each row's training ratings, the targets its held-out ratings.
   Predictions are clipped to the rating range; a held-out rating whose row or column has no
   training rating gets the declared fallback (the training mean) and is counted
@@ -33,7 +33,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import check_noise, corrupt
 from deepcf.models.sparse_ops import Pattern, entry_rows
-from deepcf.optim import takes_sparse_grads
+from deepcf.training.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
 

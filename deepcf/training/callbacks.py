@@ -9,7 +9,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from deepcf.onnx_export import DivergedModel, card_from_datamodule, export_checked
+from deepcf.errors import DivergedModel
+from deepcf.serving.export import export_checked
+from deepcf.serving.sidecar import card_from_datamodule
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`make bench` / `python -m deepcf.bench`: deepcf's sparse training next to the dense masked
 formulation of the same model, at Movies-Dataset and ML-100K scale; writes BENCHMARKS.md.
 
-Every measurement runs in its own subprocess (`deepcf.bench_runs`): its own allocator settings
+Every measurement runs in its own subprocess (`deepcf.bench.runs`): its own allocator settings
 (the dense "out of the box" baseline runs without them) and its own peak RSS. The machine's load
 from other processes is measured (/proc/stat busy time minus the bench's own CPU time) and
 printed next to the figures. `--scale` runs the same bench on a smaller synthetic catalogue.
@@ -27,7 +27,7 @@ ALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 HIDDEN = [512, 256, 128]
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 ADAM_FUSED = {**ADAM, "fused": True}
-LAZY = {"_target_": "deepcf.optim.LazyAdam", "lr": 1e-3}
+LAZY = {"_target_": "deepcf.training.optim.LazyAdam", "lr": 1e-3}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.01}
 
 
@@ -69,7 +69,7 @@ def run(spec: dict, alloc: bool = True, timeout: int = 900) -> dict:
     if alloc:
         env.update(ALLOC_ENV)
     with Load() as load:
-        p = subprocess.run([sys.executable, "-m", "deepcf.bench_runs", json.dumps(spec)],
+        p = subprocess.run([sys.executable, "-m", "deepcf.bench.runs", json.dumps(spec)],
                            env=env, capture_output=True, text=True, timeout=timeout)
     line = next((x for x in p.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
     if p.returncode != 0 or line is None:
@@ -286,7 +286,7 @@ def report(args, cmd, info, res, big_rows, small_rows) -> str:
                      f"{r['nnz_per_batch'] / r['s_per_batch']:,.0f} | {r['other_cores']:.2f} |")
     ml_dense = min(res["ml_dense_tuned"]["epoch_s"], res["ml_dense"]["epoch_s"])
     ml_sparse = min(res["ml_sparse_adam"]["epoch_s"], res["ml_sparse_lazy"]["epoch_s"])
-    from deepcf.module import DENSE_MAX_ITEMS
+    from deepcf.training.module import DENSE_MAX_ITEMS
 
     faster = "dense" if ml_dense < ml_sparse else "sparse"
     lines += [
@@ -295,7 +295,7 @@ def report(args, cmd, info, res, big_rows, small_rows) -> str:
         f"{max(ml_dense, ml_sparse):.2f} s per epoch, best of each); with the optimizer as "
         f"configured (plain Adam, no fused kernel) dense rows take "
         f"{res['ml_dense']['epoch_s']:.2f} s. `model.train_path=auto` trains dense up to "
-        f"{DENSE_MAX_ITEMS:,} movies (`deepcf.module.DENSE_MAX_ITEMS`) and sparse above"
+        f"{DENSE_MAX_ITEMS:,} movies (`deepcf.training.module.DENSE_MAX_ITEMS`) and sparse above"
         + (", i.e. always sparse" if DENSE_MAX_ITEMS == 0 else "")
         + f" (at {res['sparse_lazy']['n_items']:,} movies sparse is "
         f"{ratio['dense_tuned']:.0f}x faster than tuned dense).",

@@ -1,7 +1,7 @@
 """Run named experiments over several seeds and tabulate test RMSE next to the baselines.
 
-    python -m deepcf.experiments                       # the five study experiments + beyond
-    python -m deepcf.experiments --seeds 1 2 3 --update-readme
+    python -m deepcf.study.experiments                       # the five study experiments + beyond
+    python -m deepcf.study.experiments --seeds 1 2 3 --update-readme
 
 Each (experiment, seed) is one job of a Hydra multirun of `python -m deepcf.train`, so the
 numbers are exactly what that command produces; the seed also picks the random 80/10/10 split,
@@ -47,8 +47,8 @@ def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dic
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from deepcf.baselines import baseline_scores
-    from deepcf.train import CONF_DIR
+    from deepcf.study.baselines import baseline_scores
+    from deepcf.training.config import CONF_DIR
 
     out: dict[str, list[dict]] = {}
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -96,7 +96,7 @@ def update_readme(readme: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m deepcf.experiments", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m deepcf.study.experiments", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", nargs="+", default=STUDY + BEYOND)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update-readme", type=Path, nargs="?", const=Path("README.md"))
     p.add_argument("overrides", nargs="*", help="more overrides for every run")
     args = p.parse_args(argv)
-    with one_line_errors("deepcf.experiments"):
+    with one_line_errors("deepcf.study.experiments"):
         if not args.reuse:
             if args.out.exists() and any(args.out.glob("*/metrics.json")):
                 raise SystemExit(f"{args.out} already holds runs: pass --reuse to tabulate "
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = collect(args.out)
         seeds = sorted({r["seed"] for rs in runs.values() for r in rs}) or args.seeds
         text = table(runs, baselines(seeds, args.data), args.experiments)
-        cmd = "python -m deepcf.experiments " + " ".join(
+        cmd = "python -m deepcf.study.experiments " + " ".join(
             ["--seeds", *map(str, seeds)] + (["--data", *args.data] if args.data else [])
             + args.overrides)
         text = f"{text}\n\nProduced by `{cmd.strip()}` (mean ± std over the seeds that did not " \

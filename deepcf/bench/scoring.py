@@ -1,4 +1,4 @@
-"""Scoring speed, onnxruntime vs PyTorch eager, side by side: `python -m deepcf.bench_scoring`.
+"""Scoring speed, onnxruntime vs PyTorch eager, side by side: `python -m deepcf.bench.scoring`.
 
 Both run the same work the way evaluate/recommend do: a chunk of users is cut from the CSR and
 densified, the dense forward (n -> 512 -> 256 -> 128 -> 256 -> 512 -> n) scores every movie, and
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcf.scoring import OnnxScorer, TorchScorer, UserScores, top_k_unseen
+from deepcf.serving.scoring import OnnxScorer, TorchScorer, UserScores, top_k_unseen
 
 FULL_USERS, FULL_RATINGS = 270_896, 26_024_289
 
@@ -68,7 +68,7 @@ def bench(name: str, X, chunks: list[int], threads: int, repeats: int, tmp: Path
     import torch
 
     from deepcf.models.autoencoder import AutoEncoder
-    from deepcf.onnx_export import export_onnx
+    from deepcf.serving.export import export_onnx
 
     torch.manual_seed(0)
     net = AutoEncoder(X.shape[1], [512, 256, 128]).eval()
@@ -90,7 +90,7 @@ def table(rows: list[dict], threads: int) -> str:
     import torch
 
     lines = [
-        (f"Scoring speed (`python -m deepcf.bench_scoring`): users/second for densify + dense "
+        (f"Scoring speed (`python -m deepcf.bench.scoring`): users/second for densify + dense "
          f"forward + top-10 unseen, {threads} thread(s) each, best of `repeats` timed passes; "
          f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
          f"{platform.machine()}, {os.cpu_count()} CPUs."),
@@ -109,7 +109,7 @@ def table(rows: list[dict], threads: int) -> str:
 def main(argv: list[str] | None = None) -> str:
     import torch
 
-    p = argparse.ArgumentParser(prog="deepcf.bench_scoring", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="deepcf.bench.scoring", description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=10_000,
                    help="users at Movies-Dataset scale (default 10000)")
     p.add_argument("--chunks", type=int, nargs="+", default=[256, 1024],

@@ -1,6 +1,6 @@
 """One measurement of `deepcf.bench`, run in its own process (own allocator settings, own peak RSS).
 
-`python -m deepcf.bench_runs '<json spec>'` prints one JSON line of results. Kinds:
+`python -m deepcf.bench.runs '<json spec>'` prints one JSON line of results. Kinds:
 - `data`: generate the synthetic ratings, write them as a CSV, read + compact + CSR (the CSV
   load), save the `.npz` cache;
 - `reload`: load the `.npz` cache;
@@ -95,7 +95,7 @@ def _datamodule(spec: dict):
 
 
 def _module(spec: dict, dm):
-    from deepcf.module import AutoRecModule
+    from deepcf.training.module import AutoRecModule
 
     lo, hi = dm.rating_range
     return AutoRecModule(dm.n_cols, spec["hidden"], "selu", optimizer=spec["optimizer"],

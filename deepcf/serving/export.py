@@ -16,14 +16,14 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepcf.errors import DeepCFError
+from deepcf.errors import DeepCFError, DivergedModel, ExportParityError
+from deepcf.serving.sidecar import ModelCard, card_from_datamodule, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 INPUT, OUTPUT = "ratings", "predictions"
@@ -81,83 +81,6 @@ def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray,
     return float(max(np.abs(ours - ref).max() - rtol * np.abs(ref).max(), 0.0))
 
 
-SIDECAR_SUFFIX = ".deepcf.npz"
-SIDECAR_VERSION = 1
-
-
-@dataclass
-class ModelCard:
-    """What a scorer needs besides the graph; users x movies terms whatever the orientation."""
-
-    user_ids: np.ndarray  # raw user id of each training-matrix row
-    item_ids: np.ndarray  # raw movie id of each training-matrix column (the model's movie order)
-    titles: np.ndarray | None  # title per movie ("" when unknown), None when the source has none
-    rating_min: float
-    rating_max: float
-    train_mean: float
-    orientation: str  # "user": model rows are users; "item": model rows are movies
-    item_train_count: np.ndarray  # training ratings per movie (popularity)
-
-    @property
-    def width(self) -> int:
-        """The model's input width: movies for orientation=user, users for orientation=item."""
-        return len(self.item_ids) if self.orientation == "user" else len(self.user_ids)
-
-
-def sidecar_path(model_path: str | Path) -> Path:
-    return Path(model_path).with_suffix(SIDECAR_SUFFIX)
-
-
-def card_from_datamodule(dm) -> ModelCard:
-    """The card of a set-up RatingsDataModule (its matrix and split)."""
-    m, train = dm.matrix, dm.split.train
-    return ModelCard(
-        user_ids=np.asarray(m.user_ids, np.int64), item_ids=np.asarray(m.item_ids, np.int64),
-        titles=None if m.titles is None else np.asarray(m.titles, dtype=str),
-        rating_min=float(m.rating_min), rating_max=float(m.rating_max),
-        train_mean=float(dm.train_mean), orientation=dm.orientation,
-        item_train_count=np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64),
-    )
-
-
-def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
-    path = sidecar_path(model_path)
-    arrays = {
-        "version": np.array(SIDECAR_VERSION), "user_ids": card.user_ids,
-        "item_ids": card.item_ids,
-        "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
-        "train_mean": np.array(card.train_mean, np.float64),
-        "orientation": np.array(card.orientation), "item_train_count": card.item_train_count,
-    }
-    if card.titles is not None:
-        arrays["titles"] = np.asarray(card.titles, dtype=str)
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
-        np.savez(f, **arrays)
-    return path
-
-
-def read_sidecar(model_path: str | Path) -> ModelCard:
-    path = sidecar_path(model_path)
-    if not path.exists():
-        raise DeepCFError(f"{path}: no such file (the sidecar of {model_path}; recreate both "
-                          f"with `python -m deepcf.generate RUN_DIR`)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            lo, hi = (float(x) for x in z["rating_range"])
-            return ModelCard(
-                user_ids=z["user_ids"], item_ids=z["item_ids"],
-                titles=z.get("titles"), rating_min=lo, rating_max=hi,
-                train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
-                item_train_count=z["item_train_count"],
-            )
-    except (KeyError, ValueError, OSError) as e:
-        raise DeepCFError(f"{path}: not a deepcf sidecar ({e})") from None
-
-
-class DivergedModel(DeepCFError):
-    """A model whose outputs are not finite: nothing to export."""
-
-
 def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_matrix,
                    card: ModelCard, checkpoint: str = "last", atol: float = 1e-4,
                    n_rows: int = 256) -> float:
@@ -180,7 +103,25 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
     export_onnx(net, path, torch.from_numpy(rows[:8]), meta)
     diff = parity(path, net, rows)
     if not diff <= atol:
-        raise RuntimeError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
+        raise ExportParityError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
                            f"{diff:.3g} > {atol:g} on {len(rows)} rows")
     write_sidecar(path, card)
     return diff
+
+
+def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
+             cache_dir: str | None = None) -> tuple[Path, float]:
+    """Write the ONNX model and its sidecar; returns (model path, max abs diff)."""
+    from deepcf.serving.runs import find_checkpoint, load_net, run_datamodule
+
+    ckpt, run_dir = find_checkpoint(Path(target))
+    net = load_net(ckpt)
+    dm = run_datamodule(run_dir, cache_dir)
+    if net.n_items != dm.n_cols:
+        raise DeepCFError(f"{ckpt}: the model takes {net.n_items} columns but the data of "
+                          f"{run_dir} has {dm.n_cols}")
+    if out is None:
+        out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
+    diff = export_checked(net, out, dm.dataset("train").inputs, card_from_datamodule(dm),
+                          str(ckpt), atol, n_rows)
+    return Path(out), diff

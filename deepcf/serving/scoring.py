@@ -12,20 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from deepcf.errors import DataError, DeepCFError
-from deepcf.onnx_export import INPUT, OUTPUT
-
-
-class UnknownUserError(DeepCFError):
-    """A user id that neither the model nor the ratings know."""
-
-
-class UnknownMovieError(DataError):
-    """A movie id the model never saw in training."""
-
-
-class ModelDataMismatch(DeepCFError):
-    """An ONNX model, its sidecar and the ratings disagree on the movies (or users)."""
+from deepcf.errors import DeepCFError
+from deepcf.serving.export import INPUT, OUTPUT
 
 
 def densify(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:

@@ -144,7 +144,7 @@ def takes_sparse_grads(opt_cfg: dict[str, Any] | None) -> tuple[bool, str]:
     opt_cfg = opt_cfg or {}
     target = str(opt_cfg.get("_target_", "torch.optim.Adam"))
     name = target.rsplit(".", 1)[-1]
-    if target in ("deepcf.optim.LazyAdam",):
+    if target in ("deepcf.training.optim.LazyAdam",):
         return True, "LazyAdam updates the rows a batch touches"
     if target == "torch.optim.SGD":
         plain = (not opt_cfg.get("momentum") and not opt_cfg.get("weight_decay")

@@ -14,9 +14,16 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from deepcf.errors import ConfigError, DataError, DeepCFError
-from deepcf.onnx_export import ModelCard, read_sidecar, sidecar_path
-from deepcf.scoring import ModelDataMismatch, OnnxScorer, UnknownMovieError, UnknownUserError
+from deepcf.errors import (
+    ConfigError,
+    DataError,
+    DeepCFError,
+    ModelDataMismatch,
+    UnknownMovieError,
+    UnknownUserError,
+)
+from deepcf.serving.scoring import OnnxScorer
+from deepcf.serving.sidecar import ModelCard, read_sidecar, sidecar_path
 
 
 @dataclass
@@ -155,3 +162,35 @@ def read_ratings_source(path: str | Path, card: ModelCard,
                       dtype=np.float32)
     X.sort_indices()
     return Ratings(X, user_ids, str(path))
+
+
+def find_checkpoint(target: Path) -> tuple[Path, Path]:
+    """(checkpoint, run dir) for a run dir (its best checkpoint, else last) or a .ckpt file."""
+    if target.is_dir():
+        best = best_metrics(target).get("best_checkpoint")
+        for ckpt in (Path(best) if best else None, target / "checkpoints" / "last.ckpt"):
+            if ckpt is not None and ckpt.is_file():
+                return ckpt, target
+        raise DeepCFError(f"{target}: no checkpoint (looked for metrics.json's best_checkpoint "
+                          f"and checkpoints/last.ckpt)")
+    if target.is_file():
+        return target, target.resolve().parent.parent  # RUN/checkpoints/x.ckpt
+    raise DeepCFError(f"{target}: no such run dir or checkpoint")
+
+
+def load_net(ckpt: Path):
+    """The AutoEncoder of a deepcf checkpoint, without Lightning."""
+    import torch
+
+    from deepcf.models.autoencoder import AutoEncoder
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        hp = state["hyper_parameters"]
+        net = AutoEncoder(hp["n_items"], hp["hidden"], hp["activation"], hp["tied"],
+                          hp["dropout"], hp["linear_last"])
+        net.load_state_dict({k[4:]: v for k, v in state["state_dict"].items()
+                             if k.startswith("net.")})
+    except (KeyError, RuntimeError, OSError) as e:
+        raise DeepCFError(f"{ckpt}: not a deepcf checkpoint ({str(e).splitlines()[0]})") from None
+    return net.eval()

@@ -1,0 +1,188 @@
+"""Evaluate an ONNX model on held-out ratings: `python -m deepcf.evaluate RUN_DIR`.
+
+Rating prediction, the protocol of training's `test/rmse`: each user's input is their training
+row, the targets their held-out ratings; predictions are clipped to the rating range and a
+held-out rating whose row or column has no training rating gets the training mean (counted as
+`n_fallback`). The batches are the DataModule's RowBatches and the clip/fallback is the
+module's own `clip_or_fallback`, with onnxruntime in place of the PyTorch net.
+
+Top-K ranking on the same holdout (see deepcf.serving.metrics for the definitions): every movie
+the user rated outside the holdout (training, and for a run dir validation too, as RecBole's
+test phase) is set to -inf before the top K; users with no training ratings get the popularity
+ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from deepcf.errors import ModelDataMismatch
+from deepcf.serving.metrics import RankingAccumulator
+from deepcf.serving.runs import (
+    Ratings,
+    best_metrics,
+    check_run_dir,
+    check_same_movies,
+    load_model,
+    read_ratings_source,
+    run_datamodule,
+    run_model_path,
+)
+from deepcf.serving.scoring import (
+    UserScores,
+    densify_flat,
+    popular_unseen,
+    top_k_unseen,
+)
+from deepcf.serving.sidecar import ModelCard
+
+
+def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[str, float]:
+    """RMSE / MAE over every held-out rating of `batches` (a RowBatches with targets)."""
+    import torch
+
+    from deepcf.training.module import clip_or_fallback
+
+    sq = ab = 0.0
+    n = cold = 0
+    for s in range(0, len(batches), chunk):
+        batch = batches[np.arange(s, min(s + chunk, len(batches)))]
+        off = batch["in_off"].numpy()
+        dense = densify_flat(batch["in_idx"].numpy(), batch["in_val"].numpy(), off, len(off),
+                             scorer.width)
+        out = scorer(dense)[batch["tgt_row"].numpy(), batch["tgt_idx"].numpy()]
+        pred = clip_or_fallback(torch.from_numpy(out), batch["tgt_cold"], card.rating_min,
+                                card.rating_max, card.train_mean).double()
+        err = pred - batch["tgt_val"].double()
+        sq += float((err * err).sum())
+        ab += float(err.abs().sum())
+        n += len(err)
+        cold += int(batch["tgt_cold"].sum())
+    return {"rmse": math.sqrt(sq / n) if n else float("nan"),
+            "mae": ab / n if n else float("nan"), "n_ratings": n, "n_fallback": cold}
+
+
+def heldout_batches(train: sp.csr_matrix, test: sp.csr_matrix, orientation: str):
+    """RowBatches over `test` built as RatingsDataModule.setup builds its test set."""
+    from deepcf.data.datamodule import heldout_set, orient
+
+    return heldout_set(*orient((train, test), orientation))
+
+
+def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
+                    test: sp.csr_matrix, ks=(10, 20), threshold: float = 4.0,
+                    chunk: int = 1024) -> dict[str, float]:
+    """Per-user ranking metrics; all matrices users x movies in the model's id space."""
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    kmax = max(ks)
+    acc = RankingAccumulator(train.shape[1], list(ks), card.item_train_count)
+    n_train = np.diff(train.indptr)
+    n_popular = 0
+    for part, scores in UserScores(scorer, train, card.orientation, chunk).chunks(users):
+        seen_part = seen[part]
+        top, _ = top_k_unseen(scores, seen_part, kmax)
+        for j in np.flatnonzero(n_train[part] == 0):  # nothing to go on: popularity fallback
+            row = seen_part.indices[seen_part.indptr[j] : seen_part.indptr[j + 1]]
+            pop = popular_unseen(card.item_train_count, row, kmax)
+            top[j] = -1
+            top[j, : len(pop)] = pop
+            n_popular += 1
+        relevant = test[part]
+        relevant.data = (relevant.data >= threshold).astype(np.float32)
+        acc.add(top, relevant.toarray() > 0)
+    out = acc.result()
+    out["n_users_popularity_fallback"] = float(n_popular)
+    return out
+
+
+def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
+                      test: sp.csr_matrix, batches=None, ks=(10, 20), threshold: float = 4.0,
+                      chunk: int = 1024) -> dict:
+    if batches is None:
+        batches = heldout_batches(train, test, card.orientation)
+    out = {"rating": heldout_errors(scorer, batches, card, chunk),
+           "ranking": ranking_metrics(scorer, card, train, seen, test, ks, threshold, chunk),
+           "threshold": threshold, "ks": list(ks)}
+    return out
+
+
+def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk: int = 1024,
+                 cache_dir: str | None = None) -> dict:
+    """Re-create the run's split and evaluate its model (or `model`) on the test ratings."""
+    model = Path(model) if model else run_model_path(run_dir)
+    check_run_dir(run_dir)
+    scorer, card = load_model(model)
+    dm = run_datamodule(run_dir, cache_dir)
+    check_same_movies(card, dm.matrix.item_ids, dm.matrix.user_ids, str(model),
+                      f"the data of {run_dir}")
+    s = dm.split
+    out = evaluate_matrices(scorer, card, s.train, (s.train + s.val).tocsr(), s.test,
+                            dm.dataset("test"), ks, threshold, chunk)
+    out.update(model=str(model), data=dm.matrix.source, run_dir=str(run_dir),
+               shape=list(dm.matrix.shape), excluded="training and validation ratings")
+    trained = best_metrics(run_dir).get("test/rmse")
+    if trained is not None:
+        out["training_test_rmse"] = trained
+    return out
+
+
+def _aligned(r: Ratings, user_ids: np.ndarray) -> sp.csr_matrix:
+    """r's matrix with its rows moved to the positions of a wider row space."""
+    rows = Ratings(r.X, user_ids, r.source).rows_of(r.user_ids)
+    X = r.X.tocoo()
+    out = sp.csr_matrix((X.data, (rows[X.row], X.col)), shape=(len(user_ids), X.shape[1]),
+                        dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
+def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float = 4.0,
+                   chunk: int = 1024) -> dict:
+    """Evaluate with explicit inputs (training rows) and targets (held-out ratings)."""
+    scorer, card = load_model(model)
+    inp = read_ratings_source(input_path, card)
+    tgt = read_ratings_source(target_path, card, extra_users=inp.user_ids)
+    if Path(target_path).suffix == ".npz" or Path(input_path).suffix == ".npz":
+        if inp.X.shape != tgt.X.shape:
+            raise ModelDataMismatch(f"{input_path} is {inp.X.shape[0]} x {inp.X.shape[1]} but "
+                                    f"{target_path} is {tgt.X.shape[0]} x {tgt.X.shape[1]}")
+        train, test = inp.X, tgt.X
+    else:
+        train, test = _aligned(inp, tgt.user_ids), tgt.X
+    if card.orientation == "item" and train.shape[0] != len(card.user_ids):
+        raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
+                                f"are its {len(card.user_ids)} training users")
+    out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk)
+    out.update(model=str(model), input=str(input_path), target=str(target_path),
+               shape=list(train.shape), excluded="input ratings")
+    return out
+
+
+def format_report(r: dict) -> str:
+    rt, rk = r["rating"], r["ranking"]
+    lines = [f"model: {r['model']}"]
+    if "run_dir" in r:
+        lines.append(f"data:  {r['data']} ({r['shape'][0]} users x {r['shape'][1]} movies), "
+                     f"the run's test split")
+    else:
+        lines.append(f"data:  input {r['input']}, held out {r['target']}")
+    lines.append(f"held-out ratings: RMSE {rt['rmse']:.4f}  MAE {rt['mae']:.4f}  "
+                 f"({rt['n_ratings']} ratings, {rt['n_fallback']} by the training-mean fallback)")
+    if "training_test_rmse" in r:
+        lines.append(f"  training's test/rmse: {r['training_test_rmse']:.4f}")
+    lines.append(f"ranking: {int(rk['n_users'])} users with a held-out rating >= "
+                 f"{r['threshold']:g} ({r['excluded']} excluded; "
+                 f"{int(rk['n_users_popularity_fallback'])} cold users ranked by popularity)")
+    lines.append("| K | Recall | NDCG | coverage | Gini | pop1% share |")
+    lines.append("|---|---|---|---|---|---|")
+    for k in r["ks"]:
+        lines.append(f"| {k} | {rk[f'recall@{k}']:.4f} | {rk[f'ndcg@{k}']:.4f} | "
+                     f"{rk[f'coverage@{k}']:.4f} | {rk[f'gini@{k}']:.4f} | "
+                     f"{rk[f'pop1%@{k}']:.4f} |")
+    return "\n".join(lines)
+
+

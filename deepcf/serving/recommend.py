@@ -1,0 +1,106 @@
+"""Top-N movies a user has not rated, with predicted rating and title: `python -m deepcf.recommend`.
+
+A user's known ratings (every rating of the run's data, or of --ratings) are the model input, and
+those movies are set to -inf before the top N (as RecBole), so a recommendation is never a movie
+the user rated. Movies are ranked by the model's raw output (`score`); the predicted rating is
+that output clipped to the rating range. A user known to the model but with no ratings in the
+data gets the N most popular movies (training rating count), labelled `popularity` instead of
+`model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from deepcf.errors import DeepCFError
+from deepcf.serving.runs import (
+    Ratings,
+    check_same_movies,
+    load_model,
+    read_ratings_source,
+    run_datamodule,
+    run_model_path,
+)
+from deepcf.serving.scoring import UserScores, popular_unseen, top_k_unseen
+from deepcf.serving.sidecar import ModelCard
+
+FIELDS = ["user_id", "n_ratings", "rank", "movie_id", "title", "predicted_rating", "score",
+          "basis"]
+
+
+def load_ratings(run_dir=None, model=None, ratings=None,
+                 cache_dir: str | None = None) -> tuple[object, ModelCard, Ratings]:
+    """(scorer, card, ratings) from a run dir and/or an explicit model and ratings source."""
+    if model is None and run_dir is None:
+        raise DeepCFError("give a RUN_DIR, or --model with --ratings")
+    model = Path(model) if model else run_model_path(run_dir)
+    scorer, card = load_model(model)
+    if ratings is not None:
+        return scorer, card, read_ratings_source(ratings, card)
+    if run_dir is None:
+        raise DeepCFError("--model needs --ratings (or a RUN_DIR whose data to use)")
+    dm = run_datamodule(run_dir, cache_dir, setup=False)
+    m = dm.matrix
+    check_same_movies(card, m.item_ids, m.user_ids, str(model), f"the data of {run_dir}")
+    return scorer, card, Ratings(m.ratings, np.asarray(m.user_ids, np.int64), m.source)
+
+
+def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int = 10,
+              chunk: int = 1024) -> Iterator[dict]:
+    """One dict per (user, rank), users in the given order (raw ids)."""
+    rows = data.rows_of(users)
+    counts = np.diff(data.X.indptr)
+    for part, scores in UserScores(scorer, data.X, card.orientation, chunk).chunks(rows):
+        seen = data.X[part]
+        top, vals = top_k_unseen(scores, seen, n)
+        for j, row in enumerate(part):
+            base = {"user_id": int(data.user_ids[row]), "n_ratings": int(counts[row])}
+            if counts[row] == 0:
+                picks, preds, basis = popular_unseen(card.item_train_count, [], n), None, \
+                    "popularity"
+            else:
+                keep = top[j] >= 0
+                picks, preds, basis = top[j][keep], vals[j][keep], "model"
+            for r, movie in enumerate(picks):
+                raw = "" if preds is None else round(float(preds[r]), 4)
+                pred = "" if preds is None else round(
+                    float(np.clip(preds[r], card.rating_min, card.rating_max)), 3)
+                yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
+                       "title": "" if card.titles is None else str(card.titles[movie]),
+                       "predicted_rating": pred, "score": raw, "basis": basis}
+
+
+def format_table(recs: list[dict]) -> str:
+    """A block per user: header line, then rank / movie id / predicted rating / title."""
+    lines: list[str] = []
+    for uid in dict.fromkeys(r["user_id"] for r in recs):
+        mine = [r for r in recs if r["user_id"] == uid]
+        head = mine[0]
+        how = ("predicted by the model" if head["basis"] == "model" else
+               "POPULARITY FALLBACK: the user has no ratings, most-rated movies shown")
+        lines.append(f"user {uid} ({head['n_ratings']} ratings): top {len(mine)} unseen movies, "
+                     f"{how}")
+        lines.append(f"{'rank':>4}  {'movie':>7}  {'rating':>6}  {'score':>6}  title")
+        for r in mine:
+            pred = "-" if r["predicted_rating"] == "" else f"{r['predicted_rating']:.2f}"
+            raw = "-" if r["score"] == "" else f"{r['score']:.2f}"
+            lines.append(f"{r['rank']:>4}  {r['movie_id']:>7}  {pred:>6}  {raw:>6}  "
+                         f"{r['title']}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def parse_ids(values: list[str]) -> np.ndarray:
+    ids = []
+    for v in values:
+        for part in v.replace(",", " ").split():
+            try:
+                ids.append(int(part))
+            except ValueError:
+                raise DeepCFError(f"user id {part!r} is not an integer") from None
+    return np.asarray(ids, np.int64)
+
+

@@ -1,0 +1,89 @@
+"""The sidecar of an ONNX model: what a scorer needs besides the graph.
+
+`model.onnx` -> `model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw
+user and movie ids of the training matrix, titles when the source has them, rating range,
+training mean, orientation, and each movie's training rating count (popularity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepcf.errors import DeepCFError
+
+SIDECAR_SUFFIX = ".deepcf.npz"
+SIDECAR_VERSION = 1
+
+
+@dataclass
+class ModelCard:
+    """What a scorer needs besides the graph; users x movies terms whatever the orientation."""
+
+    user_ids: np.ndarray  # raw user id of each training-matrix row
+    item_ids: np.ndarray  # raw movie id of each training-matrix column (the model's movie order)
+    titles: np.ndarray | None  # title per movie ("" when unknown), None when the source has none
+    rating_min: float
+    rating_max: float
+    train_mean: float
+    orientation: str  # "user": model rows are users; "item": model rows are movies
+    item_train_count: np.ndarray  # training ratings per movie (popularity)
+
+    @property
+    def width(self) -> int:
+        """The model's input width: movies for orientation=user, users for orientation=item."""
+        return len(self.item_ids) if self.orientation == "user" else len(self.user_ids)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def card_from_datamodule(dm) -> ModelCard:
+    """The card of a set-up RatingsDataModule (its matrix and split)."""
+    m, train = dm.matrix, dm.split.train
+    return ModelCard(
+        user_ids=np.asarray(m.user_ids, np.int64), item_ids=np.asarray(m.item_ids, np.int64),
+        titles=None if m.titles is None else np.asarray(m.titles, dtype=str),
+        rating_min=float(m.rating_min), rating_max=float(m.rating_max),
+        train_mean=float(dm.train_mean), orientation=dm.orientation,
+        item_train_count=np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64),
+    )
+
+
+def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
+    path = sidecar_path(model_path)
+    arrays = {
+        "version": np.array(SIDECAR_VERSION), "user_ids": card.user_ids,
+        "item_ids": card.item_ids,
+        "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
+        "train_mean": np.array(card.train_mean, np.float64),
+        "orientation": np.array(card.orientation), "item_train_count": card.item_train_count,
+    }
+    if card.titles is not None:
+        arrays["titles"] = np.asarray(card.titles, dtype=str)
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
+        np.savez(f, **arrays)
+    return path
+
+
+def read_sidecar(model_path: str | Path) -> ModelCard:
+    path = sidecar_path(model_path)
+    if not path.exists():
+        raise DeepCFError(f"{path}: no such file (the sidecar of {model_path}; recreate both "
+                          f"with `python -m deepcf.generate RUN_DIR`)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            lo, hi = (float(x) for x in z["rating_range"])
+            return ModelCard(
+                user_ids=z["user_ids"], item_ids=z["item_ids"],
+                titles=z.get("titles"), rating_min=lo, rating_max=hi,
+                train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
+                item_train_count=z["item_train_count"],
+            )
+    except (KeyError, ValueError, OSError) as e:
+        raise DeepCFError(f"{path}: not a deepcf sidecar ({e})") from None
+
+

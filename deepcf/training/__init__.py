@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the losses, the optimizers, callbacks, loggers, and the run."""
