@@ -5,7 +5,7 @@
   this reads and writes each touched row once, the memory traffic of the update itself.
 - `transpose_pattern`: the movie-major (CSC) order of a batch's CSR pattern by counting sort,
   O(nnz + columns); `torch.argsort` on the ~20k entries of a batch costs ~1 ms.
-- `compact_ids`: the sorted unique movie ids of a batch and each entry's position among them,
+- `unique_inverse`: the sorted unique movie ids of a batch and each entry's position among them,
   O(nnz + n_items) through a mark array instead of a sort.
 
 Each takes and returns torch CPU tensors (shared memory, no copies); the kernels are compiled on
@@ -87,7 +87,7 @@ def transpose_pattern(crow: torch.Tensor, col: torch.Tensor, n_cols: int):
 
 
 @numba.njit(**_JIT)
-def _compact(idx, n, pos):  # pragma: no cover
+def _unique_inverse(idx, n, pos):  # pragma: no cover
     pos_of = np.full(n, -1, dtype=pos.dtype)
     for j in range(idx.shape[0]):
         if idx[j] < 0 or idx[j] >= n:  # numba does not check bounds: a stray id would corrupt
@@ -105,18 +105,18 @@ def _compact(idx, n, pos):  # pragma: no cover
     return ids
 
 
-def compact(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+def unique_inverse(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """`np.unique(ids, return_inverse=True)` for ids in [0, n), through a mark array in
     O(len(ids) + n): (sorted unique ids as int64, each entry's position among them as `dtype`)."""
     pos = np.empty(len(ids), dtype=dtype)
     try:
-        return _compact(ids, int(n), pos), pos
+        return _unique_inverse(ids, int(n), pos), pos
     except IndexError:
         raise IndexError(f"ids must lie in [0, {n}); got ids from {int(ids.min())} to "
                          f"{int(ids.max())}") from None
 
 
-def compact_ids(idx: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unique_inverse_torch(idx: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.unique(idx, sorted=True, return_inverse=True)` for ids in [0, n_items)."""
-    ids, pos = compact(idx.numpy(), n_items)
+    ids, pos = unique_inverse(idx.numpy(), n_items)
     return torch.from_numpy(ids), torch.from_numpy(pos)

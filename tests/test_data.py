@@ -10,15 +10,17 @@ import pytest
 import scipy.sparse as sp
 
 from deepcf.data.datamodule import RatingsDataModule
-from deepcf.data.matrix import build_matrix, load_matrix, split_matrix
+from deepcf.data.matrix import build_matrix, load_matrix
 from deepcf.data.readers import RatingsTable
-from deepcf.data.synthetic import SCALES, generate, scale_params, write_csv
+from deepcf.data.sources import MovieLens100K, RatingsFile, Synthetic
+from deepcf.data.split import split_matrix
+from deepcf.data.synthetic import SCALES, generate_ratings, scale_params, write_csv
 from deepcf.errors import ConfigError
 from tests.conftest import write
 
 
 def test_ml100k_is_the_real_movielens_100k(cache_dir):
-    m = load_matrix("ml100k", cache_dir)
+    m = load_matrix(MovieLens100K(), cache_dir)
     assert m.shape == (943, 1682) and m.ratings.nnz == 100_000
     assert set(np.unique(m.ratings.data).tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
     assert m.titles[list(m.item_ids).index(1)] == "Toy Story"
@@ -40,7 +42,7 @@ def test_compaction_keeps_raw_ids_and_duplicates_keep_latest():
 
 
 def _matrix(seed=0):
-    return build_matrix(generate(200, 150, 4000, seed=seed), None, 1, 5)
+    return build_matrix(generate_ratings(200, 150, 4000, seed=seed), None, 1, 5)
 
 
 def test_split_is_disjoint_complete_and_deterministic():
@@ -66,7 +68,7 @@ def test_user_supplied_test_file(tmp_path, cache_dir):
     train = write(tmp_path / "train.csv", "userId,movieId,rating\n" + "".join(
         f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 30) for i in range(1, 20) if (u * i) % 3))
     test = write(tmp_path / "test.csv", "userId,movieId,rating\n1,3,4\n2,77,5\n")
-    m = load_matrix("file", cache_dir, path=str(train), test_path=str(test), rating_min=1)
+    m = load_matrix(RatingsFile(str(train), test_path=str(test), rating_min=1), cache_dir)
     s = split_matrix(m, 0.1, 0.1)
     assert s.test.nnz == 2 and 77 in m.item_ids  # an unseen movie joins the id space
     assert s.val.nnz == round(0.1 * m.ratings.nnz)
@@ -75,24 +77,24 @@ def test_user_supplied_test_file(tmp_path, cache_dir):
 def test_cache_roundtrip_and_user_dir_untouched(tmp_path):
     data_dir = tmp_path / "mydata"
     data_dir.mkdir()
-    t = generate(50, 40, 600, seed=1)
+    t = generate_ratings(50, 40, 600, seed=1)
     write_csv(t, data_dir / "ratings.csv")
     before = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in data_dir.iterdir()}
     cache = tmp_path / "cache"
-    m1 = load_matrix("file", cache, path=str(data_dir / "ratings.csv"), rating_min=1)
+    m1 = load_matrix(RatingsFile(str(data_dir / "ratings.csv"), rating_min=1), cache)
     assert len(list((cache / "matrices").glob("*.npz"))) == 1
-    m2 = load_matrix("file", cache, path=str(data_dir / "ratings.csv"), rating_min=1)
+    m2 = load_matrix(RatingsFile(str(data_dir / "ratings.csv"), rating_min=1), cache)
     assert (m1.ratings != m2.ratings).nnz == 0 and (m1.item_ids == m2.item_ids).all()
     after = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in data_dir.iterdir()}
     assert before == after
     # a changed file is a new cache entry, never a stale hit
     os.utime(data_dir / "ratings.csv", ns=(1, 1))
-    load_matrix("file", cache, path=str(data_dir / "ratings.csv"), rating_min=1)
+    load_matrix(RatingsFile(str(data_dir / "ratings.csv"), rating_min=1), cache)
     assert len(list((cache / "matrices").glob("*.npz"))) == 2
 
 
 def test_synthetic_is_seeded_sized_and_skewed():
-    a, b = generate(2000, 500, 40_000, seed=7), generate(2000, 500, 40_000, seed=7)
+    a, b = generate_ratings(2000, 500, 40_000, seed=7), generate_ratings(2000, 500, 40_000, seed=7)
     assert np.array_equal(a.rating, b.rating) and np.array_equal(a.item, b.item)
     m = build_matrix(a, None, 1, 5)
     assert m.ratings.nnz == 40_000  # distinct pairs, exactly as asked
@@ -103,38 +105,38 @@ def test_synthetic_is_seeded_sized_and_skewed():
     act = np.diff(m.ratings.indptr)
     assert act.max() > 8 * np.median(act)  # heavy and light users
     assert 3.0 < a.rating.mean() < 4.2
-    half = generate(300, 100, 3000, seed=1, half_stars=True, max_item_id=176_275)
+    half = generate_ratings(300, 100, 3000, seed=1, half_stars=True, max_item_id=176_275)
     assert half.item.max() == 176_275 and (half.rating * 2 % 1 == 0).all()
     assert scale_params("movies_full")["n_ratings"] == SCALES["movies_full"]["n_ratings"]
-    with pytest.raises(ConfigError, match="data.n_ratings=10 must be at least"):
-        generate(20, 30, 10)
-    with pytest.raises(ConfigError, match="data.scale='huge'"):
+    with pytest.raises(ConfigError, match="data.source.n_ratings=10 must be at least"):
+        generate_ratings(20, 30, 10)
+    with pytest.raises(ConfigError, match="data.source.scale='huge'"):
         scale_params("huge")
 
 
 @pytest.mark.parametrize("orientation", ["user", "item"])
 def test_batches_are_sparse_rows_and_targets_are_held_out(cache_dir, orientation):
-    dm = RatingsDataModule(source="synthetic", scale="tiny", orientation=orientation,
+    dm = RatingsDataModule(Synthetic("tiny"), orientation=orientation,
                            batch_size=16, eval_batch_size=32, cache_dir=str(cache_dir))
     dm.setup()
     train, val, _ = dm.oriented(dm.split)
-    assert dm.n_cols == train.shape[1]
+    assert dm.width == train.shape[1]
     batch = next(iter(dm.train_dataloader()))
     rows = batch["rows"].numpy()
     assert len(rows) == 16 and set(batch) == {"rows", "in_idx", "in_val", "in_off"}
-    dense = np.zeros((16, dm.n_cols), np.float32)
+    dense = np.zeros((16, dm.width), np.float32)
     counts = np.diff(np.append(batch["in_off"].numpy(), len(batch["in_idx"])))
     dense[np.repeat(np.arange(16), counts), batch["in_idx"].numpy()] = batch["in_val"].numpy()
     np.testing.assert_array_equal(dense, train[rows].toarray())
     vb = next(iter(dm.val_dataloader()))
     vrows = vb["rows"].numpy()
     tgt = sp.csr_matrix((vb["tgt_val"].numpy(), (vb["tgt_row"].numpy(), vb["tgt_idx"].numpy())),
-                        shape=(len(vrows), dm.n_cols))
+                        shape=(len(vrows), dm.width))
     assert (tgt != val[vrows]).nnz == 0
     # inputs of an eval batch are the training rows, never the held-out ones
     inp = train[vrows]
     assert inp.multiply(tgt != 0).nnz == 0
-    cold_cols = np.bincount(train.indices, minlength=dm.n_cols) == 0
+    cold_cols = np.bincount(train.indices, minlength=dm.width) == 0
     np.testing.assert_array_equal(
         vb["tgt_cold"].numpy(),
         cold_cols[vb["tgt_idx"].numpy()] | (np.diff(inp.indptr) == 0)[vb["tgt_row"].numpy()])
@@ -142,4 +144,4 @@ def test_batches_are_sparse_rows_and_targets_are_held_out(cache_dir, orientation
 
 def test_bad_orientation():
     with pytest.raises(ConfigError, match="data.orientation='movies'"):
-        RatingsDataModule(orientation="movies")
+        RatingsDataModule(MovieLens100K(), orientation="movies")

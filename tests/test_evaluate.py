@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from deepcf.serving.metrics import RankingAccumulator, gini, ndcg_at, recall_at, top_popular
 from deepcf.serving.scoring import top_k_unseen
 
-TINY_RUN = ["data=synthetic", "data.scale=tiny", "trainer.max_epochs=3", "logger=csv",
+TINY_RUN = ["data=synthetic", "data.source.scale=tiny", "trainer.max_epochs=3", "logger=csv",
             "trainer.accelerator=cpu", "model.hidden=[32,16]", "data.batch_size=64"]
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepcf.data.matrix import _compact, build_matrix, load_cached, save_matrix, split_matrix
+from deepcf.data.matrix import build_matrix, compact_ids, load_cached, save_matrix
 from deepcf.data.readers import RatingsTable, read_ratings
-from deepcf.data.synthetic import SCALES, generate, write_csv
+from deepcf.data.split import split_matrix
+from deepcf.data.synthetic import SCALES, generate_ratings, write_csv
 
 
 def _reference_csr(table: RatingsTable) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
@@ -28,7 +29,7 @@ def _reference_csr(table: RatingsTable) -> tuple[sp.csr_matrix, np.ndarray, np.n
 
 
 def test_csv_round_trip_in_the_movies_dataset_format(tmp_path):
-    t = generate(300, 200, 5000, seed=1, half_stars=True, max_item_id=176_275)
+    t = generate_ratings(300, 200, 5000, seed=1, half_stars=True, max_item_id=176_275)
     path = write_csv(t, tmp_path / "ratings.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == "userId,movieId,rating,timestamp"
@@ -55,7 +56,7 @@ def test_reader_falls_back_to_line_numbered_errors(tmp_path):
 @pytest.mark.parametrize("shuffle,dups", [(False, 0), (True, 0), (True, 40)])
 def test_fast_csr_build_equals_the_plain_one(shuffle, dups):
     rng = np.random.default_rng(0)
-    t = generate(200, 150, 3000, seed=2)
+    t = generate_ratings(200, 150, 3000, seed=2)
     n = len(t)
     order = rng.permutation(n) if shuffle else np.arange(n)
     extra = rng.integers(0, n, dups)
@@ -77,7 +78,7 @@ def test_compact_equals_np_unique():
     rng = np.random.default_rng(3)
     for ids in (rng.integers(0, 1000, 5000), rng.integers(-5, 5, 100),
                 rng.integers(0, 2**40, 100)):
-        uniq, code = _compact(ids)
+        uniq, code = compact_ids(ids)
         u2, c2 = np.unique(ids, return_inverse=True)
         np.testing.assert_array_equal(uniq, u2)
         np.testing.assert_array_equal(code, c2)
@@ -85,7 +86,7 @@ def test_compact_equals_np_unique():
 
 def test_split_is_the_same_function_of_data_and_seed():
     """The O(nnz) split assigns exactly the entries the COO-based version did."""
-    m = build_matrix(generate(300, 200, 6000, seed=4))
+    m = build_matrix(generate_ratings(300, 200, 6000, seed=4))
     s = split_matrix(m, 0.1, 0.1, seed=7)
     X = m.ratings.tocoo()
     rng = np.random.default_rng(7)
@@ -103,7 +104,7 @@ def test_split_is_the_same_function_of_data_and_seed():
 @pytest.mark.slow
 def test_movies_full_shape_end_to_end(tmp_path):
     """26M ratings: generate, write the CSV, read it back, build, cache, reload."""
-    t = generate(**SCALES["movies_full"], seed=0)
+    t = generate_ratings(**SCALES["movies_full"], seed=0)
     assert len(t) == 26_024_289 and t.item.max() == 176_275
     path = write_csv(t, tmp_path / "ratings.csv")
     del t

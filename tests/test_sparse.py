@@ -92,7 +92,7 @@ def test_pattern_compaction_and_movie_order_match_torch():
     counts = torch.tensor([3, 0, 5, 1, 0, 7])
     idx = torch.cat([torch.randperm(40)[:c] for c in counts.tolist()])
     pat = Pattern.from_offsets(torch.cumsum(counts, 0) - counts, idx, 40)
-    movies, pos = pat.compact()
+    movies, pos = pat.unique_movies()
     want_movies, want_pos = torch.unique(idx, sorted=True, return_inverse=True)
     assert torch.equal(movies, want_movies) and torch.equal(pos, want_pos)
     toff, trow, perm = pat.by_movie()
@@ -102,7 +102,7 @@ def test_pattern_compaction_and_movie_order_match_torch():
     n_per_movie = torch.bincount(pos)
     assert torch.equal(toff, torch.cumsum(n_per_movie, 0) - n_per_movie)
     with pytest.raises(IndexError, match=r"\[0, 40\)"):  # a stray id is refused, not written
-        Pattern.from_offsets(torch.tensor([0]), torch.tensor([3, 40]), 40).compact()
+        Pattern.from_offsets(torch.tensor([0]), torch.tensor([3, 40]), 40).unique_movies()
 
 
 def test_lazy_adam_equals_adam_on_dense_grads_and_touched_rows():

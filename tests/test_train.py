@@ -87,7 +87,7 @@ def test_rmse_is_aggregated_over_the_split_like_numpy(make_cfg):
     dm = build(cfg.data, "data")
     dm.setup()
     lo, hi = dm.rating_range
-    module = build(cfg.model, "model", n_items=dm.n_cols, rating_min=lo, rating_max=hi,
+    module = build(cfg.model, "model", n_items=dm.width, rating_min=lo, rating_max=hi,
                    train_mean=dm.train_mean)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False)
@@ -98,7 +98,7 @@ def test_rmse_is_aggregated_over_the_split_like_numpy(make_cfg):
         dense = module.net(torch.from_numpy(train_m.toarray())).numpy()
     rows, cols = val_m.nonzero()
     pred = np.clip(dense[rows, cols], lo, hi)
-    cold = (np.bincount(train_m.indices, minlength=dm.n_cols) == 0)[cols] | \
+    cold = (np.bincount(train_m.indices, minlength=dm.width) == 0)[cols] | \
         (np.diff(train_m.indptr) == 0)[rows]
     pred[cold] = dm.train_mean
     err = pred - np.asarray(val_m[rows, cols]).ravel()
@@ -131,7 +131,7 @@ def test_cli_bad_ratings_file_is_one_line_and_leaves_the_data_alone(tmp_path, ca
     bad = data / "ratings.csv"
     bad.write_text("userId,movieId,rating,timestamp\n1,2,4,5\n1,3,nan,6\n")
     before = sorted(p.name for p in data.iterdir()), bad.read_bytes()
-    r = _cli("data=ratings_csv", f"data.path={bad}", f"paths.cache_dir={cache_dir}",
+    r = _cli("data=ratings_csv", f"data.source.path={bad}", f"paths.cache_dir={cache_dir}",
              f"paths.log_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
@@ -155,7 +155,7 @@ def test_cli_multirun_of_experiments_prints_each_summary(tmp_path, cache_dir):
     [
         (["optimizer=adamw"], "Could not find 'optimizer/adamw'"),
         (["model.hiden=[4]"], "Could not override 'model.hiden'"),
-        (["data=ratings_csv"], "missing value for data.path"),
+        (["data=ratings_csv"], "missing value for data.source.path"),
         (["-m", "optimizer=sgd,adamw"], "Could not find 'optimizer/adamw'"),
     ],
 )

@@ -40,11 +40,11 @@ def _data(spec: dict) -> dict:
 
     from deepcf.data.matrix import build_matrix, save_matrix
     from deepcf.data.readers import read_ratings
-    from deepcf.data.synthetic import SCALES, generate, write_csv
+    from deepcf.data.synthetic import SCALES, generate_ratings, write_csv
 
     out: dict = {}
     t = time.perf_counter()
-    table = generate(**SCALES[spec["scale"]], seed=0)
+    table = generate_ratings(**SCALES[spec["scale"]], seed=0)
     out["generate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     write_csv(table, spec["csv"])
@@ -61,8 +61,7 @@ def _data(spec: dict) -> dict:
     del table
     from deepcf.data.matrix import matrix_cache_path
 
-    npz = matrix_cache_path("file", spec["cache_dir"], spec["csv"], rating_min=0.5,
-                            rating_max=5.0)  # where the data module will look for it
+    npz = matrix_cache_path(_source(spec), spec["cache_dir"])  # where the data module looks
     t = time.perf_counter()
     save_matrix(m, npz)
     out["save_npz_s"] = time.perf_counter() - t
@@ -83,13 +82,19 @@ def _reload(spec: dict) -> dict:
             "rss_gain_gb": peak_rss_gb() - base}
 
 
+def _source(spec: dict):
+    from deepcf.data.sources import MovieLens100K, RatingsFile
+
+    if spec.get("source", "file") == "file":
+        return RatingsFile(spec["csv"], rating_min=0.5, rating_max=5.0)
+    return MovieLens100K()
+
+
 def _datamodule(spec: dict):
     from deepcf.data.datamodule import RatingsDataModule
 
-    extra = ({"path": spec["csv"], "rating_min": 0.5, "rating_max": 5.0}
-             if spec["source"] == "file" else {})
-    dm = RatingsDataModule(source=spec["source"], batch_size=spec["batch_size"],
-                           cache_dir=spec["cache_dir"], split_seed=42, **extra)
+    dm = RatingsDataModule(_source(spec), batch_size=spec["batch_size"],
+                           cache_dir=spec["cache_dir"], split_seed=42)
     dm.setup("fit")
     return dm
 
@@ -98,7 +103,7 @@ def _module(spec: dict, dm):
     from deepcf.training.module import AutoRecModule
 
     lo, hi = dm.rating_range
-    return AutoRecModule(dm.n_cols, spec["hidden"], "selu", optimizer=spec["optimizer"],
+    return AutoRecModule(dm.width, spec["hidden"], "selu", optimizer=spec["optimizer"],
                          train_path=spec["train_path"],
                          init={"scheme": "xavier_uniform", "bias": 0.01},
                          rating_min=lo, rating_max=hi, train_mean=dm.train_mean)
@@ -142,7 +147,7 @@ def _train(spec: dict) -> dict:
             nnz.append(len(batch["in_idx"]))
             touched.append(len(torch.unique(batch["in_idx"])))
     out = {"n_batches": n_batches, "measured": len(times), "s_per_batch": sum(times) / len(times),
-           "nnz_per_batch": sum(nnz) / len(nnz), "n_items": dm.n_cols,
+           "nnz_per_batch": sum(nnz) / len(nnz), "n_items": dm.width,
            "movies_per_batch": sum(touched) / len(touched),
            "batch_size": spec["batch_size"], "train_ratings": int(dm.split.train.nnz),
            "sparse_grad": module.sparse_grad, "dense_path": module.dense_train,

@@ -32,17 +32,18 @@ FULL_USERS, FULL_RATINGS = 270_896, 26_024_289
 
 def ml100k_matrix(cache_dir: str):
     from deepcf.data.matrix import load_matrix
+    from deepcf.data.sources import MovieLens100K
 
-    return load_matrix("ml100k", cache_dir=cache_dir).ratings
+    return load_matrix(MovieLens100K(), cache_dir).ratings
 
 
 def movies_matrix(n_users: int):
     from deepcf.data.matrix import build_matrix
-    from deepcf.data.synthetic import SCALES, generate
+    from deepcf.data.synthetic import SCALES, generate_ratings
 
     p = dict(SCALES["movies_full"])
     p.update(n_users=n_users, n_ratings=round(FULL_RATINGS * n_users / FULL_USERS))
-    table = generate(**p, seed=0)
+    table = generate_ratings(**p, seed=0)
     X = build_matrix(table, rating_min=0.5, rating_max=5.0).ratings
     # users and movies the sample left without a rating are still rows / columns to score
     X.resize(n_users, p["n_items"])

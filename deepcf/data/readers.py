@@ -214,7 +214,8 @@ def read_ratings(
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{path}:{i + offset}: rating {rating[i]:g} is outside the declared range "
-            f"[{rating_min:g}, {rating_max:g}] (set data.rating_min / data.rating_max)"
+            f"[{rating_min:g}, {rating_max:g}] (set data.source.rating_min / "
+            f"data.source.rating_max)"
         )
     ts = None
     if "timestamp" in picked:

@@ -34,7 +34,7 @@ def scale_params(scale: str | None, **overrides) -> dict:
     elif scale in SCALES:
         params = dict(SCALES[scale])
     else:
-        raise ConfigError(f"data.scale={scale!r} is not one of {', '.join(SCALES)}")
+        raise ConfigError(f"data.source.scale={scale!r} is not one of {', '.join(SCALES)}")
     params.update({k: v for k, v in overrides.items() if v is not None})
     return params
 
@@ -47,7 +47,7 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     return x[keep]
 
 
-def generate(
+def generate_ratings(
     n_users: int,
     n_items: int,
     n_ratings: int,
@@ -61,10 +61,11 @@ def generate(
 ) -> RatingsTable:
     """Generate `n_ratings` distinct (user, movie, rating, timestamp) rows."""
     if min(n_users, n_items, n_ratings) <= 0:
-        raise ConfigError("data.n_users, data.n_items and data.n_ratings must be positive")
+        raise ConfigError("data.source.n_users, n_items and n_ratings must be positive")
     if n_ratings > n_users * n_items // 2:
         raise ConfigError(
-            f"data.n_ratings={n_ratings} is too dense for {n_users} x {n_items} (at most half)"
+            f"data.source.n_ratings={n_ratings} is too dense for {n_users} x {n_items} "
+            f"(at most half)"
         )
     rng = np.random.default_rng(seed)
     # Item popularity: Zipf over a random permutation of the items.
@@ -75,7 +76,7 @@ def generate(
     act /= act.sum()
 
     if n_ratings < n_users + n_items:
-        raise ConfigError(f"data.n_ratings={n_ratings} must be at least n_users + n_items "
+        raise ConfigError(f"data.source.n_ratings={n_ratings} must be at least n_users + n_items "
                           f"({n_users + n_items}): every user and movie gets a rating")
     # One rating per user and one per movie first, so the matrix has exactly the asked shape.
     base = _sorted_unique(np.concatenate([

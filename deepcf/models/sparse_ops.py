@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from deepcf.kernels import compact_ids, transpose_pattern
+from deepcf.kernels import transpose_pattern, unique_inverse_torch
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -50,34 +50,34 @@ def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
 
 class Pattern:
     """A batch's entries in CSR order: row offsets `crow` (n_rows + 1) and movie ids `idx` in
-    [0, n_items). What the backward passes need (`compact`, `by_movie`) is computed once, on
+    [0, n_items). What the backward passes need (`unique_movies`, `by_movie`) is computed once, on
     first use, and shared: without input noise, encoder and decoder get the same object."""
 
     def __init__(self, crow: torch.Tensor, idx: torch.Tensor, n_items: int):
         self.crow, self.idx, self.n_items = crow, idx, int(n_items)
         self.off = crow[:-1]  # row starts: F.embedding_bag's offsets
         self.n_rows = len(self.off)
-        self._compact = self._by_movie = None
+        self._unique = self._by_movie = None
         self.decoder_rows: torch.Tensor | None = None  # see sparse_encode(tied=True)
 
     @classmethod
     def from_offsets(cls, off: torch.Tensor, idx: torch.Tensor, n_items: int) -> Pattern:
         return cls(torch.cat([off, off.new_tensor([len(idx)])]), idx, n_items)
 
-    def compact(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def unique_movies(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(movies, pos): the sorted unique movie ids and each entry's position among them."""
-        if self._compact is None:
+        if self._unique is None:
             if self.idx.device.type == "cpu":
-                self._compact = compact_ids(self.idx, self.n_items)
+                self._unique = unique_inverse_torch(self.idx, self.n_items)
             else:
-                self._compact = torch.unique(self.idx, sorted=True, return_inverse=True)
-        return self._compact
+                self._unique = torch.unique(self.idx, sorted=True, return_inverse=True)
+        return self._unique
 
     def by_movie(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(toff, trow, perm): the i-th movie's entries are perm[toff[i]:toff[i+1]], in row
-        order, in rows trow[toff[i]:toff[i+1]]; toff has one entry per movie of `compact`."""
+        order, in rows trow[toff[i]:toff[i+1]]; toff has one entry per movie of `unique_movies`."""
         if self._by_movie is None:
-            movies, pos = self.compact()
+            movies, pos = self.unique_movies()
             if pos.device.type == "cpu":
                 self._by_movie = transpose_pattern(self.crow, pos, len(movies))
             else:  # no native kernel off the CPU: a stable sort of the positions
@@ -99,13 +99,13 @@ class Pattern:
 
     def movie_sums(self, values: torch.Tensor) -> torch.Tensor:
         """(M^T @ 1)[movies]: each movie's sum of `values`, (U,)."""
-        movies, pos = self.compact()
+        movies, pos = self.unique_movies()
         return values.new_zeros(len(movies)).index_add_(0, pos, values)
 
     def grad(self, rows: torch.Tensor, shape: torch.Size, sparse: bool) -> torch.Tensor:
         """The gradient of a (n_items, ...) weight whose `movies` rows are `rows`: coalesced
         row-sparse COO, or dense with zeros elsewhere."""
-        movies, _ = self.compact()
+        movies, _ = self.unique_movies()
         if sparse:  # movies are sorted and unique: coalesced as built
             return torch.sparse_coo_tensor(movies.unsqueeze(0), rows, shape, is_coalesced=True,
                                            check_invariants=False)

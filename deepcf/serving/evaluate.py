@@ -4,7 +4,7 @@ Rating prediction, the protocol of training's `test/rmse`: each user's input is 
 row, the targets their held-out ratings; predictions are clipped to the rating range and a
 held-out rating whose row or column has no training rating gets the training mean (counted as
 `n_fallback`). The batches are the DataModule's RowBatches and the clip/fallback is the
-module's own `clip_or_fallback`, with onnxruntime in place of the PyTorch net.
+protocol's `clip_or_fallback` (deepcf.data.heldout), with onnxruntime in place of the PyTorch net.
 
 Top-K ranking on the same holdout (see deepcf.serving.metrics for the definitions): every movie
 the user rated outside the holdout (training, and for a run dir validation too, as RecBole's
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.data.heldout import clip_or_fallback
 from deepcf.errors import ModelDataMismatch
 from deepcf.serving.metrics import RankingAccumulator
 from deepcf.serving.runs import (
@@ -45,7 +46,6 @@ def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[
     """RMSE / MAE over every held-out rating of `batches` (a RowBatches with targets)."""
     import torch
 
-    from deepcf.training.module import clip_or_fallback
 
     sq = ab = 0.0
     n = cold = 0
@@ -68,7 +68,8 @@ def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[
 
 def heldout_batches(train: sp.csr_matrix, test: sp.csr_matrix, orientation: str):
     """RowBatches over `test` built as RatingsDataModule.setup builds its test set."""
-    from deepcf.data.datamodule import heldout_set, orient
+    from deepcf.data.heldout import heldout_set
+    from deepcf.data.orientation import orient
 
     return heldout_set(*orient((train, test), orientation))
 

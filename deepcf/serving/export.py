@@ -117,9 +117,9 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     ckpt, run_dir = find_checkpoint(Path(target))
     net = load_net(ckpt)
     dm = run_datamodule(run_dir, cache_dir)
-    if net.n_items != dm.n_cols:
+    if net.n_items != dm.width:
         raise DeepCFError(f"{ckpt}: the model takes {net.n_items} columns but the data of "
-                          f"{run_dir} has {dm.n_cols}")
+                          f"{run_dir} has {dm.width}")
     if out is None:
         out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
     diff = export_checked(net, out, dm.dataset("train").inputs, card_from_datamodule(dm),

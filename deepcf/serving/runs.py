@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.data.sources import upgrade_data_config
 from deepcf.errors import (
     ConfigError,
     DataError,
@@ -88,9 +89,10 @@ def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: boo
     cfg = OmegaConf.load(conf)
     if "data" not in cfg:
         raise ConfigError(f"{conf}: has no data section")
+    data = upgrade_data_config(OmegaConf.to_container(cfg.data))
     if cache_dir is not None:
-        cfg.data.cache_dir = cache_dir
-    dm = instantiate(cfg.data)
+        data["cache_dir"] = cache_dir
+    dm = instantiate(data)
     if setup:
         dm.setup("test")
     else:

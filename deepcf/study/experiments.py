@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/experiments"))
     p.add_argument("--data", nargs="*", default=[],
                    help="data overrides for runs and baselines, e.g. data=ratings_csv "
-                        "data.path=ratings_small.csv")
+                        "data.source.path=ratings_small.csv")
     p.add_argument("--reuse", action="store_true", help="tabulate existing runs in --out")
     p.add_argument("--update-readme", type=Path, nargs="?", const=Path("README.md"))
     p.add_argument("overrides", nargs="*", help="more overrides for every run")

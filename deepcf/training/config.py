@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from deepcf.data.sources import LEGACY_DATA_KEYS
 from deepcf.errors import ConfigError, DeepCFError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
@@ -58,6 +59,18 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
     return out
 
 
+# keys that moved: the old spelling is one line naming the new one
+RENAMED = {f"data.{old}": f"data.{new}" for old, new in LEGACY_DATA_KEYS.items()}
+
+
+def check_renamed(key: str, value=None) -> None:
+    if key in RENAMED:
+        raise ConfigError(f"{key} is now {RENAMED[key]} (e.g. {RENAMED[key]}=...)")
+    if key == "data.source" and isinstance(value, str):
+        raise ConfigError(f"data.source={value} is no longer a name: choose the data with "
+                          f"data=ml100k, data=ratings_csv or data=synthetic")
+
+
 def check_overrides(args: list[str]) -> None:
     """Compose the config up front so that a wrong key, an unknown choice or a missing
     mandatory value is one line naming it, not Hydra's multi-line report. Each value of a swept
@@ -73,6 +86,7 @@ def check_overrides(args: list[str]) -> None:
                 [a for a in args if not a.startswith("-")]):
             if o.key_or_group.startswith("hydra"):
                 continue
+            check_renamed(o.key_or_group, o.value())
             try:
                 v = list(o.sweep_string_iterator()) if o.is_sweep_override() else \
                     [o.get_value_element_as_str()]

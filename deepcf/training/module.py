@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
 
+from deepcf.data.heldout import clip_or_fallback
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder, init_weights
 from deepcf.models.noise import check_noise, corrupt
@@ -49,13 +50,6 @@ def _plain(conf: Any) -> Any:
     if isinstance(conf, (DictConfig, ListConfig)):
         return OmegaConf.to_container(conf, resolve=True)
     return conf
-
-
-def clip_or_fallback(pred: torch.Tensor, cold: torch.Tensor, rating_min: float,
-                     rating_max: float, fallback: float) -> torch.Tensor:
-    """The held-out protocol: clip to the rating range; the declared fallback where cold."""
-    pred = pred.clamp(rating_min, rating_max)
-    return torch.where(cold, pred.new_tensor(fallback), pred)
 
 
 class AutoRecModule(pl.LightningModule):

@@ -1,0 +1,173 @@
+"""Where ratings come from: one class per source, each chosen by `_target_` in `conf/data/*`.
+
+A source knows its rating range, names what its parsed matrix depends on (`cache_key`, so a
+changed file or parameter is a new cache entry, never a stale hit) and reads its ratings
+(`read`). Caching, compaction and the split are the same for every source (deepcf.data.matrix,
+deepcf.data.split). Adding a source is one subclass here and one yaml in `conf/data/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepcf.data.readers import RatingsTable, read_ratings, read_titles
+from deepcf.errors import ConfigError, DataError
+
+
+@dataclass
+class SourceRatings:
+    """What a source reads: the ratings, titles by raw movie id, and an optional test file."""
+
+    table: RatingsTable
+    titles: dict[int, str] | None = None
+    test_table: RatingsTable | None = None
+
+
+class RatingsSource:
+    """A source of (user, movie, rating) triples with a declared rating range."""
+
+    #: the cache file's name prefix
+    name: str = "ratings"
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+
+    def cache_key(self) -> dict:
+        """Everything the parsed matrix depends on (besides deepcf's own cache version)."""
+        raise NotImplementedError
+
+    def read(self, cache_dir: Path) -> SourceRatings:
+        """Read (or generate) the ratings; `cache_dir` is where downloads may be kept."""
+        raise NotImplementedError
+
+    @property
+    def rating_range(self) -> tuple[float, float]:
+        return float(self.rating_min), float(self.rating_max)
+
+
+class MovieLens100K(RatingsSource):
+    """The real MovieLens-100K (943 users x 1,682 movies, 1-5 stars) from the RecBole wheel."""
+
+    name = "ml100k"
+
+    def cache_key(self) -> dict:
+        from deepcf.data.ml100k import WHEEL
+
+        return {"source": "ml100k", "wheel": WHEEL}
+
+    def read(self, cache_dir: Path) -> SourceRatings:
+        from deepcf.data.ml100k import load_ml100k
+
+        table, titles, _ = load_ml100k(cache_dir)
+        return SourceRatings(table, titles)
+
+
+def _file_stamp(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class RatingsFile(RatingsSource):
+    """A user's ratings file (CSV with header, MovieLens `::` or tab formats, RecBole `.inter`),
+    with optional titles (movies.csv or u.item) and an optional held-out test file."""
+
+    path: str | None = None
+    titles_path: str | None = None
+    test_path: str | None = None
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("data.source.path is required for data=ratings_csv (the ratings "
+                              "file)")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return Path(self.path).stem
+
+    def cache_key(self) -> dict:
+        return {"source": "file", "path": _file_stamp(self.path),
+                "titles": _file_stamp(self.titles_path), "test": _file_stamp(self.test_path),
+                "rating_min": self.rating_min, "rating_max": self.rating_max}
+
+    def read(self, cache_dir: Path) -> SourceRatings:
+        lo, hi = self.rating_range
+        table = read_ratings(self.path, lo, hi)
+        test = read_ratings(self.test_path, lo, hi) if self.test_path else None
+        titles = read_titles(self.titles_path) if self.titles_path else None
+        return SourceRatings(table, titles, test)
+
+
+@dataclass
+class Synthetic(RatingsSource):
+    """Seeded synthetic ratings with realistic skew (deepcf.data.synthetic). `scale` names a
+    shape (tiny, ml100k, movies_small, movies_full); n_users / n_items / n_ratings override it.
+    The rating range follows the scale: 0.5..5 in half stars where it has them, else 1..5."""
+
+    scale: str | None = "tiny"
+    n_users: int | None = None
+    n_items: int | None = None
+    n_ratings: int | None = None
+    seed: int = 0
+    params: dict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from deepcf.data.synthetic import scale_params
+
+        self.params = scale_params(self.scale, n_users=self.n_users, n_items=self.n_items,
+                                   n_ratings=self.n_ratings)
+        self.rating_min = 0.5 if self.params["half_stars"] else 1.0
+        self.rating_max = 5.0
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"synthetic-{self.scale or 'custom'}"
+
+    def cache_key(self) -> dict:
+        return {"source": "synthetic", **self.params, "seed": self.seed,
+                "rating_min": self.rating_min, "rating_max": self.rating_max}
+
+    def read(self, cache_dir: Path) -> SourceRatings:
+        from deepcf.data.synthetic import generate_ratings
+
+        return SourceRatings(generate_ratings(**self.params, seed=self.seed))
+
+
+# Run dirs written before sources were objects hold `data.source: ml100k | file | synthetic`
+# with the source's parameters flat in `data`; this reads them as today's configs.
+LEGACY_SOURCE_KEYS = {
+    "file": ("deepcf.data.sources.RatingsFile",
+             {"path": "path", "titles_path": "titles_path", "test_path": "test_path",
+              "rating_min": "rating_min", "rating_max": "rating_max"}),
+    "synthetic": ("deepcf.data.sources.Synthetic",
+                  {"scale": "scale", "n_users": "n_users", "n_items": "n_items",
+                   "n_ratings": "n_ratings", "generator_seed": "seed"}),
+    "ml100k": ("deepcf.data.sources.MovieLens100K", {}),
+}
+# every key the DataModule took before, and where it is now (None: gone)
+LEGACY_DATA_KEYS = {"path": "source.path", "titles_path": "source.titles_path",
+                    "test_path": "source.test_path", "rating_min": "source.rating_min",
+                    "rating_max": "source.rating_max", "scale": "source.scale",
+                    "n_users": "source.n_users", "n_items": "source.n_items",
+                    "n_ratings": "source.n_ratings", "generator_seed": "source.seed"}
+
+
+def upgrade_data_config(data: dict) -> dict:
+    """A run dir's `data` section in today's form (unchanged when it already is)."""
+    source = data.get("source")
+    if not isinstance(source, str):
+        return data
+    if source not in LEGACY_SOURCE_KEYS:
+        raise ConfigError(f"data.source={source!r} is not one of {', '.join(LEGACY_SOURCE_KEYS)}")
+    target, keys = LEGACY_SOURCE_KEYS[source]
+    new = {k: v for k, v in data.items() if k not in LEGACY_DATA_KEYS and k != "source"}
+    new["source"] = {"_target_": target,
+                     **{new_k: data[old] for old, new_k in keys.items() if old in data}}
+    return new
