@@ -6,7 +6,7 @@
 - `transpose_pattern`: the movie-major (CSC) order of a batch's CSR pattern by counting sort,
   O(nnz + columns); `torch.argsort` on the ~20k entries of a batch costs ~1 ms.
 - `unique_inverse`: the sorted unique movie ids of a batch and each entry's position among them,
-  O(nnz + n_items) through a mark array instead of a sort.
+  O(nnz + width) through a mark array instead of a sort.
 
 Each takes and returns torch CPU tensors (shared memory, no copies); the kernels are compiled on
 first use and cached on disk next to this file (numba's `cache=True`).
@@ -116,7 +116,7 @@ def unique_inverse(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray,
                          f"{int(ids.max())}") from None
 
 
-def unique_inverse_torch(idx: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.unique(idx, sorted=True, return_inverse=True)` for ids in [0, n_items)."""
-    ids, pos = unique_inverse(idx.numpy(), n_items)
+def unique_inverse_torch(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.unique(idx, sorted=True, return_inverse=True)` for ids in [0, n)."""
+    ids, pos = unique_inverse(idx.numpy(), n)
     return torch.from_numpy(ids), torch.from_numpy(pos)

@@ -45,8 +45,3 @@ def make_cfg(tmp_path, cache_dir):
 
     yield _make
     GlobalHydra.instance().clear()
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path

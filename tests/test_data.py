@@ -16,7 +16,7 @@ from deepcf.data.sources import MovieLens100K, RatingsFile, Synthetic
 from deepcf.data.split import split_matrix
 from deepcf.data.synthetic import SCALES, generate_ratings, scale_params, write_csv
 from deepcf.errors import ConfigError
-from tests.conftest import write
+from tests.helpers import write
 
 
 def test_ml100k_is_the_real_movielens_100k(cache_dir):

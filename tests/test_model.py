@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from deepcf.errors import ConfigError
-from deepcf.models.autoencoder import AutoEncoder, init_weights
+from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.noise import corrupt
 from deepcf.models.sparse_ops import entry_rows
-from deepcf.training.module import AutoRecModule
+from deepcf.training.module import RatingsModule
 
 
 def _sparse_batch(n_rows=6, n_items=40, density=0.2, seed=0):
@@ -36,12 +36,13 @@ def _dense_masked_loss(net, x, mask):
 @pytest.mark.parametrize("linear_last", [True, False])
 def test_sparse_loss_and_gradients_equal_dense_masked_mse(tied, linear_last):
     torch.manual_seed(0)
-    net = AutoEncoder(40, [16, 8, 4], "selu", tied=tied, linear_last=linear_last).double()
+    net = AutoEncoder.build(40, hidden=[16, 8, 4], activation="selu", tied=tied,
+                            linear_last=linear_last).double()
     x, mask, idx, val, off = _sparse_batch()
     dense = _dense_masked_loss(net, x, mask)
     g_dense = torch.autograd.grad(dense, list(net.parameters()))
     row = entry_rows(off, len(idx))
-    sparse = F.mse_loss(net.forward_sparse(idx, val, off, row, idx), val)
+    sparse = F.mse_loss(net.predict_at(idx, val, off, row, idx), val)
     g_sparse = torch.autograd.grad(sparse, list(net.parameters()))
     assert abs(dense.item() - sparse.item()) < 1e-5
     for a, b in zip(g_dense, g_sparse):
@@ -50,18 +51,19 @@ def test_sparse_loss_and_gradients_equal_dense_masked_mse(tied, linear_last):
 
 def test_held_out_scoring_equals_dense_outputs_at_those_positions():
     torch.manual_seed(1)
-    net = AutoEncoder(40, [16, 8], "elu").eval()
+    net = AutoEncoder.build(40, hidden=[16, 8], activation="elu").eval()
     x, mask, idx, val, off = _sparse_batch()
     net = net.double()
     tgt_row, tgt_idx = torch.tensor([0, 0, 3, 5]), torch.tensor([1, 39, 7, 0])
     with torch.no_grad():
-        got = net.forward_sparse(idx, val, off, tgt_row, tgt_idx)
+        got = net.predict_at(idx, val, off, tgt_row, tgt_idx)
         want = net(x)[tgt_row, tgt_idx]
     torch.testing.assert_close(got, want)
 
 
 def test_tied_weights_are_one_parameter():
-    untied, tied = AutoEncoder(50, [8, 4]), AutoEncoder(50, [8, 4], tied=True)
+    untied = AutoEncoder.build(50, hidden=[8, 4])
+    tied = AutoEncoder.build(50, hidden=[8, 4], tied=True)
     assert tied.item_decoder is tied.item_in
     n_tied = sum(p.numel() for p in tied.parameters())
     n_untied = sum(p.numel() for p in untied.parameters())
@@ -78,7 +80,7 @@ def test_tied_weights_are_one_parameter():
 @pytest.mark.filterwarnings("ignore:You are trying to")
 def test_noise_applies_in_training_only():
     torch.manual_seed(0)
-    module = AutoRecModule(40, [16, 8], noise={"kind": "dropout", "p": 0.5},
+    module = RatingsModule(40, hidden=[16, 8], noise={"kind": "dropout", "p": 0.5},
                            optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     _, _, idx, val, off = _sparse_batch()
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
@@ -111,16 +113,16 @@ def test_corrupt_keeps_rows_sparse_and_consistent(kind, p, std):
 
 
 def test_init_schemes():
-    net = AutoEncoder(300, [64, 32])
-    init_weights(net, "xavier_uniform", bias=0.01)
+    net = AutoEncoder.build(300, hidden=[64, 32])
+    net.init_weights("xavier_uniform", bias=0.01)
     bound = math.sqrt(6 / (300 + 64))
     assert net.item_in.abs().max() <= bound and net.item_in.abs().max() > 0.9 * bound
     assert all((b == 0.01).all() for b in [*net.enc_b, *net.dec_b, net.out_b])
-    init_weights(net, "default")
+    net.init_weights("default")
     assert net.item_in.abs().max() <= 1 / math.sqrt(300)  # nn.Linear(300, 64): fan_in 300
     assert net.out_b.abs().max() <= 1 / math.sqrt(64)
     with pytest.raises(ConfigError, match="init.scheme='glorot'"):
-        init_weights(net, "glorot")
+        net.init_weights("glorot")
 
 
 @pytest.mark.parametrize("kwargs,key", [({"hidden": []}, "model.hidden"),
@@ -128,4 +130,4 @@ def test_init_schemes():
                                         ({"dropout": 1.5}, "model.dropout")])
 def test_bad_model_options(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        AutoEncoder(10, **{"hidden": [4], **kwargs})
+        AutoEncoder.build(10, **{"hidden": [4], **kwargs})

@@ -7,7 +7,7 @@ import pytest
 
 from deepcf.data.readers import dedupe_latest, read_ratings, read_titles
 from deepcf.errors import DataError
-from tests.conftest import write
+from tests.helpers import write
 
 CSV = "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n7,31,4.5,1\n"
 

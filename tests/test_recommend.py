@@ -139,7 +139,8 @@ def test_model_whose_movie_count_differs_from_the_run_data(tiny_run, tmp_path, c
     n = len(card.item_ids) - 1  # a consistent model + sidecar, trained on other movies
     card.item_ids, card.titles = card.item_ids[:n], None
     card.item_train_count = card.item_train_count[:n]
-    model = export_onnx(AutoEncoder(n, [8]), tmp_path / "other.onnx", torch.zeros(2, n))
+    model = export_onnx(AutoEncoder.build(n, hidden=[8]), tmp_path / "other.onnx",
+                        torch.zeros(2, n))
     write_sidecar(model, card)
     with pytest.raises(SystemExit):
         main([str(tiny_run), "--model", str(model), "--user", str(card.user_ids[0])])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
-from deepcf.training.module import AutoRecModule
+from deepcf.training.module import RatingsModule
 from deepcf.training.optim import LazyAdam, takes_sparse_grads
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
@@ -36,8 +36,8 @@ def _dense_masked_loss(net, x, mask):
 
 
 def _rows_loss(net, idx, val, off, sparse_grad):
-    pat = Pattern.from_offsets(off, idx, net.n_items)
-    return F.mse_loss(net.forward_rows(pat, val, pat, sparse_grad), val)
+    pat = Pattern.from_offsets(off, idx, net.width)
+    return F.mse_loss(net.predict_observed(pat, val, pat, sparse_grad), val)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -45,7 +45,8 @@ def _rows_loss(net, idx, val, off, sparse_grad):
 @pytest.mark.parametrize("sparse_grad", [True, False])
 def test_rows_step_equals_dense_masked_mse(tied, linear_last, sparse_grad):
     torch.manual_seed(0)
-    net = AutoEncoder(N_ITEMS, [16, 8, 4], "selu", tied=tied, linear_last=linear_last).double()
+    net = AutoEncoder.build(N_ITEMS, hidden=[16, 8, 4], activation="selu", tied=tied,
+                            linear_last=linear_last).double()
     x, mask, idx, val, off = _batch()
     params = list(net.parameters())
     dense = _dense_masked_loss(net, x, mask)
@@ -179,7 +180,7 @@ def test_lazy_adam_bad_options_name_the_key():
 ])
 def test_optimizers_get_sparse_grads_only_when_they_take_them(opt, sparse):
     assert takes_sparse_grads(opt)[0] == sparse
-    m = AutoRecModule(3000, [8], optimizer=opt, train_path="sparse")
+    m = RatingsModule(3000, hidden=[8], optimizer=opt, train_path="sparse")
     assert m.sparse_grad == sparse and not m.dense_train
     # every such optimizer trains a step through the sparse path, its grads as chosen
     x, mask, idx, val, off = _batch(n_items=3000, density=0.01)
@@ -197,18 +198,19 @@ def test_optimizers_get_sparse_grads_only_when_they_take_them(opt, sparse):
 
 def test_sparse_grad_true_with_a_dense_optimizer_is_a_config_error():
     with pytest.raises(ConfigError, match="model.sparse_grad=true"):
-        AutoRecModule(100, [8], optimizer={"_target_": "torch.optim.RMSprop", "lr": 0.01},
+        RatingsModule(100, hidden=[8], optimizer={"_target_": "torch.optim.RMSprop", "lr": 0.01},
                       sparse_grad=True)
     with pytest.raises(ConfigError, match="model.train_path='fast'"):
-        AutoRecModule(100, [8], train_path="fast")
+        RatingsModule(100, hidden=[8], train_path="fast")
     with pytest.raises(ConfigError, match="model.sparse_grad='yes'"):
-        AutoRecModule(100, [8], sparse_grad="yes")
+        RatingsModule(100, hidden=[8], sparse_grad="yes")
 
 
-def test_auto_path_is_sparse_and_dense_stays_selectable():
-    assert not AutoRecModule(1682, [8]).dense_train
-    assert not AutoRecModule(45115, [8]).dense_train
-    assert AutoRecModule(1682, [8], train_path="dense").dense_train
+def test_sparse_is_the_default_path_and_dense_stays_selectable():
+    assert not RatingsModule(1682, hidden=[8]).dense_train
+    assert RatingsModule(1682, hidden=[8], train_path="dense").dense_train
+    with pytest.raises(ConfigError, match="auto was sparse"):
+        RatingsModule(1682, hidden=[8], train_path="auto")
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -219,9 +221,9 @@ def test_sparse_and_dense_training_steps_agree(noise, tied):
     dropout: encoder and decoder see different entries, autograd adds their gradients."""
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="sparse",
+    a = RatingsModule(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, train_path="sparse",
                       tied=tied)
-    b = AutoRecModule(N_ITEMS, [16, 8], noise=noise, optimizer=opt, train_path="dense",
+    b = RatingsModule(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, train_path="dense",
                       tied=tied)
     b.load_state_dict(a.state_dict())
     x, mask, idx, val, off = _batch()

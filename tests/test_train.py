@@ -13,8 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from deepcf.models.contract import net_from_checkpoint
 from deepcf.training.config import CONF_DIR, build
 from deepcf.training.train import train
+from tests.helpers import heldout_by_hand
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 STUDY = ["first_test_run", "RMSprop_test_tied", "better_init_tied", "scheduler_lr",
@@ -73,9 +75,17 @@ def test_a_short_run_writes_every_artifact_and_tests_the_best_checkpoint(make_cf
     assert saved["test/rmse"] == pytest.approx(m["test/rmse"])
     assert Path(saved["best_checkpoint"]).parent == run / "checkpoints"
     assert m["val/rmse_best"] <= m["val/rmse"] + 1e-9
-    # the tested weights are the best checkpoint's: re-score test from it by hand
+    # the tested weights are the best checkpoint's: rebuild its net through the model contract
+    # and re-score the test split by hand (dense numpy, clip, fallback)
     ckpt = torch.load(saved["best_checkpoint"], map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["hidden"] == [32, 16]
+    assert ckpt["hyper_parameters"]["net"]["config"]["hidden"] == [32, 16]
+    net = net_from_checkpoint(ckpt)
+    dm = build(cfg.data, "data")
+    dm.setup()
+    train_m, _, test_m = dm.oriented(dm.split)
+    rmse, _, n, n_cold = heldout_by_hand(net, train_m, test_m, *dm.rating_range, dm.train_mean)
+    assert m["test/rmse"] == pytest.approx(rmse, rel=1e-5)
+    assert (m["test/n_ratings"], m["test/n_fallback"]) == (n, n_cold)
 
 
 def test_rmse_is_aggregated_over_the_split_like_numpy(make_cfg):
@@ -87,24 +97,18 @@ def test_rmse_is_aggregated_over_the_split_like_numpy(make_cfg):
     dm = build(cfg.data, "data")
     dm.setup()
     lo, hi = dm.rating_range
-    module = build(cfg.model, "model", n_items=dm.width, rating_min=lo, rating_max=hi,
+    module = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
                    train_mean=dm.train_mean)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False)
     got = trainer.validate(module, datamodule=dm, verbose=False)[0]
 
     train_m, val_m, _ = dm.oriented(dm.split)
-    with torch.no_grad():
-        dense = module.net(torch.from_numpy(train_m.toarray())).numpy()
-    rows, cols = val_m.nonzero()
-    pred = np.clip(dense[rows, cols], lo, hi)
-    cold = (np.bincount(train_m.indices, minlength=dm.width) == 0)[cols] | \
-        (np.diff(train_m.indptr) == 0)[rows]
-    pred[cold] = dm.train_mean
-    err = pred - np.asarray(val_m[rows, cols]).ravel()
-    assert got["val/rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
-    assert got["val/mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
-    assert got["val/n_ratings"] == val_m.nnz and got["val/n_fallback"] == cold.sum()
+    rmse, mae, n, n_cold, pred = heldout_by_hand(module.net, train_m, val_m, lo, hi,
+                                                 dm.train_mean, with_pred=True)
+    assert got["val/rmse"] == pytest.approx(rmse, rel=1e-5)
+    assert got["val/mae"] == pytest.approx(mae, rel=1e-5)
+    assert got["val/n_ratings"] == n and got["val/n_fallback"] == n_cold
     assert (pred == lo).any()  # an untrained net predicts ~0: the clip to 1 was exercised
 
 
@@ -195,7 +199,7 @@ def test_a_diverged_model_is_not_exported(tmp_path):
     from deepcf.serving.export import export_checked
     from deepcf.serving.sidecar import ModelCard
 
-    net = AutoEncoder(20, [4])
+    net = AutoEncoder.build(20, hidden=[4])
     with torch.no_grad():
         net.out_b[3] = float("nan")
     card = ModelCard(user_ids=np.arange(5), item_ids=np.arange(20), titles=None, rating_min=1,

@@ -286,18 +286,14 @@ def report(args, cmd, info, res, big_rows, small_rows) -> str:
                      f"{r['nnz_per_batch'] / r['s_per_batch']:,.0f} | {r['other_cores']:.2f} |")
     ml_dense = min(res["ml_dense_tuned"]["epoch_s"], res["ml_dense"]["epoch_s"])
     ml_sparse = min(res["ml_sparse_adam"]["epoch_s"], res["ml_sparse_lazy"]["epoch_s"])
-    from deepcf.training.module import DENSE_MAX_ITEMS
-
     faster = "dense" if ml_dense < ml_sparse else "sparse"
     lines += [
         "",
         f"At 1,682 movies the faster path is **{faster}** ({min(ml_dense, ml_sparse):.2f} s vs "
         f"{max(ml_dense, ml_sparse):.2f} s per epoch, best of each); with the optimizer as "
         f"configured (plain Adam, no fused kernel) dense rows take "
-        f"{res['ml_dense']['epoch_s']:.2f} s. `model.train_path=auto` trains dense up to "
-        f"{DENSE_MAX_ITEMS:,} movies (`deepcf.training.module.DENSE_MAX_ITEMS`) and sparse above"
-        + (", i.e. always sparse" if DENSE_MAX_ITEMS == 0 else "")
-        + f" (at {res['sparse_lazy']['n_items']:,} movies sparse is "
+        f"{res['ml_dense']['epoch_s']:.2f} s. `model.train_path` is `sparse` by default "
+        f"(at {res['sparse_lazy']['n_items']:,} movies sparse is "
         f"{ratio['dense_tuned']:.0f}x faster than tuned dense).",
     ]
     checks = []

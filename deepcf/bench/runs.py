@@ -100,11 +100,11 @@ def _datamodule(spec: dict):
 
 
 def _module(spec: dict, dm):
-    from deepcf.training.module import AutoRecModule
+    from deepcf.training.module import RatingsModule
 
     lo, hi = dm.rating_range
-    return AutoRecModule(dm.width, spec["hidden"], "selu", optimizer=spec["optimizer"],
-                         train_path=spec["train_path"],
+    return RatingsModule(dm.width, hidden=spec["hidden"], activation="selu",
+                         optimizer=spec["optimizer"], train_path=spec["train_path"],
                          init={"scheme": "xavier_uniform", "bias": 0.01},
                          rating_min=lo, rating_max=hi, train_mean=dm.train_mean)
 

@@ -72,7 +72,7 @@ def bench(name: str, X, chunks: list[int], threads: int, repeats: int, tmp: Path
     from deepcf.serving.export import export_onnx
 
     torch.manual_seed(0)
-    net = AutoEncoder(X.shape[1], [512, 256, 128]).eval()
+    net = AutoEncoder.build(X.shape[1], hidden=[512, 256, 128]).eval()
     path = export_onnx(net, tmp / f"{name.split()[0]}.onnx", torch.zeros(2, X.shape[1]))
     torch.set_num_threads(threads)
     ort, eager = OnnxScorer(path, threads=threads), TorchScorer(net)

@@ -1,3 +1,1 @@
-from deepcf.models.autoencoder import AutoEncoder, init_weights
-
-__all__ = ["AutoEncoder", "init_weights"]
+"""The nets (one file each) and the contract they share (contract.py)."""

@@ -1,16 +1,15 @@
 """One autoencoder for ratings rows; tied weights, dropout, activation, sizes are options.
 
-Shapes follow NVIDIA DeepRecommender: n -> hidden[0] -> ... -> hidden[-1] -> ... -> hidden[0] -> n,
-the decoder mirroring the encoder. The movie-indexed weights are stored movie-major,
-`(n_items, hidden[0])`, so that
+A `RatingNet` (deepcf.models.contract). Shapes follow NVIDIA DeepRecommender:
+n -> hidden[0] -> ... -> hidden[-1] -> ... -> hidden[0] -> n, the decoder mirroring the encoder.
+The movie-indexed weights are stored movie-major, `(width, hidden[0])`, so that
 
 - the first layer is a sparse product, `F.embedding_bag(mode="sum", per_sample_weights=ratings)`,
   whose cost follows the number of ratings in the batch, not the number of movies;
-- in training the last layer is evaluated only where a rating is observed, by gathering the
-  decoder rows of the batch's movie ids (`decode_at`);
+- in training the last layer is evaluated only where a rating is observed (`decode_at`);
 - with `tied=True` the last layer's weight *is* the first layer's parameter (decoder = encoder
   transposed, DeepRecommender's `is_constrained`), each layer keeping its own bias;
-- `forward_rows` is the training step's computation at the ratings of a batch: the encoder is
+- `predict_observed` is the training step's computation at the ratings of a batch: the encoder is
   a sparse product, the decoder is evaluated at the observed ratings only, and the gradients of
   the movie-indexed weights live on the movies the batch touches (row-sparse or dense, see
   `deepcf.models.sparse_ops`). Same numbers as the dense masked computation (tests/test_sparse.py).
@@ -21,13 +20,14 @@ the decoder mirroring the encoder. The movie-indexed weights are stored movie-ma
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from deepcf.errors import ConfigError
+from deepcf.models.contract import RatingNet, check_init, init_matrix
 from deepcf.models.sparse_ops import Pattern, sampled_decode, sparse_encode
 
 ACTIVATIONS = {
@@ -42,32 +42,40 @@ ACTIVATIONS = {
 }
 
 
-class AutoEncoder(nn.Module):
-    def __init__(
-        self,
-        n_items: int,
-        hidden: Sequence[int] = (512, 256, 128),
-        activation: str = "selu",
-        tied: bool = False,
-        dropout: float = 0.0,
-        linear_last: bool = True,
-    ):
-        super().__init__()
-        hidden = [int(h) for h in hidden]
-        if n_items < 1 or not hidden or min(hidden) < 1:
+@dataclass
+class AutoEncoderConfig:
+    width: int
+    hidden: list[int] = field(default_factory=lambda: [512, 256, 128])
+    activation: str = "selu"
+    tied: bool = False
+    dropout: float = 0.0  # on the code layer
+    linear_last: bool = True  # no activation on the output layer
+
+
+class AutoEncoder(RatingNet):
+    Config = AutoEncoderConfig
+    supports_sparse_grad = True
+
+    def __init__(self, config: AutoEncoderConfig):
+        super().__init__(config)
+        hidden = [int(h) for h in config.hidden]
+        activation, dropout = config.activation, float(config.dropout)
+        tied, linear_last, width = bool(config.tied), bool(config.linear_last), self.width
+        if not hidden or min(hidden) < 1:
             raise ConfigError(f"model.hidden={hidden} must be a non-empty list of positive sizes")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"model.activation={activation!r} is not one of "
                               f"{', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
-        self.n_items, self.hidden, self.tied = n_items, hidden, tied
+        config.hidden, config.dropout = hidden, dropout
+        self.hidden, self.tied = hidden, tied
         self.activation, self.linear_last = activation, linear_last
         self.act = ACTIVATIONS[activation]
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-        # Encoder: item_in (n_items, h0) is nn.Linear(n_items, h0).weight transposed.
-        self.item_in = nn.Parameter(torch.empty(n_items, hidden[0]))
+        # Encoder: item_in (width, h0) is nn.Linear(width, h0).weight transposed.
+        self.item_in = nn.Parameter(torch.empty(width, hidden[0]))
         self.enc_w = nn.ParameterList(
             [nn.Parameter(torch.empty(o, i)) for i, o in zip(hidden[:-1], hidden[1:])]
         )
@@ -80,12 +88,12 @@ class AutoEncoder(nn.Module):
             self.dec_w = nn.ParameterList(
                 [nn.Parameter(torch.empty(i, o)) for i, o in zip(hidden[:-1], hidden[1:])][::-1]
             )
-            self.item_out = nn.Parameter(torch.empty(n_items, hidden[0]))
+            self.item_out = nn.Parameter(torch.empty(width, hidden[0]))
         self.dec_b = nn.ParameterList(
             [nn.Parameter(torch.empty(h)) for h in hidden[:-1][::-1]]
         )
-        self.out_b = nn.Parameter(torch.empty(n_items))
-        init_weights(self, "default")
+        self.out_b = nn.Parameter(torch.empty(width))
+        self.init_weights("default")
 
     # -- weights as nn.Linear would hold them: (out_features, in_features) ------------------
     def decoder_weights(self) -> list[torch.Tensor]:
@@ -96,7 +104,7 @@ class AutoEncoder(nn.Module):
 
     @property
     def item_decoder(self) -> torch.Tensor:
-        """(n_items, h0): the last layer's weight; the encoder's own parameter when tied."""
+        """(width, h0): the last layer's weight; the encoder's own parameter when tied."""
         return self.item_in if self.tied else self.item_out
 
     # -- sparse path (training and held-out scoring) ----------------------------------------
@@ -120,21 +128,21 @@ class AutoEncoder(nn.Module):
         out = torch.einsum("nk,nk->n", h[row], self.item_decoder[idx]) + self.out_b[idx]
         return out if self.linear_last else self.act(out)
 
-    def forward_sparse(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
+    def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
         return self.decode_at(self.decode_hidden(self.encode_sparse(idx, val, off)),
                               tgt_row, tgt_idx)
 
-    def forward_rows(self, inputs: Pattern, in_val: torch.Tensor, targets: Pattern,
-                     sparse_grad: bool = True) -> torch.Tensor:
+    def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
+                         sparse_grad: bool = True) -> torch.Tensor:
         """Training outputs at the targets, computed at the batch's ratings only.
 
-        `inputs` (values `in_val`) and `targets` are the batch's entries (the same object when
+        `inputs` (values `values`) and `targets` are the batch's entries (the same object when
         the input is not corrupted). Returns the outputs at the targets, in their order.
         Gradients of `item_in`, `item_out`, `out_b` live on the movies of the batch: row-sparse
         (coalesced COO) when `sparse_grad`, else dense.
         """
         tied = self.tied and inputs is targets  # one weight, one pattern: grads add compactly
-        z = self.act(sparse_encode(self.item_in, in_val, inputs, sparse_grad, tied)
+        z = self.act(sparse_encode(self.item_in, values, inputs, sparse_grad, tied)
                      + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
@@ -144,49 +152,35 @@ class AutoEncoder(nn.Module):
 
     # -- dense path (export, ranking all movies) --------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense rows (batch, n_items) -> predicted ratings for every column (batch, n_items)."""
+        """Dense rows (batch, width) -> predicted ratings for every column (batch, width)."""
         z = self.act(x @ self.item_in + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
         out = F.linear(self.decode_hidden(z), self.item_decoder, self.out_b)
         return out if self.linear_last else self.act(out)
 
+    @torch.no_grad()
+    def init_weights(self, scheme: str = "default", bias: float | None = None,
+                     nonlinearity: str = "relu") -> None:
+        """Initialise every layer as nn.Linear(in, out) would be under `scheme`.
 
-INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming")
-
-
-@torch.no_grad()
-def init_weights(
-    model: AutoEncoder, scheme: str = "default", bias: float | None = None,
-    nonlinearity: str = "relu",
-) -> None:
-    """Initialise every layer as nn.Linear(in, out) would be under `scheme`.
-
-    default: PyTorch's nn.Linear init (kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in)));
-    xavier_uniform / xavier_normal: Glorot, biases set to `bias` (0.01 in the original study);
-    kaiming: He-normal for `nonlinearity` (use "linear" for LeCun-normal, the SELU choice).
-    Tied decoder weights are the encoder's and are initialised once.
-    """
-    if scheme not in INIT_SCHEMES:
-        raise ConfigError(f"init.scheme={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
-    # (weight as (out, in) or None when tied, bias, fan_in)
-    layers = [(model.item_in.t(), model.enc_b[0], model.n_items)]
-    layers += [(w, b, w.shape[1]) for w, b in zip(model.enc_w, model.enc_b[1:])]
-    dec = model.decoder_weights()
-    layers += [(None if model.tied else w, b, w.shape[1]) for w, b in zip(dec, model.dec_b)]
-    layers += [(None if model.tied else model.item_out, model.out_b, model.hidden[0])]
-    for w, b, fan_in in layers:
-        if w is not None:
-            if scheme == "default":
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            elif scheme == "xavier_uniform":
-                nn.init.xavier_uniform_(w)
-            elif scheme == "xavier_normal":
-                nn.init.xavier_normal_(w)
+        default: PyTorch's nn.Linear init (kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in)));
+        xavier_uniform / xavier_normal: Glorot, biases set to `bias` (0.01 in the original
+        study); kaiming: He-normal for `nonlinearity` (use "linear" for LeCun-normal, the SELU
+        choice). Tied decoder weights are the encoder's and are initialised once.
+        """
+        check_init(scheme)
+        # (weight as (out, in) or None when tied, bias, fan_in)
+        layers = [(self.item_in.t(), self.enc_b[0], self.width)]
+        layers += [(w, b, w.shape[1]) for w, b in zip(self.enc_w, self.enc_b[1:])]
+        dec = self.decoder_weights()
+        layers += [(None if self.tied else w, b, w.shape[1]) for w, b in zip(dec, self.dec_b)]
+        layers += [(None if self.tied else self.item_out, self.out_b, self.hidden[0])]
+        for w, b, fan_in in layers:
+            if w is not None:
+                init_matrix(w, scheme, nonlinearity)
+            if scheme == "default" and bias is None:
+                bound = 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(b, -bound, bound)
             else:
-                nn.init.kaiming_normal_(w, nonlinearity=nonlinearity)
-        if scheme == "default" and bias is None:
-            bound = 1.0 / math.sqrt(fan_in)
-            nn.init.uniform_(b, -bound, bound)
-        else:
-            nn.init.constant_(b, 0.0 if bias is None else bias)
+                nn.init.constant_(b, 0.0 if bias is None else bias)

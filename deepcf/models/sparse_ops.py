@@ -1,6 +1,6 @@
 """Autograd pieces of the sparse training step, whose cost follows the ratings of a batch.
 
-A training batch touches U movies (U << n_items at scale). The step reads the movie-indexed
+A training batch touches U movies (U << width at scale). The step reads the movie-indexed
 weights at the batch's entries only and computes their gradients on those U rows only:
 
 - `Pattern`: a batch's entries in CSR order (row offsets, global movie ids), with, computed once
@@ -50,25 +50,25 @@ def entry_rows(off: torch.Tensor, nnz: int) -> torch.Tensor:
 
 class Pattern:
     """A batch's entries in CSR order: row offsets `crow` (n_rows + 1) and movie ids `idx` in
-    [0, n_items). What the backward passes need (`unique_movies`, `by_movie`) is computed once, on
+    [0, width). What the backward passes need (`unique_movies`, `by_movie`) is computed once, on
     first use, and shared: without input noise, encoder and decoder get the same object."""
 
-    def __init__(self, crow: torch.Tensor, idx: torch.Tensor, n_items: int):
-        self.crow, self.idx, self.n_items = crow, idx, int(n_items)
+    def __init__(self, crow: torch.Tensor, idx: torch.Tensor, width: int):
+        self.crow, self.idx, self.width = crow, idx, int(width)
         self.off = crow[:-1]  # row starts: F.embedding_bag's offsets
         self.n_rows = len(self.off)
         self._unique = self._by_movie = None
         self.decoder_rows: torch.Tensor | None = None  # see sparse_encode(tied=True)
 
     @classmethod
-    def from_offsets(cls, off: torch.Tensor, idx: torch.Tensor, n_items: int) -> Pattern:
-        return cls(torch.cat([off, off.new_tensor([len(idx)])]), idx, n_items)
+    def from_offsets(cls, off: torch.Tensor, idx: torch.Tensor, width: int) -> Pattern:
+        return cls(torch.cat([off, off.new_tensor([len(idx)])]), idx, width)
 
     def unique_movies(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(movies, pos): the sorted unique movie ids and each entry's position among them."""
         if self._unique is None:
             if self.idx.device.type == "cpu":
-                self._unique = unique_inverse_torch(self.idx, self.n_items)
+                self._unique = unique_inverse_torch(self.idx, self.width)
             else:
                 self._unique = torch.unique(self.idx, sorted=True, return_inverse=True)
         return self._unique
@@ -88,7 +88,7 @@ class Pattern:
         return self._by_movie
 
     def matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """M @ x, (n_rows, x.shape[1]), for the (n_rows, n_items) matrix M of this pattern
+        """M @ x, (n_rows, x.shape[1]), for the (n_rows, width) matrix M of this pattern
         with `values`; an empty row gives 0."""
         return F.embedding_bag(self.idx, x, self.off, mode="sum", per_sample_weights=values)
 
@@ -103,7 +103,7 @@ class Pattern:
         return values.new_zeros(len(movies)).index_add_(0, pos, values)
 
     def grad(self, rows: torch.Tensor, shape: torch.Size, sparse: bool) -> torch.Tensor:
-        """The gradient of a (n_items, ...) weight whose `movies` rows are `rows`: coalesced
+        """The gradient of a (width, ...) weight whose `movies` rows are `rows`: coalesced
         row-sparse COO, or dense with zeros elsewhere."""
         movies, _ = self.unique_movies()
         if sparse:  # movies are sorted and unique: coalesced as built

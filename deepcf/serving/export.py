@@ -1,7 +1,7 @@
 """Export the autoencoder to ONNX and prove that onnxruntime computes what PyTorch computes.
 
-The graph is the dense full-width forward: input `ratings` (batch, n_items) with unrated entries
-0, output `predictions` (batch, n_items), the batch axis dynamic. Facts a scorer needs (rating
+The graph is the dense full-width forward: input `ratings` (batch, width) with unrated entries
+0, output `predictions` (batch, width), the batch axis dynamic. Facts a scorer needs (rating
 range, training mean, orientation, sizes) are stored as ONNX metadata properties.
 
 Everything a scorer needs later travels in a sidecar next to the model, `model.onnx` ->
@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepcf.errors import DeepCFError, DivergedModel, ExportParityError
+from deepcf.errors import DivergedModel, ExportParityError, ModelDataMismatch
 from deepcf.serving.sidecar import ModelCard, card_from_datamodule, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
         # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
         raise DivergedModel(f"{path}: not exported: the model's outputs are NaN or inf "
                             f"(training diverged)")
-    meta = {"deepcf.n_items": net.n_items, "deepcf.rating_min": card.rating_min,
+    meta = {"deepcf.width": net.width, "deepcf.rating_min": card.rating_min,
             "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,
             "deepcf.sidecar": sidecar_path(path).name}
@@ -117,9 +117,9 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     ckpt, run_dir = find_checkpoint(Path(target))
     net = load_net(ckpt)
     dm = run_datamodule(run_dir, cache_dir)
-    if net.n_items != dm.width:
-        raise DeepCFError(f"{ckpt}: the model takes {net.n_items} columns but the data of "
-                          f"{run_dir} has {dm.width}")
+    if net.width != dm.width:
+        raise ModelDataMismatch(f"{ckpt}: the model takes {net.width} columns but the data of "
+                                f"{run_dir} has {dm.width}")
     if out is None:
         out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
     diff = export_checked(net, out, dm.dataset("train").inputs, card_from_datamodule(dm),

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from deepcf.data.sources import upgrade_data_config
 from deepcf.errors import (
+    CheckpointError,
     ConfigError,
     DataError,
     DeepCFError,
@@ -181,18 +182,18 @@ def find_checkpoint(target: Path) -> tuple[Path, Path]:
 
 
 def load_net(ckpt: Path):
-    """The AutoEncoder of a deepcf checkpoint, without Lightning."""
+    """The trained net of a deepcf checkpoint, rebuilt through the model contract (no
+    Lightning, no LightningModule)."""
+    import pickle
+
     import torch
 
-    from deepcf.models.autoencoder import AutoEncoder
+    from deepcf.models.contract import net_from_checkpoint
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        hp = state["hyper_parameters"]
-        net = AutoEncoder(hp["n_items"], hp["hidden"], hp["activation"], hp["tied"],
-                          hp["dropout"], hp["linear_last"])
-        net.load_state_dict({k[4:]: v for k, v in state["state_dict"].items()
-                             if k.startswith("net.")})
-    except (KeyError, RuntimeError, OSError) as e:
-        raise DeepCFError(f"{ckpt}: not a deepcf checkpoint ({str(e).splitlines()[0]})") from None
-    return net.eval()
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{ckpt}: not a deepcf checkpoint "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    return net_from_checkpoint(state, str(ckpt))

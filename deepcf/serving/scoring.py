@@ -69,7 +69,7 @@ class TorchScorer:
         import torch
 
         self.torch, self.net = torch, net.eval()
-        self.width = net.n_items
+        self.width = net.width
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from deepcf.errors import DivergedModel
+from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
 from deepcf.serving.sidecar import card_from_datamodule
 
@@ -36,9 +36,8 @@ class OnnxExport(pl.Callback):
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).exists():
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            net = copy.deepcopy(net).cpu()
-            net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+            net = net_from_checkpoint(torch.load(best, map_location="cpu", weights_only=True),
+                                      best)
         dm = trainer.datamodule
         try:
             self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,

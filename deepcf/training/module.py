@@ -1,20 +1,20 @@
-"""The LightningModule: the autoencoder, its masked MSE, and honest held-out metrics.
+"""The LightningModule: any net of the model contract, its loss, and honest held-out metrics.
 
-- Training loss: masked MSE, mean squared error over the observed ratings of the batch only.
-- Training path (`model.train_path`): `sparse` computes on the U movies a batch touches
-  (`AutoEncoder.forward_rows`: sparse first layer, decoder at the observed ratings only);
-  `dense` builds the (batch, n_items) rows and the mask, the textbook masked-MSE computation;
-  `auto` takes dense when n_items <= DENSE_MAX_ITEMS, sparse otherwise; the bench found sparse
-  no slower even at ML-100K's 1,682 movies, so the threshold is 0 (see BENCHMARKS.md).
-- Gradients of the movie-indexed weights (`model.sparse_grad`): row-sparse when the optimizer
-  can take them (`deepcf.training.optim.takes_sparse_grads`: LazyAdam, plain SGD), so that the
-  update also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with momentum),
-  automatically with `auto`, and a ConfigError with `true`.
-- val/test: the input is each row's training ratings, the targets its held-out ratings.
-  Predictions are clipped to the rating range; a held-out rating whose row or column has no
-  training rating gets the declared fallback (the training mean) and is counted
-  (`*/n_fallback`). RMSE = sqrt(sum of squared errors / number of ratings) over the whole split,
-  accumulated across batches and devices (not a mean of batch RMSEs).
+- The net (`model.net`, a deepcf.models.contract.RatingNet class; its options are the other keys
+  of the `model` config) is built for the data's input width; its spec is saved in the
+  checkpoint's hyper-parameters, so export and serving rebuild it without this module.
+- Training loss: `deepcf.training.loss.masked_mse`, over the observed ratings of the batch only.
+- Training path (`model.train_path`): `sparse` asks the net for its predictions at the observed
+  entries (`predict_observed`; the autoencoder computes on the U movies a batch touches only);
+  `dense` builds the (batch, width) rows and reads the full-width forward at the observed
+  entries, the textbook masked-MSE computation (`contract.dense_observed`).
+- Gradients of the width-indexed weights (`model.sparse_grad`): row-sparse when the net supports
+  it and the optimizer can take them (`deepcf.training.optim.takes_sparse_grads`: LazyAdam, plain
+  SGD), so that the update also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with
+  momentum), automatically with `auto`, and a ConfigError with `true`.
+- val/test follow the held-out protocol of deepcf.data.heldout (inputs are training rows,
+  clipped predictions, the training-mean fallback where cold, counted as `*/n_fallback`); RMSE is
+  accumulated over the whole split and across devices (not a mean of batch RMSEs).
 """
 
 from __future__ import annotations
@@ -24,25 +24,21 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
 
 from deepcf.data.heldout import clip_or_fallback
 from deepcf.errors import ConfigError
-from deepcf.models.autoencoder import AutoEncoder, init_weights
+from deepcf.models.contract import dense_observed, net_class
 from deepcf.models.noise import check_noise, corrupt
-from deepcf.models.sparse_ops import Pattern, entry_rows
+from deepcf.models.sparse_ops import Pattern
+from deepcf.training.loss import masked_mse
 from deepcf.training.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
 
-TRAIN_PATHS = ("auto", "sparse", "dense")
-# `train_path=auto` trains dense up to this many columns. `make bench` measures both: at
-# ML-100K's 1,682 movies the sparse step is already as fast as tuned dense rows (BENCHMARKS.md),
-# at 45k movies many times faster, so auto means sparse; `train_path=dense` stays selectable.
-DENSE_MAX_ITEMS = 0
+TRAIN_PATHS = ("sparse", "dense")
 
 
 def _plain(conf: Any) -> Any:
@@ -52,15 +48,11 @@ def _plain(conf: Any) -> Any:
     return conf
 
 
-class AutoRecModule(pl.LightningModule):
+class RatingsModule(pl.LightningModule):
     def __init__(
         self,
-        n_items: int,
-        hidden: list[int] = (512, 256, 128),
-        activation: str = "selu",
-        tied: bool = False,
-        dropout: float = 0.0,
-        linear_last: bool = True,
+        width: int,
+        net: str = "deepcf.models.autoencoder.AutoEncoder",
         init: dict | None = None,
         noise: dict | None = None,
         optimizer: Any = None,
@@ -68,42 +60,45 @@ class AutoRecModule(pl.LightningModule):
         rating_min: float = 1.0,
         rating_max: float = 5.0,
         train_mean: float = 3.5,
-        train_path: str = "auto",
+        train_path: str = "sparse",
         sparse_grad: Any = "auto",
+        **net_options: Any,
     ):
         super().__init__()
         init, noise = _plain(init) or {}, _plain(noise) or {"kind": "none"}
         check_noise(**noise)
         if train_path not in TRAIN_PATHS:
+            hint = " (auto was sparse: use sparse)" if train_path == "auto" else ""
             raise ConfigError(f"model.train_path={train_path!r} is not one of "
-                              f"{', '.join(TRAIN_PATHS)}")
+                              f"{', '.join(TRAIN_PATHS)}{hint}")
         if sparse_grad not in ("auto", True, False):
             raise ConfigError(f"model.sparse_grad={sparse_grad!r} must be auto, true or false")
-        # plain containers only: checkpoints then load with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            dict(n_items=n_items, hidden=list(hidden), activation=activation, tied=tied,
-                 dropout=dropout, linear_last=linear_last, init=init, noise=noise,
-                 optimizer=_plain(optimizer), scheduler=_plain(scheduler),
-                 rating_min=float(rating_min), rating_max=float(rating_max),
-                 train_mean=float(train_mean), train_path=train_path,
-                 sparse_grad=sparse_grad),
-            logger=False,
-        )
-        self.dense_train = train_path == "dense" or (train_path == "auto"
-                                                     and n_items <= DENSE_MAX_ITEMS)
-        can, why = takes_sparse_grads(_plain(optimizer))
+        optimizer = _plain(optimizer)
+        can, why = takes_sparse_grads(optimizer)
+        net_cls = net_class(net)
+        if can and not net_cls.supports_sparse_grad:
+            can, why = False, f"{net_cls.__name__} computes dense gradients"
         if sparse_grad is True and not can:
-            raise ConfigError(f"model.sparse_grad=true needs an optimizer that takes row-sparse "
-                              f"gradients ({why}); use optimizer=lazy_adam, or sgd without "
-                              f"momentum/weight decay, or model.sparse_grad=auto")
+            raise ConfigError(f"model.sparse_grad=true needs a net and an optimizer that take "
+                              f"row-sparse gradients ({why}); use optimizer=lazy_adam, or sgd "
+                              f"without momentum/weight decay, or model.sparse_grad=auto")
+        self.dense_train = train_path == "dense"
         self.sparse_grad = bool(can and sparse_grad is not False and not self.dense_train)
-        log.info("training path: %s, movie-indexed gradients %s (%s)",
+        log.info("training path: %s, width-indexed gradients %s (%s)",
                  "dense masked" if self.dense_train else "sparse",
                  "row-sparse" if self.sparse_grad else "dense",
                  "dense path" if self.dense_train else why)
-        self.net = AutoEncoder(n_items, hidden, activation, tied, dropout, linear_last)
-        init_weights(self.net, **init)
+        self.net = net_cls.build(width, **{k: _plain(v) for k, v in net_options.items()})
+        self.net.init_weights(**init)
         self.noise = noise
+        # plain containers only: checkpoints then load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            dict(net=self.net.spec(), init=init, noise=noise, optimizer=optimizer,
+                 scheduler=_plain(scheduler), rating_min=float(rating_min),
+                 rating_max=float(rating_max), train_mean=float(train_mean),
+                 train_path=train_path, sparse_grad=sparse_grad),
+            logger=False,
+        )
         for split in ("val", "test"):
             setattr(self, f"{split}_rmse", MeanSquaredError(squared=False))
             setattr(self, f"{split}_mae", MeanAbsoluteError())
@@ -114,33 +109,23 @@ class AutoRecModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
+        targets = Pattern.from_offsets(off, idx, self.net.width)
+        c_idx, c_val, c_off = corrupt(idx, val, off, **self.noise)
+        inputs = targets if c_idx is idx else Pattern.from_offsets(c_off, c_idx, self.net.width)
         if self.dense_train:
-            pred = self.dense_masked_outputs(idx, val, off, entry_rows(off, len(idx)))
+            pred = dense_observed(self.net, inputs, c_val, targets)
         else:
-            targets = Pattern.from_offsets(off, idx, self.net.n_items)
-            c_idx, c_val, c_off = corrupt(idx, val, off, **self.noise)
-            inputs = targets if c_idx is idx else Pattern.from_offsets(c_off, c_idx,
-                                                                       self.net.n_items)
-            pred = self.net.forward_rows(inputs, c_val, targets, self.sparse_grad)
-        loss = F.mse_loss(pred, val)  # masked MSE: only observed ratings are targets
+            pred = self.net.predict_observed(inputs, c_val, targets, self.sparse_grad)
+        loss = masked_mse(pred, val)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(idx))  # epoch value = sum sq err / number of ratings
         return loss
 
-    def dense_masked_outputs(self, idx, val, off, row) -> torch.Tensor:
-        """The textbook computation: dense (batch, n_items) input rows, full-width outputs,
-        read at the observed entries (the masked MSE then counts those only)."""
-        c_idx, c_val, c_off = corrupt(idx, val, off, row, **self.noise)
-        c_row = entry_rows(c_off, len(c_idx))
-        x = val.new_zeros(len(off), self.net.n_items)
-        x[c_row, c_idx] = c_val
-        return self.net(x)[row, idx]
-
     # -- held-out scoring -------------------------------------------------------------------
     def predict_targets(self, batch: dict) -> torch.Tensor:
         """Clipped predictions at the batch's held-out positions, fallback where cold."""
-        pred = self.net.forward_sparse(batch["in_idx"], batch["in_val"], batch["in_off"],
-                                       batch["tgt_row"], batch["tgt_idx"])
+        pred = self.net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
+                                   batch["tgt_row"], batch["tgt_idx"])
         hp = self.hparams
         return clip_or_fallback(pred, batch["tgt_cold"], hp.rating_min, hp.rating_max,
                                 hp.train_mean)
@@ -182,11 +167,10 @@ class AutoRecModule(pl.LightningModule):
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         opt_cfg = self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
-        optimizer = instantiate({**opt_cfg, "_partial_": False}, params=self.parameters())
+        optimizer = instantiate(opt_cfg, params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate({**self.hparams.scheduler, "_partial_": False},
-                                optimizer=optimizer)
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler,

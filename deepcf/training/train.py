@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm = build(cfg.data, "data")
     dm.setup("fit")
     lo, hi = dm.rating_range
-    model = build(cfg.model, "model", n_items=dm.width, rating_min=lo, rating_max=hi,
+    model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
                   train_mean=dm.train_mean)
     callbacks = build_all(cfg.get("callbacks"), "callbacks")
     loggers = build_all(cfg.get("logger"), "logger")

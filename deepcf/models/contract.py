@@ -1,0 +1,172 @@
+"""The model contract: what every deepcf net provides, and how a checkpoint rebuilds it.
+
+A net is an `nn.Module` subclass of `RatingNet` built from one config dataclass (its `Config`,
+whose first field is `width`, the input width: movies for rows=users, users for rows=movies).
+The checkpoint stores `net.spec()`, `{"target": "module.Class", "config": {...}}`, so export and
+serving rebuild it with `build_net(spec)` (nanoGPT's `GPT(GPTConfig(**model_args))`): nothing
+re-spells its arguments.
+
+What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for ratings rows):
+
+- `forward(x)`: dense rows (batch, width) with 0 for unrated -> predictions for every column.
+  The ONNX graph is this method; full ranking uses it.
+- `predict_observed(inputs, values, targets, sparse_grad)`: the training predictions, at the
+  observed entries `targets` of a batch whose (possibly corrupted) inputs are `inputs`/`values`
+  (`deepcf.models.sparse_ops.Pattern`s). The default densifies the batch and calls `forward`; a
+  net whose cost should follow the ratings, not the width, overrides it (the autoencoder does).
+- `predict_at(idx, val, off, tgt_row, tgt_idx)`: predictions at given (row, column) positions for
+  rows given as flat (column ids, ratings, offsets): held-out scoring. Default: densify + forward.
+- `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
+- `supports_sparse_grad`: True when `predict_observed` can give row-sparse gradients of the
+  width-indexed weights (what LazyAdam and plain SGD update lazily).
+
+Adding a net is one file (a `RatingNet` with its `Config` and `forward`) and one yaml in
+`conf/model/` naming it (`net: deepcf.models.mynet.MyNet`) with its options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from deepcf.errors import CheckpointError, ConfigError
+from deepcf.models.sparse_ops import Pattern, entry_rows
+
+INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming")
+
+
+class RatingNet(nn.Module):
+    """Base class of deepcf's nets; see the module docstring for the contract."""
+
+    Config: ClassVar[type]
+    supports_sparse_grad: ClassVar[bool] = False
+
+    def __init__(self, config):
+        super().__init__()
+        if int(config.width) < 1:
+            raise ConfigError(f"the input width must be >= 1, got {config.width}")
+        self.config = config
+        self.width = int(config.width)
+
+    @classmethod
+    def build(cls, width: int, **options) -> RatingNet:
+        """The net for input `width` from config options; an unknown option is one line."""
+        names = [f.name for f in dataclasses.fields(cls.Config) if f.init]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]} is not an option of {cls.__name__} "
+                              f"(its options: {', '.join(n for n in names if n != 'width')})")
+        return cls(cls.Config(width=int(width), **options))
+
+    def spec(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild this net: plain containers only."""
+        cls = type(self)
+        return {"target": f"{cls.__module__}.{cls.__qualname__}",
+                "config": dataclasses.asdict(self.config)}
+
+    # -- the contract -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
+                         sparse_grad: bool = False) -> torch.Tensor:
+        return dense_observed(self, inputs, values, targets)
+
+    def predict_at(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor,
+                   tgt_row: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+        x = val.new_zeros(len(off), self.width)
+        x[entry_rows(off, len(idx)), idx] = val
+        return self(x)[tgt_row, tgt_idx]
+
+    @torch.no_grad()
+    def init_weights(self, scheme: str = "default", bias: float | None = None,
+                     nonlinearity: str = "relu") -> None:
+        """Weights (every parameter with 2+ dims, as (out, in)) under `scheme`, the others set
+        to `bias`; `default` keeps the net's own initialisation."""
+        check_init(scheme)
+        if scheme == "default":
+            return
+        for p in self.parameters():
+            if p.dim() >= 2:
+                init_matrix(p, scheme, nonlinearity)
+            else:
+                nn.init.constant_(p, 0.0 if bias is None else bias)
+
+
+def dense_observed(net: RatingNet, inputs: Pattern, values: torch.Tensor,
+                   targets: Pattern, sparse_grad: bool = False) -> torch.Tensor:
+    """The textbook computation: dense (batch, width) input rows, the full-width forward, read
+    at the observed target entries (the masked loss then counts those only)."""
+    x = values.new_zeros(inputs.n_rows, net.width)
+    x[entry_rows(inputs.off, len(inputs.idx)), inputs.idx] = values
+    return net(x)[entry_rows(targets.off, len(targets.idx)), targets.idx]
+
+
+def check_init(scheme: str) -> None:
+    if scheme not in INIT_SCHEMES:
+        raise ConfigError(f"init.scheme={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
+
+
+def init_matrix(w: torch.Tensor, scheme: str, nonlinearity: str = "relu") -> None:
+    """One (out, in) weight under `scheme`, as nn.Linear(in, out) would be initialised."""
+    if scheme == "default":
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(w)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(w)
+    else:
+        nn.init.kaiming_normal_(w, nonlinearity=nonlinearity)
+
+
+def net_class(target: str) -> type[RatingNet]:
+    """The RatingNet class named by a dotted path."""
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"model.net={target!r}: no such class") from None
+    if not (isinstance(cls, type) and issubclass(cls, RatingNet)):
+        raise ConfigError(f"model.net={target!r} is not a deepcf.models.contract.RatingNet")
+    return cls
+
+
+def build_net(spec: dict) -> RatingNet:
+    """The net of a checkpoint's `spec` (see RatingNet.spec)."""
+    cls = net_class(spec["target"])
+    return cls(cls.Config(**spec["config"]))
+
+
+NET_PREFIX = "net."
+
+
+def net_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The net's own entries of a LightningModule state dict (which holds it as `net`)."""
+    return {k[len(NET_PREFIX):]: v for k, v in state_dict.items() if k.startswith(NET_PREFIX)}
+
+
+def net_from_checkpoint(state: dict, source: str = "checkpoint") -> RatingNet:
+    """The trained net of a loaded Lightning checkpoint dict, in eval mode.
+
+    Checkpoints written before the contract hold the autoencoder's options flat in their
+    hyper-parameters (`n_items`, `hidden`, ...): they still load."""
+    try:
+        hp = state["hyper_parameters"]
+        spec = hp.get("net")
+        if not isinstance(spec, dict):  # before the model contract: the autoencoder
+            spec = {"target": "deepcf.models.autoencoder.AutoEncoder",
+                    "config": {"width": hp["n_items"], "hidden": hp["hidden"],
+                               "activation": hp["activation"], "tied": hp["tied"],
+                               "dropout": hp["dropout"], "linear_last": hp["linear_last"]}}
+        net = build_net(spec)
+        net.load_state_dict(net_state(state["state_dict"]))
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: not a deepcf checkpoint "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    return net.eval()
