@@ -8,6 +8,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+# the overrides of the session's tiny training run (conftest.py's tiny_run)
+TINY_RUN = ["data=synthetic", "data.source.scale=tiny", "trainer.max_epochs=3", "logger=csv",
+            "model.hidden=[32,16]", "data.batch_size=64"]
+
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,47 +12,7 @@ import scipy.sparse as sp
 
 from deepcf.serving.metrics import RankingAccumulator, gini, ndcg_at, recall_at, top_popular
 from deepcf.serving.scoring import top_k_unseen
-
-TINY_RUN = ["data=synthetic", "data.source.scale=tiny", "trainer.max_epochs=3", "logger=csv",
-            "trainer.accelerator=cpu", "model.hidden=[32,16]", "data.batch_size=64"]
-
-
-def train_run(run: Path, cache_dir: Path, overrides: list[str]) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from deepcf.training.config import CONF_DIR
-    from deepcf.training.train import train
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run)
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.trainer.enable_progress_bar = False
-    try:
-        train(cfg)
-    finally:
-        GlobalHydra.instance().clear()
-    return run
-
-
-def train_tiny_run(config, tmp_path_factory, cache_dir: Path) -> Path:
-    """One tiny synthetic training run per test session (both test files share it)."""
-    if getattr(config, "_deepcf_tiny_run", None) is None:
-        config._deepcf_tiny_run = train_run(tmp_path_factory.mktemp("tiny-run"), cache_dir,
-                                            TINY_RUN)
-    return config._deepcf_tiny_run
-
-
-@pytest.fixture(scope="session")
-def tiny_run(request, tmp_path_factory, cache_dir) -> Path:
-    return train_tiny_run(request.config, tmp_path_factory, cache_dir)
-
+from tests.helpers import TINY_RUN
 
 # -- metrics against brute force --------------------------------------------------------------
 
@@ -215,12 +174,12 @@ def test_evaluate_errors_are_one_line(tiny_run, tmp_path, capsys):
         assert "\n" not in err
 
 
-def test_item_oriented_run_evaluates_and_ranks(tmp_path, cache_dir):
+def test_item_oriented_run_evaluates_and_ranks(tmp_path, train_run):
     from deepcf.serving.evaluate import evaluate_run
     from deepcf.serving.recommend import load_ratings, recommend
 
-    run = train_run(tmp_path / "item", cache_dir,
-                    [*TINY_RUN, "data.orientation=item", "trainer.max_epochs=2"])
+    run = train_run(tmp_path / "item", [*TINY_RUN, "data.orientation=item",
+                                        "trainer.max_epochs=2"])
     r = evaluate_run(run, ks=(10,))
     trained = json.loads((run / "metrics.json").read_text())
     assert r["rating"]["rmse"] == pytest.approx(trained["test/rmse"], abs=1e-5)

@@ -9,13 +9,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tests.test_evaluate import train_tiny_run
-
-
-@pytest.fixture(scope="session")
-def tiny_run(request, tmp_path_factory, cache_dir):
-    return train_tiny_run(request.config, tmp_path_factory, cache_dir)
-
 
 @pytest.fixture(scope="module")
 def loaded(tiny_run):

@@ -144,19 +144,27 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lazy_adam_native_kernel_equals_the_gathered_fused_update(dtype):
+def test_lazy_adam_native_kernel_equals_the_gathered_fused_update(dtype, monkeypatch):
     """The in-place CPU kernel and the gather / fused Adam / scatter path (what runs off the
     CPU; here forced by a non-contiguous parameter) take the same steps."""
+    import deepcf.training.optim as optim
+
+    calls = []
+    native_kernel = optim.row_adam_
+    monkeypatch.setattr(optim, "row_adam_", lambda p, *a: (calls.append(p), native_kernel(p, *a)))
     torch.manual_seed(1)
     base = torch.randn(9, 5, dtype=dtype)
     native = torch.nn.Parameter(base.clone())
-    gathered = torch.nn.Parameter(base.t().clone().t())  # same values, not contiguous
+    gathered = torch.nn.Parameter(base.t().contiguous().t())  # same values, column-major
+    assert native.is_contiguous() and not gathered.is_contiguous()
     opts = [LazyAdam([p], lr=0.05, weight_decay=0.01) for p in (native, gathered)]
     for rows in ([0, 3, 4], [3, 8], [1, 2, 3, 4, 5, 6, 7]):
         g = torch.randn(len(rows), 5, dtype=dtype)
         for p, opt in zip((native, gathered), opts):
             p.grad = torch.sparse_coo_tensor(torch.tensor([rows]), g, p.shape).coalesce()
             opt.step()
+    assert len(calls) == 3 and all(p is native for p in calls)  # the gathered path never did
+    assert not gathered.is_contiguous()  # scattered back in place, layout kept
     torch.testing.assert_close(native, gathered)
     for key in ("exp_avg", "exp_avg_sq", "step"):
         torch.testing.assert_close(opts[0].state[native][key], opts[1].state[gathered][key])

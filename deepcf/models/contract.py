@@ -99,7 +99,7 @@ class RatingNet(nn.Module):
 
 
 def dense_observed(net: RatingNet, inputs: Pattern, values: torch.Tensor,
-                   targets: Pattern, sparse_grad: bool = False) -> torch.Tensor:
+                   targets: Pattern) -> torch.Tensor:
     """The textbook computation: dense (batch, width) input rows, the full-width forward, read
     at the observed target entries (the masked loss then counts those only)."""
     x = values.new_zeros(inputs.n_rows, net.width)

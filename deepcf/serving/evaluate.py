@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepcf.data.heldout import clip_or_fallback
+from deepcf.data.orientation import rows_are_items
 from deepcf.errors import ModelDataMismatch
 from deepcf.serving.metrics import RankingAccumulator
 from deepcf.serving.runs import (
@@ -154,7 +155,7 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
         train, test = inp.X, tgt.X
     else:
         train, test = _aligned(inp, tgt.user_ids), tgt.X
-    if card.orientation == "item" and train.shape[0] != len(card.user_ids):
+    if rows_are_items(card.orientation) and train.shape[0] != len(card.user_ids):
         raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
                                 f"are its {len(card.user_ids)} training users")
     out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk)

@@ -8,7 +8,7 @@ Everything a scorer needs later travels in a sidecar next to the model, `model.o
 `model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw user and movie
 ids of the training matrix, titles when the source has them, rating range, training mean,
 orientation, and each movie's training rating count (popularity). `export_checked` writes model and
-sidecar together; the training callback and `python -m deepcf.generate` both call it.
+sidecar together; the training callback and `python -m deepcf.export` both call it.
 """
 
 from __future__ import annotations

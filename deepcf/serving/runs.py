@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.data.orientation import entries_name, rows_are_items
 from deepcf.data.sources import upgrade_data_config
 from deepcf.errors import (
     CheckpointError,
@@ -57,11 +58,11 @@ def load_model(model: str | Path) -> tuple[OnnxScorer, ModelCard]:
     path = Path(model)
     if not path.is_file():
         raise DeepCFError(f"{path}: no such ONNX model (train one with `make train` or create it "
-                          f"with `python -m deepcf.generate RUN_DIR`)")
+                          f"with `python -m deepcf.export RUN_DIR`)")
     card = read_sidecar(path)
     scorer = OnnxScorer(path)
     if scorer.width != card.width:
-        what = "movies" if card.orientation == "user" else "users"
+        what = entries_name(card.orientation)
         raise ModelDataMismatch(f"{path}: the model takes {scorer.width} {what} but its sidecar "
                                 f"{sidecar_path(path).name} lists {card.width}")
     return scorer, card
@@ -108,7 +109,7 @@ def check_same_movies(card: ModelCard, item_ids: np.ndarray, user_ids: np.ndarra
         raise ModelDataMismatch(f"{model}: the model scores {len(card.item_ids)} movies but "
                                 f"{data} has {len(item_ids)} (or other movie ids); use the "
                                 f"model trained on this data")
-    if card.orientation == "item" and not np.array_equal(card.user_ids, user_ids):
+    if rows_are_items(card.orientation) and not np.array_equal(card.user_ids, user_ids):
         raise ModelDataMismatch(f"{model}: the model's {len(card.user_ids)} user columns are not "
                                 f"the {len(user_ids)} users of {data}")
 
@@ -155,7 +156,7 @@ def read_ratings_source(path: str | Path, card: ModelCard,
     known = card.user_ids
     new = np.setdiff1d(np.concatenate([table.user, extra_users if extra_users is not None
                                        else np.empty(0, np.int64)]), known)
-    if len(new) and card.orientation == "item":
+    if len(new) and rows_are_items(card.orientation):
         raise UnknownUserError(f"{path}: user id {new[0]} is unknown to the model (its columns "
                                f"are the training users; rows=items models cannot take new "
                                f"users)")

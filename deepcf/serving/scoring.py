@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.data.orientation import rows_are_items
 from deepcf.errors import DeepCFError
 from deepcf.serving.export import INPUT, OUTPUT
 
@@ -87,11 +88,11 @@ class UserScores:
     def __init__(self, scorer, X: sp.csr_matrix, orientation: str = "user", chunk: int = 1024):
         self.scorer, self.X, self.orientation, self.chunk = scorer, X, orientation, chunk
         self.n_movies = X.shape[1]
-        self.XT = X.T.tocsr() if orientation == "item" else None
+        self.XT = X.T.tocsr() if rows_are_items(orientation) else None
 
     def block(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_movies) float32 predictions, unclipped."""
-        if self.orientation == "user":
+        if self.XT is None:  # rows are users: a user's row is the model input
             return self.scorer(densify(self.X, users))
         out = np.empty((len(users), self.n_movies), np.float32)
         for s in range(0, self.n_movies, self.chunk):
@@ -102,7 +103,7 @@ class UserScores:
     def chunks(self, users: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(users of the chunk, their scores) for `users` in order."""
         step = self.chunk
-        if self.orientation == "item":  # each block costs a full pass over the movies
+        if self.XT is not None:  # each block costs a full pass over the movies
             step = max(self.chunk, (256 << 20) // (4 * max(self.n_movies, 1)))
         for s in range(0, len(users), step):
             part = users[s : s + step]

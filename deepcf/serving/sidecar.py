@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcf.data.orientation import input_width
 from deepcf.errors import DeepCFError
 
 SIDECAR_SUFFIX = ".deepcf.npz"
@@ -34,7 +35,7 @@ class ModelCard:
     @property
     def width(self) -> int:
         """The model's input width: movies for orientation=user, users for orientation=item."""
-        return len(self.item_ids) if self.orientation == "user" else len(self.user_ids)
+        return input_width(len(self.user_ids), len(self.item_ids), self.orientation)
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -73,7 +74,7 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
     path = sidecar_path(model_path)
     if not path.exists():
         raise DeepCFError(f"{path}: no such file (the sidecar of {model_path}; recreate both "
-                          f"with `python -m deepcf.generate RUN_DIR`)")
+                          f"with `python -m deepcf.export RUN_DIR`)")
     try:
         with np.load(path, allow_pickle=False) as z:
             lo, hi = (float(x) for x in z["rating_range"])

@@ -60,7 +60,7 @@ class LazyAdam(Optimizer):
             work[p] = bufs
         return [b[:n_rows] for b in bufs]
 
-    def _state(self, p: torch.Tensor, fused: bool) -> dict:
+    def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -85,7 +85,7 @@ class LazyAdam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self._state(p, fused)
+                state = self._state(p)
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 if not p.grad.is_sparse:
                     for k, x in zip("pgmvt", (p, p.grad, m, v, t)):

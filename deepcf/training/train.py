@@ -31,7 +31,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
 
-def experiment_name(cfg: DictConfig) -> str:
+def experiment_name() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     onnx = next((c.exported for c in callbacks if hasattr(c, "exported")), None)
     summary = {
-        "experiment": experiment_name(cfg),
+        "experiment": experiment_name(),
         "data": dm.matrix.source,
         "orientation": dm.orientation,
         "shape": list(dm.matrix.shape),
