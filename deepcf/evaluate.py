@@ -11,34 +11,27 @@ import sys
 from pathlib import Path
 
 from deepcf.errors import DeepCFError, one_line_errors
+from deepcf.serving.cli import add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
 
 PROG = "deepcf.evaluate"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog="examples:\n  python -m deepcf.evaluate outputs/train/runs/2026-01-01_12-00-00\n"
-               "  python -m deepcf.evaluate --model model.onnx --input train.npz "
-               "--target test.npz\n"
-               "metrics and the sidecar format are described in README.md",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help="a training run dir: its model.onnx on its own "
-                   "test split, re-created from config_resolved.yaml")
-    p.add_argument("--model", help="ONNX model (its sidecar .deepcf.npz next to it); "
-                   "default RUN_DIR/model.onnx")
+    p = serving_parser(PROG, __doc__, [
+        "python -m deepcf.evaluate outputs/train/runs/2026-01-01_12-00-00",
+        "python -m deepcf.evaluate --model model.onnx --input train.npz --target test.npz"],
+        "a training run dir: its model.onnx on its own test split, re-created from "
+        "config_resolved.yaml")
     p.add_argument("--input", help="without RUN_DIR: the training ratings (ratings file with "
                    "raw ids, or scipy .npz users x movies)")
     p.add_argument("--target", help="without RUN_DIR: the held-out ratings, same format")
     p.add_argument("-k", "--k", type=int, nargs="+", default=[10, 20], help="ranking cutoffs")
     p.add_argument("--threshold", type=float, default=4.0,
                    help="relevant = held-out rating >= this (default 4)")
-    p.add_argument("--chunk", type=int, default=256,
-                   help="users scored at a time (default 256, see deepcf.bench.scoring)")
     p.add_argument("--out", help="write the metrics as JSON here "
                    "(default RUN_DIR/eval_metrics.json with a run dir)")
-    p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    add_scoring_options(p)
     return p
 
 

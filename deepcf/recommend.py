@@ -11,22 +11,18 @@ import sys
 from contextlib import ExitStack
 
 from deepcf.errors import DeepCFError, one_line_errors
+from deepcf.serving.cli import add_scoring_options, serving_parser
 from deepcf.serving.recommend import FIELDS, format_table, load_ratings, parse_ids, recommend
 
 PROG = "deepcf.recommend"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0],
-        epilog="examples:\n  python -m deepcf.recommend outputs/train/runs/RUN --user 196\n"
-               "  python -m deepcf.recommend RUN --user 1 2 3 -n 5 --csv recs.csv\n"
-               "  python -m deepcf.recommend --model model.onnx --ratings ratings.csv --all "
-               "--csv recs.csv",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help="a training run dir: its model.onnx and its data")
-    p.add_argument("--model", help="ONNX model (sidecar .deepcf.npz next to it); "
-                   "default RUN_DIR/model.onnx")
+    p = serving_parser(PROG, __doc__, [
+        "python -m deepcf.recommend outputs/train/runs/RUN --user 196",
+        "python -m deepcf.recommend RUN --user 1 2 3 -n 5 --csv recs.csv",
+        "python -m deepcf.recommend --model model.onnx --ratings ratings.csv --all --csv r.csv"],
+        "a training run dir: its model.onnx and its data")
     p.add_argument("--ratings", help="the users' ratings: ratings file with raw ids or scipy "
                    ".npz users x movies (default: the run's data)")
     who = p.add_mutually_exclusive_group(required=True)
@@ -37,9 +33,7 @@ def parser() -> argparse.ArgumentParser:
                    "score,basis rows here")
     p.add_argument("--show", type=int, default=20,
                    help="print the table only for up to this many users (default 20)")
-    p.add_argument("--chunk", type=int, default=256,
-                   help="users scored at a time (default 256, see deepcf.bench.scoring)")
-    p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    add_scoring_options(p)
     return p
 
 

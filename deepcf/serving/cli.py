@@ -1,0 +1,26 @@
+"""What the serving commands (evaluate, recommend) share on their command line: a run dir or an
+explicit ONNX model, the scoring chunk and the data cache."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def serving_parser(prog: str, doc: str, examples: list[str],
+                   run_dir_help: str) -> argparse.ArgumentParser:
+    """A parser with RUN_DIR and --model; `add_scoring_options` adds --chunk / --cache-dir."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0],
+        epilog="examples:\n" + "".join(f"  {e}\n" for e in examples)
+               + "the sidecar format and the metrics are described in README.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", help=run_dir_help)
+    p.add_argument("--model", help="ONNX model (its sidecar .deepcf.npz next to it); "
+                   "default RUN_DIR/model.onnx")
+    return p
+
+
+def add_scoring_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk", type=int, default=256,
+                   help="users scored at a time (default 256, see deepcf.bench.scoring)")
+    p.add_argument("--cache-dir", help="data cache dir instead of the run's")
