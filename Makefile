@@ -55,9 +55,14 @@ experiments: install
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
 # ratings) and ML-100K, then ONNX scoring; rewrites BENCHMARKS.md (~4 min on 2 cores; not `make test`)
-.PHONY: bench
+.PHONY: bench readme
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md
 	$(PY) -m deepcf.bench.scoring --threads 2 --out outputs/bench_scoring.md
 	printf '\n## Scoring: onnxruntime vs PyTorch eager\n\n' >> BENCHMARKS.md
 	cat outputs/bench_scoring.md >> BENCHMARKS.md
+
+# re-run every <!-- transcript: ... --> block of README.md (make train, evaluate, recommend, the
+# full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed
+readme: install
+	$(PY) -m deepcf.study.transcripts README.md

@@ -102,3 +102,24 @@ def test_baselines_use_the_runs_splits(cache_dir, monkeypatch):
         want = baseline_scores(dm.split.train, dm.split.test, *dm.rating_range)
         assert row["test/rmse"] == pytest.approx(want["user+item bias"]["rmse"])
     assert got["user+item bias"][0]["test/rmse"] != got["user+item bias"][1]["test/rmse"]
+
+
+def test_transcripts_are_what_the_commands_print(tmp_path):
+    from deepcf.errors import DeepCFError
+    from deepcf.study.transcripts import rewrite
+
+    (tmp_path / "f.txt").write_text("from a file\n")
+    text = ("# doc\n<!-- transcript: cat f.txt -->\nstale\n<!-- /transcript -->\nmiddle\n"
+            "<!-- transcript: echo $PWD/x -->\n<!-- /transcript -->\n")
+    got = rewrite(text, tmp_path)
+    assert got == ("# doc\n<!-- transcript: cat f.txt -->\n```\n$ cat f.txt\nfrom a file\n```\n"
+                   "<!-- /transcript -->\nmiddle\n<!-- transcript: echo $PWD/x -->\n```\n"
+                   "$ echo $PWD/x\nx\n```\n<!-- /transcript -->\n")
+    assert rewrite(got, tmp_path) == got  # same output, same file
+    saved = []
+    with pytest.raises(DeepCFError, match="`exit 3` exited with 3"):
+        rewrite("<!-- transcript: echo a -->\n<!-- /transcript -->\n"
+                "<!-- transcript: exit 3 -->\nold\n<!-- /transcript -->", tmp_path,
+                save=saved.append)
+    assert saved == ["<!-- transcript: echo a -->\n```\n$ echo a\na\n```\n<!-- /transcript -->\n"
+                     "<!-- transcript: exit 3 -->\nold\n<!-- /transcript -->"]

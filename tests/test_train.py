@@ -209,3 +209,17 @@ def test_a_diverged_model_is_not_exported(tmp_path):
     with pytest.raises(DivergedModel, match="training diverged"):
         export_checked(net, tmp_path / "m.onnx", rows, card)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("data.path=ratings.csv", "data.path is now data.source.path"),
+    ("data.scale=movies_full", "data.scale is now data.source.scale"),
+    ("+data.generator_seed=3", "data.generator_seed is now data.source.seed"),
+    ("data.source=file", "data.source=file is no longer a name: choose the data with data="),
+])
+def test_renamed_keys_name_the_new_key(arg, message):
+    from deepcf.errors import ConfigError
+    from deepcf.training.config import check_overrides
+
+    with pytest.raises(ConfigError, match=message):
+        check_overrides([arg])

@@ -1,0 +1,79 @@
+"""Command-written transcripts in markdown: `python -m deepcf.study.transcripts README.md`.
+
+Every block
+
+    <!-- transcript: COMMAND -->
+    ...anything...
+    <!-- /transcript -->
+
+is replaced by a fenced block holding `$ COMMAND` and what the command printed, run now with
+bash in the repository root (in file order, so a later command can use what an earlier one
+made, e.g. `make train` then `make evaluate`). Absolute paths under the repository are shown
+relative to it. The file is written after each block, so a command that fails stops the run
+with its own block (and those after it) untouched. So every measured number in the README's
+transcripts is one a command printed, and `make readme` prints them again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from deepcf.errors import DeepCFError, one_line_errors
+
+BLOCK = re.compile(r"<!-- transcript: (?P<cmd>.+?) -->\n.*?<!-- /transcript -->", re.S)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run(cmd: str, root: Path, timeout: int) -> str:
+    """What `cmd` prints (stdout and stderr, in order), paths under `root` made relative."""
+    print(f"+ {cmd}", flush=True)
+    # a command run from `make readme` is not a sub-make: no "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    p = subprocess.run(["bash", "-c", cmd], cwd=root, stdout=subprocess.PIPE, env=env,
+                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    out = ANSI.sub("", p.stdout).replace(f"{root.resolve()}/", "")
+    if p.returncode != 0:
+        raise DeepCFError(f"`{cmd}` exited with {p.returncode}: "
+                          f"{(out.strip().splitlines() or ['no output'])[-1]}")
+    return out.rstrip()
+
+
+def _block(cmd: str, output: str) -> str:
+    return f"<!-- transcript: {cmd} -->\n```\n$ {cmd}\n{output}\n```\n<!-- /transcript -->"
+
+
+def rewrite(text: str, root: Path, timeout: int = 900, save=None) -> str:
+    """`text` with every transcript block run again; `save(text)` after each block."""
+    pos = 0
+    while (m := BLOCK.search(text, pos)) is not None:
+        new = _block(m.group("cmd"), run(m.group("cmd"), root, timeout))
+        text = text[: m.start()] + new + text[m.end():]
+        pos = m.start() + len(new)
+        if save is not None:
+            save(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m deepcf.study.transcripts",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", type=Path, help="markdown files to rewrite in place")
+    p.add_argument("--root", type=Path, default=Path.cwd(), help="where commands run")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per command")
+    args = p.parse_args(argv)
+    with one_line_errors("deepcf.study.transcripts"):
+        for f in args.files:
+            if not f.is_file():
+                raise DeepCFError(f"{f}: no such file")
+            text = f.read_text()
+            rewrite(text, args.root, args.timeout, save=f.write_text)
+            print(f"{f}: {len(BLOCK.findall(text))} transcript(s) written", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
