@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deepcf.errors import DeepCFError, one_line_errors
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
+from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.evaluate"
 
@@ -39,12 +40,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here "
                    "(default RUN_DIR/eval_metrics.json with a run dir)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    p.add_argument("--allow-target", action="append", metavar="PREFIX", default=[],
+                   help="instantiate _target_s from the run dir's config that start with "
+                        "PREFIX (default: deepcf's own data classes only; repeatable; "
+                        "also DEEPCF_ALLOW_TARGETS=p1,p2)")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     with one_line_errors(PROG):
+        allow_targets(args.allow_target)
         if min(args.k) < 1 or args.chunk < 1:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:

@@ -12,6 +12,7 @@ from contextlib import ExitStack
 
 from deepcf.errors import DeepCFError, one_line_errors
 from deepcf.serving.recommend import FIELDS, format_table, load_ratings, parse_ids, recommend
+from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.recommend"
 
@@ -40,12 +41,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256,
                    help="users scored at a time (default 256, see deepcf.bench.scoring)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    p.add_argument("--allow-target", action="append", metavar="PREFIX", default=[],
+                   help="instantiate _target_s from the run dir's config that start with "
+                        "PREFIX (default: deepcf's own data classes only; repeatable; "
+                        "also DEEPCF_ALLOW_TARGETS=p1,p2)")
     return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
     with one_line_errors(PROG):
+        allow_targets(args.allow_target)
         if args.n < 1 or args.chunk < 1:
             raise DeepCFError("-n and --chunk must be >= 1")
         if args.all and not args.csv:
