@@ -26,6 +26,28 @@ from deepcf.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def data_warnings(m: RatingMatrix) -> list[str]:
+    """One line per thing about the ratings that trains without error but likely not as meant:
+    one user, all-identical ratings, or ratings narrower than the declared range by half a star
+    or more (predictions are clipped to the declared range; deepcf warns, it does not guess)."""
+    vals = m.ratings.data
+    out = []
+    if m.ratings.shape[0] == 1:
+        out.append(f"{m.source}: only one user: held-out ratings are that user's own and the "
+                   f"model learns a single row; add more users' ratings")
+    if len(vals) and vals.min() == vals.max():
+        out.append(f"{m.source}: every rating is {vals[0]:g}: there is nothing to learn (a "
+                   f"constant predicts it exactly)")
+    elif len(vals):
+        lo, hi = float(vals.min()), float(vals.max())
+        if lo - m.rating_min >= 0.5 or m.rating_max - hi >= 0.5:
+            out.append(f"{m.source}: ratings span {lo:g}..{hi:g} but the declared range is "
+                       f"{m.rating_min:g}..{m.rating_max:g} (predictions are clipped to it); if "
+                       f"the scale is {lo:g}-{hi:g} stars set data.source.rating_min={lo:g} "
+                       f"data.source.rating_max={hi:g}")
+    return out
+
+
 class RatingsDataModule(pl.LightningDataModule):
     """Loads `source`, splits it, and serves sparse row batches.
 
@@ -74,6 +96,8 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.split is not None:
             return
         self.prepare_data()
+        for line in data_warnings(self.matrix):
+            log.warning(line)
         self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
                                   self.split_seed)
         train, val, test = self.oriented(self.split)

@@ -18,6 +18,22 @@ def wandb_api_key_present() -> bool:
         return False
 
 
+def wandb_reachable(timeout: float = 3.0) -> str | None:
+    """None when W&B's server (WANDB_BASE_URL, default https://api.wandb.ai) accepts a TCP
+    connection within `timeout` seconds, else why not (one short phrase)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    u = urlparse(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"cannot reach {url} ({e.strerror or type(e).__name__})"
+
+
 def wandb_logger(mode: str = "auto", **kwargs):
     """A WandbLogger that runs offline unless an API key is set and mode allows online.
 
@@ -35,6 +51,12 @@ def wandb_logger(mode: str = "auto", **kwargs):
     if mode == "online" and not wandb_api_key_present():
         log.warning("wandb: no API key found; running offline")
         mode = "offline"
+    if mode == "online":  # a key but no network: offline now, not a 30 s hang and a traceback
+        why = wandb_reachable()
+        if why:
+            log.warning("wandb: %s; running offline (upload later with `wandb sync "
+                        "RUN_DIR/wandb/offline-run-*`)", why)
+            mode = "offline"
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
