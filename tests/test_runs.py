@@ -203,3 +203,36 @@ def test_cli_sigint_exits_130_sigkill_resumes_and_the_lock_refuses(tmp_path, cac
     rc, out, err = _done(p)
     assert rc == 0, err[-2000:]
     assert f"{epoch + 2} epochs" in out and len(list(runs.iterdir())) == 1
+
+
+def test_ddp_on_cpu_rank_zero_writes_and_the_score_is_aggregated(tmp_path, cache_dir):
+    """2-process gloo DDP: one summary, one metrics.json, the ONNX export; the test RMSE the two
+    ranks computed together equals the 1-process score of the same best checkpoint."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from deepcf.serving.runs import run_datamodule
+    from deepcf.training.config import build
+
+    p = _cli("data=synthetic", "model.hidden=[16]", "logger=none", "trainer=ddp",
+             "trainer.devices=2", "trainer.max_epochs=2", "data.eval_batch_size=50",
+             cwd=tmp_path, cache_dir=cache_dir)
+    rc, out, err = _done(p)
+    assert rc == 0, err[-3000:]
+    assert out.count("test RMSE") == 1 and "not exported" not in out
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())
+    assert (run / "model.onnx").is_file()
+
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    dm = run_datamodule(run, cache_dir=str(cache_dir))
+    lo, hi = dm.rating_range
+    model = build(cfg.model, "model", n_items=dm.width, rating_min=lo, rating_max=hi,
+                  train_mean=dm.train_mean)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    one = trainer.test(model, datamodule=dm, ckpt_path=m["best_checkpoint"], verbose=False,
+                       weights_only=True)[0]
+    assert m["test/n_ratings"] == one["test/n_ratings"] == dm.split.test.nnz  # none twice
+    assert m["test/rmse"] == pytest.approx(one["test/rmse"], rel=1e-6, abs=1e-6)
+    assert m["test/mae"] == pytest.approx(one["test/mae"], rel=1e-6, abs=1e-6)

@@ -131,7 +131,8 @@ def check_checkpoint(path: str | Path, run_dir: str | Path) -> dict:
         for p in paths:
             if p and not inside(p, folder):
                 raise CheckpointError(f"{path}: refused: its ModelCheckpoint state names {p}, "
-                                      f"outside {folder}")
+                                      f"outside {folder} (a run dir resumes where it was "
+                                      f"trained; a moved one cannot be resumed)")
         best = state.get("best_model_path")
         if best and Path(best).is_file() and Path(best).resolve() != Path(path).resolve():
             safe_load(best)  # the best checkpoint is loaded for testing: weights only, too
