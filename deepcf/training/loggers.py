@@ -22,16 +22,26 @@ def wandb_reachable(timeout: float = 3.0) -> str | None:
     """None when W&B's server (WANDB_BASE_URL, default https://api.wandb.ai) accepts a TCP
     connection within `timeout` seconds, else why not (one short phrase)."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     u = urlparse(url)
     port = u.port or (443 if u.scheme == "https" else 80)
-    try:
-        with socket.create_connection((u.hostname or "", port), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"cannot reach {url} ({e.strerror or type(e).__name__})"
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((u.hostname or "", port), timeout=timeout):
+                result.append(None)
+        except (OSError, ValueError) as e:
+            result.append(f"cannot reach {url} ({getattr(e, 'strerror', None) or e})")
+
+    # in a thread: a name lookup without network can block longer than the socket timeout
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else f"cannot reach {url} (no answer in {timeout:g} s)"
 
 
 def wandb_logger(mode: str = "auto", **kwargs):
