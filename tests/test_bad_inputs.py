@@ -191,21 +191,10 @@ def _resume_cfg(make_cfg, ckpt_path) -> object:
 
 
 def _copy_run(run_dir: Path, dest: Path) -> Path:
-    """A copy of the run, its last.ckpt's ModelCheckpoint state moved along (as if it had been
-    trained there: a checkpoint naming files of another dir is refused)."""
+    """A copy of the shared run to spoil (a copied run dir resumes where it is now)."""
     import shutil
 
     shutil.copytree(run_dir, dest)
-    ckpt = dest / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, weights_only=True)
-    old, new = str(run_dir.resolve()), str(dest.resolve())
-    for name, cb in state["callbacks"].items():
-        if name.startswith("ModelCheckpoint"):
-            for k in ("best_model_path", "kth_best_model_path", "last_model_path", "dirpath"):
-                if cb.get(k):
-                    cb[k] = cb[k].replace(old, new)
-            cb["best_k_models"] = {k.replace(old, new): v for k, v in cb["best_k_models"].items()}
-    torch.save(state, ckpt)
     return dest
 
 

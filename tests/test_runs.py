@@ -236,3 +236,16 @@ def test_ddp_on_cpu_rank_zero_writes_and_the_score_is_aggregated(tmp_path, cache
     assert m["test/n_ratings"] == one["test/n_ratings"] == dm.split.test.nnz  # none twice
     assert m["test/rmse"] == pytest.approx(one["test/rmse"], rel=1e-6, abs=1e-6)
     assert m["test/mae"] == pytest.approx(one["test/mae"], rel=1e-6, abs=1e-6)
+
+
+def test_a_moved_run_dir_resumes_where_it_is_now(make_cfg, tmp_path):
+    import shutil
+
+    base = (*FAST, "logger=none", "seed=4")
+    train(make_cfg(*base, "trainer.max_epochs=2", output_dir=tmp_path / "there"))
+    shutil.move(tmp_path / "there", tmp_path / "here")
+    run = tmp_path / "here"
+    m = train(make_cfg(*base, "trainer.max_epochs=3", f"ckpt_path={run}"))
+    assert m["epochs"] == 3 and Path(m["best_checkpoint"]).parent == run / "checkpoints"
+    assert not (tmp_path / "there").exists()
+    assert not list((run / "checkpoints").glob(".moved-*"))

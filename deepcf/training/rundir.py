@@ -115,25 +115,42 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return p.parent == f or f in p.parents
 
 
-def check_checkpoint(path: str | Path, run_dir: str | Path) -> dict:
+def check_checkpoint(path: str | Path, run_dir: str | Path) -> tuple[dict, bool]:
     """A checkpoint safe to resume into `run_dir`: weights-only loadable, and every file its
-    ModelCheckpoint state names lies in RUN/checkpoints."""
+    ModelCheckpoint state names lies in RUN/checkpoints. A run dir that was moved (its state
+    names the checkpoints dir it was trained in) has those paths mapped to where it is now.
+    Returns (checkpoint, whether paths were mapped: then resume from a rewritten copy)."""
     ckpt = safe_load(path)
     if "loops" not in ckpt:
         raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
-    folder = Path(run_dir) / "checkpoints"
+    folder = os.path.realpath(Path(run_dir) / "checkpoints")
+    moved = False
     for name, state in (ckpt.get("callbacks") or {}).items():
         if not str(name).startswith("ModelCheckpoint") or not isinstance(state, dict):
             continue
+        old = state.get("dirpath")
+        if old and os.path.realpath(old) != folder:
+            old = os.path.realpath(old)
+
+            def mapped(p, old=old):
+                rp = os.path.realpath(p)
+                return os.path.join(folder, os.path.relpath(rp, old)) if inside(rp, old) else p
+
+            for k in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if state.get(k):
+                    state[k] = mapped(state[k])
+            state["best_k_models"] = {mapped(k): v for k, v in
+                                      (state.get("best_k_models") or {}).items()}
+            state["dirpath"] = folder
+            moved = True
         paths = [state.get(k) for k in ("best_model_path", "kth_best_model_path",
                                         "last_model_path")]
         paths += list((state.get("best_k_models") or {}).keys())
         for p in paths:
             if p and not inside(p, folder):
                 raise CheckpointError(f"{path}: refused: its ModelCheckpoint state names {p}, "
-                                      f"outside {folder} (a run dir resumes where it was "
-                                      f"trained; a moved one cannot be resumed)")
+                                      f"outside {folder}")
         best = state.get("best_model_path")
         if best and Path(best).is_file() and Path(best).resolve() != Path(path).resolve():
             safe_load(best)  # the best checkpoint is loaded for testing: weights only, too
-    return ckpt
+    return ckpt, moved

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -83,8 +84,12 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    moved = None
     if resume is not None:
-        epoch = check_checkpoint(resume, out_dir).get("epoch", 0)
+        ckpt, was_moved = check_checkpoint(resume, out_dir)
+        epoch = ckpt.get("epoch", 0)
+        moved = ckpt if was_moved else None  # resumed from a copy naming today's paths
+        del ckpt
         check_same_run(resolved, out_dir, cfg.ckpt_path)
         max_epochs = cfg.trainer.get("max_epochs")
         if max_epochs not in (None, -1) and epoch >= max_epochs:
@@ -116,8 +121,19 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     try:
         with interrupt_as(trainer, cfg, out_dir):
             if cfg.get("train", True):
-                trainer.fit(model, datamodule=dm, ckpt_path=str(resume) if resume else None,
-                            weights_only=True)
+                lightning_ckpt = resume
+                if moved is not None:  # the run dir was moved since that checkpoint
+                    import torch
+
+                    lightning_ckpt = out_dir / "checkpoints" / f".moved-{os.getpid()}.ckpt"
+                    torch.save(moved, lightning_ckpt)
+                    del moved
+                try:
+                    trainer.fit(model, datamodule=dm, weights_only=True,
+                                ckpt_path=str(lightning_ckpt) if resume else None)
+                finally:
+                    if lightning_ckpt != resume:
+                        lightning_ckpt.unlink(missing_ok=True)
                 metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             if cfg.get("test", True):
                 best = getattr(trainer.checkpoint_callback, "best_model_path", "")
