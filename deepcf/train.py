@@ -58,7 +58,8 @@ def resume_args(argv: list[str], cfg) -> list[str]:
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("ckpt_path cannot be used with -m (resume one run at a time)")
     _, run_dir = resolve_resume(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name)
-    return [f"hydra.run.dir={run_dir}",
+    quote = '"' if "'" in str(run_dir) else "'"  # a path with spaces is one override value
+    return [f"hydra.run.dir={quote}{run_dir}{quote}",
             "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d}_${now:%H-%M-%S}"]
 
 

@@ -41,6 +41,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     # held-out metrics are torchmetrics objects, synced across DDP ranks by compute()
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
+    # run dirs are unique, so a non-empty one is a resume: its checkpoints are wanted, and its
+    # csv/metrics.csv is kept and appended to (keep_csv_history), not deleted as this warns
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
 
 
 def experiment_name(cfg: DictConfig) -> str:
