@@ -102,7 +102,7 @@ def safe_load(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0]
+        why = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's 1st
         raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({why}); "
                               f"resume from another file in its checkpoints dir") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
