@@ -55,3 +55,25 @@ def one_line_errors(prog: str = "deepcf"):
         msg = " ".join(str(e).split())
         print(f"{prog}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class RunLocked(DeepCFError):
+    """A run dir that another deepcf process is writing (training or resuming)."""
+
+
+class TargetNotAllowed(ConfigError):
+    """A `_target_` in a run dir's config that deepcf will not instantiate without permission."""
+
+
+class TrainingDiverged(Exception):
+    """A run whose final metrics are not finite (exit status 3, see EXIT_DIVERGED)."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) during training; the message says how to resume (exit status 130)."""
+
+
+# exit statuses of the commands (README "Runs, resume and failures")
+EXIT_BAD_INPUT = 2  # a DeepCFError: bad file, config, checkpoint; one line on stderr
+EXIT_DIVERGED = 3  # training diverged: metrics.json has "status": "diverged"
+EXIT_INTERRUPTED = 130  # Ctrl-C: the last checkpoint is kept, one line says how to resume

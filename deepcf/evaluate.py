@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from deepcf.errors import DeepCFError, one_line_errors
-from deepcf.serving.cli import add_scoring_options, serving_parser
+from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
+from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.evaluate"
 
@@ -32,12 +33,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here "
                    "(default RUN_DIR/eval_metrics.json with a run dir)")
     add_scoring_options(p)
+    add_allow_target(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     with one_line_errors(PROG):
+        allow_targets(args.allow_target)
         if min(args.k) < 1 or args.chunk < 1:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from deepcf.errors import one_line_errors
+from deepcf.serving.cli import add_allow_target
 from deepcf.serving.export import export_run
+from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.export"
 
@@ -27,8 +29,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |onnxruntime - PyTorch| (default 1e-4)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    add_allow_target(p)
     args = p.parse_args(argv)
     with one_line_errors(prog):
+        allow_targets(args.allow_target)
         path, diff = export_run(args.target, args.out, args.atol, cache_dir=args.cache_dir)
         print(f"wrote {path} and {path.with_suffix('.deepcf.npz').name} "
               f"(onnxruntime vs PyTorch max abs diff {diff:.2g})")

@@ -11,8 +11,9 @@ import sys
 from contextlib import ExitStack
 
 from deepcf.errors import DeepCFError, one_line_errors
-from deepcf.serving.cli import add_scoring_options, serving_parser
+from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.recommend import FIELDS, format_table, load_ratings, parse_ids, recommend
+from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.recommend"
 
@@ -34,12 +35,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=20,
                    help="print the table only for up to this many users (default 20)")
     add_scoring_options(p)
+    add_allow_target(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
     with one_line_errors(PROG):
+        allow_targets(args.allow_target)
         if args.n < 1 or args.chunk < 1:
             raise DeepCFError("-n and --chunk must be >= 1")
         if args.all and not args.csv:

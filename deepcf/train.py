@@ -2,6 +2,13 @@
 
 The command line of deepcf.training.train: overrides are checked before Hydra runs (one line
 naming a wrong key), and a DeepCFError ends the run with one line and exit status 2.
+
+Exit statuses: 0 every run ok; 2 bad input or config (one line); 3 a run diverged (its
+metrics.json has "status": "diverged"; in a `-m` sweep every job still runs and the sweep exits 3
+at the end if any job diverged); 130 Ctrl-C (the last checkpoint is kept and one line says how
+to resume); 1 an unexpected error (a traceback: a bug to report).
+
+`ckpt_path=last | RUN_DIR | RUN/checkpoints/NAME.ckpt` resumes that run in its own run dir.
 """
 
 from __future__ import annotations
@@ -12,21 +19,66 @@ import hydra
 from omegaconf import DictConfig
 
 import deepcf  # noqa: F401  (registers config resolvers)
-from deepcf.errors import one_line_errors
+from deepcf.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    TrainingInterrupted,
+    one_line_errors,
+)
 from deepcf.training.config import CONF_DIR, check_overrides
+
+PROG = "deepcf.train"
+DIVERGED: list[str] = []  # run dirs of the jobs of this process whose training diverged
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with one_line_errors("deepcf.train"):
+    with one_line_errors(PROG):
         from deepcf.training.train import train
 
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        except TrainingInterrupted as e:
+            print(f"{PROG}: interrupted: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        if metrics.get("status") == "diverged":
+            DIVERGED.append(str(metrics.get("run_dir")))
         value = metrics.get(cfg.get("optimized_metric") or "")
         return None if value is None else float(value)
 
 
+def resume_args(argv: list[str], cfg) -> list[str]:
+    """With ckpt_path=..., the Hydra overrides that make the run dir the resumed run's own
+    (its original .hydra/ is kept: the resume's goes to .hydra/resume-<time>)."""
+    from deepcf.training.rundir import is_rank_zero, resolve_resume
+
+    if cfg is None or not cfg.get("ckpt_path") or not is_rank_zero():
+        return []  # DDP ranks > 0 get the run dir from Lightning
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("ckpt_path cannot be used with -m (resume one run at a time)")
+    _, run_dir = resolve_resume(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name)
+    quote = '"' if "'" in str(run_dir) else "'"  # a path with spaces is one override value
+    return [f"hydra.run.dir={quote}{run_dir}{quote}",
+            "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d}_${now:%H-%M-%S}"]
+
+
+def run() -> int:
+    argv = sys.argv[1:]
+    with one_line_errors(PROG):
+        cfg = check_overrides(argv)
+        sys.argv += resume_args(argv, cfg)
+    try:
+        main()
+    except KeyboardInterrupt:  # outside fit/test (loading data, exporting)
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    if DIVERGED:
+        print(f"{PROG}: {len(DIVERGED)} run(s) diverged (metrics.json status \"diverged\", "
+              f"exit status {EXIT_DIVERGED}): {', '.join(DIVERGED)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
+
+
 if __name__ == "__main__":
-    with one_line_errors("deepcf.train"):
-        check_overrides(sys.argv[1:])
-    sys.exit(main())
+    sys.exit(run())

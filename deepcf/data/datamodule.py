@@ -13,7 +13,13 @@ import logging
 import numpy as np
 import pytorch_lightning as pl
 import scipy.sparse as sp
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
 
 from deepcf.data.batches import RowBatches
 from deepcf.data.heldout import heldout_set
@@ -24,6 +30,36 @@ from deepcf.data.split import Split, split_matrix
 from deepcf.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+class EpochBatches(BatchSampler):
+    """A BatchSampler that passes Lightning's per-epoch `set_epoch` on to its sampler."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def data_warnings(m: RatingMatrix) -> list[str]:
+    """One line per thing about the ratings that trains without error but likely not as meant:
+    one user, all-identical ratings, or ratings narrower than the declared range by half a star
+    or more (predictions are clipped to the declared range; deepcf warns, it does not guess)."""
+    vals = m.ratings.data
+    out = []
+    if m.ratings.shape[0] == 1:
+        out.append(f"{m.source}: only one user: held-out ratings are that user's own and the "
+                   f"model learns a single row; add more users' ratings")
+    if len(vals) and vals.min() == vals.max():
+        out.append(f"{m.source}: every rating is {vals[0]:g}: there is nothing to learn (a "
+                   f"constant predicts it exactly)")
+    elif len(vals):
+        lo, hi = float(vals.min()), float(vals.max())
+        if lo - m.rating_min >= 0.5 or m.rating_max - hi >= 0.5:
+            out.append(f"{m.source}: ratings span {lo:g}..{hi:g} but the declared range is "
+                       f"{m.rating_min:g}..{m.rating_max:g} (predictions are clipped to it); if "
+                       f"the scale is {lo:g}-{hi:g} stars set data.source.rating_min={lo:g} "
+                       f"data.source.rating_max={hi:g}")
+    return out
 
 
 class RatingsDataModule(pl.LightningDataModule):
@@ -74,6 +110,8 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.split is not None:
             return
         self.prepare_data()
+        for line in data_warnings(self.matrix):
+            log.warning(line)
         self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
                                   self.split_seed)
         train, val, test = self.oriented(self.split)
@@ -108,11 +146,29 @@ class RatingsDataModule(pl.LightningDataModule):
         return self._sets[name]
 
     # -- loaders ---------------------------------------------------------------------------
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of the trainer this DataModule serves; (0, 1) without DDP."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """Batches of rows. Under DDP each rank takes its own rows (deepcf.training.train sets
+        `use_distributed_sampler=False`, because Lightning's wrapper of this batch sampler would
+        pad by repeating whole batches): for training a DistributedSampler (padded to equal
+        lengths, as DDP's gradient sync needs, reshuffled per epoch); for val/test contiguous
+        blocks without padding, so every held-out rating is scored exactly once and the metrics'
+        sums are then added over the ranks."""
         ds = self._sets[name]
-        base = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        rank, world = self._shard()
+        if world > 1 and shuffle:
+            base = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                      seed=self.split_seed, drop_last=False)
+        elif world > 1:
+            base = np.array_split(np.arange(len(ds)), world)[rank].tolist()
+        else:
+            base = RandomSampler(ds) if shuffle else SequentialSampler(ds)
         return DataLoader(
-            ds, batch_size=None, sampler=BatchSampler(base, batch_size, drop_last=False),
+            ds, batch_size=None, sampler=EpochBatches(base, batch_size, drop_last=False),
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )

@@ -6,6 +6,8 @@ Formats, sniffed from the first line:
 - MovieLens `ratings.dat` (`user::movie::rating::timestamp`, no header).
 - MovieLens `u.data` (tab separated, no header).
 - RecBole atomic files (`.inter`, tab separated, `name:type` header).
+- Any of these separated by `;`, `|` or runs of spaces instead; gzip (`ratings.csv.gz`) and
+  single-file zip archives are read transparently (recognised by their first bytes).
 
 Every problem is reported as one line that names the file and, where there is one, the line.
 Parsing is columnar (pandas' C reader); there is no Python loop per rating.
@@ -58,6 +60,8 @@ def _sniff(first_line: str, numeric_fields: int = 3) -> tuple[str, bool]:
         sep = "\t"
     elif "," in first_line:
         sep = ","
+    elif ";" in first_line:
+        sep = ";"
     elif "|" in first_line:
         sep = "|"
     else:
@@ -83,16 +87,68 @@ def _find(columns: list[str], aliases: tuple[str, ...]) -> int | None:
     return None
 
 
+def compression(path: Path) -> str | None:
+    """"gzip" or "zip" by the file's first bytes (whatever its name), else None."""
+    with _open_raw(path) as f:
+        magic = f.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"PK\x03\x04":
+        return "zip"
+    return None
+
+
+def _open_raw(path: Path):
+    """open(path, "rb"), every reason it cannot be opened as one line naming the file."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a ratings file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied: cannot read it (check the file's "
+                        f"permissions, e.g. chmod u+r, or copy it somewhere readable)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is gzip or a one-file zip."""
+    kind = compression(path)
+    try:
+        if kind == "gzip":
+            import gzip
+
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        if kind == "zip":
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+                if len(names) != 1:
+                    raise DataError(f"{path}: a zip archive must hold exactly one ratings file, "
+                                    f"it holds {len(names)}; unzip it and give the file")
+                return z.read(names[0])
+        with _open_raw(path) as f:
+            return f.read()
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError) as e:  # gzip.BadGzipFile, zipfile.BadZipFile
+        what = f"{kind} file" if kind else "file"
+        raise DataError(f"{path}: a truncated or corrupt {what} ({e}); download or compress "
+                        f"it again") from None
+
+
 def _read_table(
     path: Path, encoding: str = "utf-8", data: bytes | None = None, numeric_fields: int = 3
 ) -> tuple[pd.DataFrame, bool]:
     """Read a delimited file (or its bytes, named `path`); return (frame, has_header)."""
+    if data is None and compression(path):
+        data = _read_bytes(path)
     if data is None:
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
-        if path.is_dir():
-            raise DataError(f"{path}: is a directory, expected a ratings file")
-        with open(path, "rb") as f:
+        with _open_raw(path) as f:
             head = f.readline()
     else:
         head = data[: data.find(b"\n") + 1 or len(data)]
@@ -102,7 +158,7 @@ def _read_table(
     sep, has_header = _sniff(first, numeric_fields)
     source: io.BytesIO | Path = path if data is None else io.BytesIO(data)
     if sep == "::":  # pandas' C reader takes one-character separators only
-        raw = path.read_bytes() if data is None else data
+        raw = _read_bytes(path) if data is None else data
         source = io.BytesIO(raw.replace(b"::", b"\t"))
         sep = "\t"
     try:
@@ -110,7 +166,7 @@ def _read_table(
             source,
             sep=sep,
             header=0 if has_header else None,
-            engine="c" if sep != r"\s+" else "python",
+            engine="c",  # the C reader takes r"\s+" too
             encoding=encoding,
             dtype=str if sep == "|" else None,
             skip_blank_lines=True,
@@ -124,6 +180,8 @@ def _read_table(
         raise DataError(f"{path}: malformed: {msg}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not {encoding} text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
     return frame, has_header
 
 
@@ -230,9 +288,9 @@ def _read_typed_csv(path: Path, rating_min: float | None,
     `ratings.csv`): only the needed columns, parsed by pandas' C reader straight into typed
     arrays. Returns None for anything else (other formats, a bad or missing value, a rating out
     of range), which the general path then reads and reports with its line number."""
-    if not path.is_file():
+    if not path.is_file() or compression(path):
         return None
-    with open(path, "rb") as f:
+    with _open_raw(path) as f:
         first = f.readline().decode("utf-8", errors="replace").strip("\r\n")
     if "," not in first or "::" in first or "\t" in first:
         return None

@@ -24,3 +24,11 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=256,
                    help="users scored at a time (default 256, see deepcf.bench.scoring)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+
+
+def add_allow_target(p: argparse.ArgumentParser) -> None:
+    """A run dir's config is data: only deepcf's own classes are built from it unless allowed."""
+    p.add_argument("--allow-target", action="append", metavar="PREFIX", default=[],
+                   help="instantiate _target_s from the run dir's config that start with "
+                        "PREFIX (default: deepcf's own data classes only; repeatable; "
+                        "also DEEPCF_ALLOW_TARGETS=p1,p2)")

@@ -17,11 +17,11 @@ import scipy.sparse as sp
 from deepcf.data.orientation import entries_name, rows_are_items
 from deepcf.data.sources import upgrade_data_config
 from deepcf.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     DeepCFError,
     ModelDataMismatch,
+    TargetNotAllowed,
     UnknownMovieError,
     UnknownUserError,
 )
@@ -81,17 +81,80 @@ def run_model_path(run_dir: str | Path) -> Path:
     return check_run_dir(run_dir) / "model.onnx"
 
 
+# A run dir's config is data, not code: its `_target_`s are instantiated only when they are
+# deepcf's own data classes, or start with a prefix the user allows (--allow-target PREFIX on
+# evaluate/recommend/export, or DEEPCF_ALLOW_TARGETS=prefix1,prefix2 in the environment).
+ALLOW_ENV = "DEEPCF_ALLOW_TARGETS"
+
+
+def allow_targets(prefixes: list[str] | None) -> None:
+    """Add `--allow-target` prefixes for this process (kept in DEEPCF_ALLOW_TARGETS)."""
+    import os
+
+    if prefixes:
+        old = [p for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()]
+        os.environ[ALLOW_ENV] = ",".join([*old, *prefixes])
+
+
+def _deepcf_data_class(target: str) -> bool:
+    """A class of deepcf's own data package that is a ratings source or the DataModule."""
+    if not target.startswith("deepcf.data."):
+        return False
+    from hydra._internal.utils import _locate
+
+    from deepcf.data.datamodule import RatingsDataModule
+    from deepcf.data.sources import RatingsSource
+
+    try:
+        obj = _locate(target)  # imports deepcf's own modules only (checked above)
+    except Exception:
+        return False
+    return isinstance(obj, type) and issubclass(obj, (RatingsSource, RatingsDataModule))
+
+
+def check_targets(node, conf: Path, key: str = "data") -> None:
+    """Refuse (one line) any `_target_` under `node` that is not allowed."""
+    import os
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            allowed = [p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()]
+            t = str(target)
+            if not (_deepcf_data_class(t) or any(t.startswith(p) for p in allowed)):
+                raise TargetNotAllowed(
+                    f"{conf}: {key}._target_={t} is not one of deepcf's data classes; a run "
+                    f"dir's config is read as data, so it is refused: if you trust this run "
+                    f"dir, allow it with --allow-target {t} (or {ALLOW_ENV}={t})")
+        for k, v in node.items():
+            check_targets(v, conf, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_targets(v, conf, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise TargetNotAllowed(f"{conf}: {key}={node!r}: an interpolation in a resolved config "
+                               f"is refused (a run dir's config is read as data)")
+
+
 def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: bool = True):
     """The RatingsDataModule of a training run, from its config_resolved.yaml: same data,
-    same split (the split is a pure function of data, seed and fractions)."""
+    same split (the split is a pure function of data, seed and fractions). Only deepcf's own
+    data classes are instantiated unless more are allowed (`check_targets`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     conf = check_run_dir(run_dir) / "config_resolved.yaml"
-    cfg = OmegaConf.load(conf)
-    if "data" not in cfg:
+    try:
+        cfg = OmegaConf.load(conf)
+    except Exception as e:
+        raise ConfigError(f"{conf}: not a readable config ({str(e).splitlines()[0]})") from None
+    if not hasattr(cfg, "keys") or "data" not in cfg:
         raise ConfigError(f"{conf}: has no data section")
-    data = upgrade_data_config(OmegaConf.to_container(cfg.data))
+    try:  # resolved here, so that no interpolation can build a node after the check
+        data = upgrade_data_config(OmegaConf.to_container(cfg.data, resolve=True))
+    except Exception as e:
+        raise ConfigError(f"{conf}: data: {str(e).splitlines()[0]}") from None
+    check_targets(data, conf)
     if cache_dir is not None:
         data["cache_dir"] = cache_dir
     dm = instantiate(data)
@@ -184,17 +247,8 @@ def find_checkpoint(target: Path) -> tuple[Path, Path]:
 
 def load_net(ckpt: Path):
     """The trained net of a deepcf checkpoint, rebuilt through the model contract (no
-    Lightning, no LightningModule)."""
-    import pickle
-
-    import torch
-
+    Lightning, no LightningModule); only tensors and plain data are read from the file."""
     from deepcf.models.contract import net_from_checkpoint
+    from deepcf.training.rundir import safe_load
 
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{ckpt}: not a deepcf checkpoint "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                              ) from None
-    return net_from_checkpoint(state, str(ckpt))
+    return net_from_checkpoint(safe_load(ckpt), str(ckpt))

@@ -7,6 +7,7 @@ training mean, orientation, and each movie's training rating count (popularity).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
                 train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
                 item_train_count=z["item_train_count"],
             )
-    except (KeyError, ValueError, OSError) as e:
-        raise DeepCFError(f"{path}: not a deepcf sidecar ({e})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DeepCFError(f"{path}: not a deepcf sidecar, truncated or corrupt ({e}); recreate "
+                          f"it and the model with `python -m deepcf.export RUN_DIR`") from None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcf.errors import one_line_errors
+from deepcf.errors import EXIT_DIVERGED, one_line_errors
 
 STUDY = ["first_test_run", "RMSprop_test_tied", "better_init_tied", "scheduler_lr",
          "denoising_test"]
@@ -31,7 +31,10 @@ def run_sweep(experiments: list[str], seeds: list[int], out: Path, extra: list[s
     cmd = [sys.executable, "-m", "deepcf.train", "-m", f"experiment={','.join(experiments)}",
            f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={out}", *extra]
     print("+", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True)
+    # exit status 3: every job ran and some diverged (reported in the table); else a failure
+    r = subprocess.run(cmd)
+    if r.returncode not in (0, EXIT_DIVERGED):
+        raise SystemExit(r.returncode)  # deepcf.train has said why
 
 
 def collect(out: Path) -> dict[str, list[dict]]:
@@ -62,6 +65,13 @@ def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dic
     return out
 
 
+def _value(run: dict, key: str) -> float:
+    """A metric of a run's metrics.json; NaN where it is null (not finite: the run's status
+    is "diverged") or missing, so that the table counts it as diverged."""
+    v = run.get(key)
+    return float("nan") if v is None else float(v)
+
+
 def _ms(values: list[float]) -> str:
     v = np.array(values, dtype=float)
     ok = v[np.isfinite(v)]
@@ -79,10 +89,11 @@ def table(runs: dict[str, list[dict]], base: dict[str, list[dict]], order: list[
         if not rs:
             continue
         label = f"*{name}* (baseline)" if name in base else f"`{name}`"
-        val = "" if name in base else _ms([r.get("val/rmse_best", np.nan) for r in rs])
+        val = "" if name in base else _ms([_value(r, "val/rmse_best") for r in rs])
         epochs = "" if name in base else "/".join(str(r["epochs"]) for r in rs)
-        lines.append(f"| {label} | {_ms([r['test/rmse'] for r in rs])} | "
-                     f"{_ms([r['test/mae'] for r in rs])} | {val} | {epochs} | {len(rs)} |")
+        lines.append(f"| {label} | {_ms([_value(r, 'test/rmse') for r in rs])} | "
+                     f"{_ms([_value(r, 'test/mae') for r in rs])} | {val} | {epochs} | "
+                     f"{len(rs)} |")
     return "\n".join(lines)
 
 

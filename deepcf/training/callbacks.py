@@ -12,6 +12,7 @@ from deepcf.errors import DivergedModel
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
 from deepcf.serving.sidecar import card_from_datamodule
+from deepcf.training.rundir import inside, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class OnnxExport(pl.Callback):
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).exists():
-            net = net_from_checkpoint(torch.load(best, map_location="cpu", weights_only=True),
-                                      best)
+            # the path comes from checkpoint state: only a file in this run's checkpoints dir,
+            # and only tensors and plain data (weights_only) are read from it
+            net = net_from_checkpoint(safe_load(checked_best(trainer, best)), best)
         dm = trainer.datamodule
         try:
             self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
@@ -48,6 +50,17 @@ class OnnxExport(pl.Callback):
             return
         self.exported = self.path
         log.info("ONNX model: %s (onnxruntime parity %.2g)", self.path, self.max_abs_diff)
+
+
+def checked_best(trainer: pl.Trainer, best: str) -> str:
+    """`best_model_path` of the trainer's ModelCheckpoint, if it lies in that callback's dir."""
+    from deepcf.errors import CheckpointError
+
+    folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if not folder or not inside(best, folder):
+        raise CheckpointError(f"{best}: refused: the best checkpoint named by the checkpoint "
+                              f"state is not in {folder}")
+    return best
 
 
 class LossCurve(pl.Callback):
@@ -64,6 +77,14 @@ class LossCurve(pl.Callback):
             value = trainer.callback_metrics.get(key)
             if value is not None:
                 self.history[key].append((trainer.current_epoch, float(value)))
+
+    def state_dict(self) -> dict:
+        # kept in checkpoints, so that the curve of a resumed run starts at epoch 1
+        return {k: [list(p) for p in v] for k, v in self.history.items()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {k: [(int(e), float(x)) for e, x in state_dict.get(k, [])]
+                        for k in self.history}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not any(self.history.values()):
@@ -87,3 +108,58 @@ class LossCurve(pl.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(self.path, dpi=100)
         plt.close(fig)
+
+
+class ResumeState(pl.Callback):
+    """What an exact resume needs that Lightning's checkpoint leaves out (always added by
+    deepcf.training.train, not a config choice):
+
+    - the random number generators (torch, numpy, python) as they are when the checkpoint is
+      written: the next epoch's shuffling (RandomSampler), noise and dropout draw from them, so a
+      resumed epoch draws what the uninterrupted run drew;
+    - `val/rmse_best`: the module's MinMetric is not in its state_dict and restarts at fit start,
+      so the best value before the interruption is put back at the first resumed epoch.
+    """
+
+    KEY = "deepcf_resume"
+
+    def __init__(self):
+        self._best: float | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        best = getattr(pl_module, "val_rmse_best", None)
+        checkpoint[self.KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "python": random.getstate(),
+            # the local state, not compute(): no collective call inside a checkpoint save
+            "val_rmse_best": None if best is None or not best.update_called
+            else float(getattr(best, best.state_name)),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        state = checkpoint.get(self.KEY)
+        if not state or trainer.state.fn != TrainerFn.FITTING:
+            return  # testing a checkpoint leaves the generators alone
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        self._best = state["val_rmse_best"]
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # after the module's on_train_start, which restarts its MinMetric
+        if self._best is not None and hasattr(pl_module, "val_rmse_best"):
+            pl_module.val_rmse_best.update(torch.tensor(self._best))
+        self._best = None

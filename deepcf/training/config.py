@@ -71,15 +71,16 @@ def check_renamed(key: str, value=None) -> None:
                           f"data=ml100k, data=ratings_csv or data=synthetic")
 
 
-def check_overrides(args: list[str]) -> None:
+def check_overrides(args: list[str]) -> DictConfig | None:
     """Compose the config up front so that a wrong key, an unknown choice or a missing
     mandatory value is one line naming it, not Hydra's multi-line report. Each value of a swept
-    override is checked with the first value of the others."""
+    override is checked with the first value of the others. Returns the config composed with
+    the first value of each override (None for Hydra's own modes)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
-        return  # Hydra's own modes (help, --cfg, ...) report for themselves
+        return None  # Hydra's own modes (help, --cfg, ...) report for themselves
     try:
         parsed, values = [], []
         for o in OverridesParser.create().parse_overrides(
@@ -97,13 +98,16 @@ def check_overrides(args: list[str]) -> None:
         base = [f"{o.get_key_element()}={v[0]}" for o, v in zip(parsed, values)]
         variants = [base] + [base[:i] + [f"{o.get_key_element()}={x}"] + base[i + 1:]
                              for i, (o, v) in enumerate(zip(parsed, values)) for x in v[1:]]
+        first = None
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             for overrides in variants[:64]:
                 cfg = compose(config_name="train", overrides=overrides)
+                first = cfg if first is None else first
                 missing = _missing_keys(cfg)
                 if missing:
                     raise ConfigError(f"missing value for {', '.join(missing)} "
                                       f"(set it on the command line: {missing[0]}=...)")
+        return first
     except ConfigError:
         raise
     except Exception as e:  # Hydra raises several types; all mean "this override is wrong"

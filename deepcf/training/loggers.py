@@ -18,6 +18,32 @@ def wandb_api_key_present() -> bool:
         return False
 
 
+def wandb_reachable(timeout: float = 3.0) -> str | None:
+    """None when W&B's server (WANDB_BASE_URL, default https://api.wandb.ai) accepts a TCP
+    connection within `timeout` seconds, else why not (one short phrase)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    u = urlparse(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((u.hostname or "", port), timeout=timeout):
+                result.append(None)
+        except (OSError, ValueError) as e:
+            result.append(f"cannot reach {url} ({getattr(e, 'strerror', None) or e})")
+
+    # in a thread: a name lookup without network can block longer than the socket timeout
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else f"cannot reach {url} (no answer in {timeout:g} s)"
+
+
 def wandb_logger(mode: str = "auto", **kwargs):
     """A WandbLogger that runs offline unless an API key is set and mode allows online.
 
@@ -35,6 +61,12 @@ def wandb_logger(mode: str = "auto", **kwargs):
     if mode == "online" and not wandb_api_key_present():
         log.warning("wandb: no API key found; running offline")
         mode = "offline"
+    if mode == "online":  # a key but no network: offline now, not a 30 s hang and a traceback
+        why = wandb_reachable()
+        if why:
+            log.warning("wandb: %s; running offline (upload later with `wandb sync "
+                        "RUN_DIR/wandb/offline-run-*`)", why)
+            mode = "offline"
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")

@@ -12,12 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from deepcf.errors import ConfigError, TrainingInterrupted
+from deepcf.training.callbacks import checked_best
 from deepcf.training.config import build, build_all
+from deepcf.training.rundir import (
+    check_checkpoint,
+    is_rank_zero,
+    lock_run_dir,
+    resolve_resume,
+    unlock_run_dir,
+)
 
 log = logging.getLogger("deepcf.train")
 
@@ -29,6 +39,12 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # held-out metrics are torchmetrics objects, synced across DDP ranks by compute()
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
+    # run dirs are unique, so a non-empty one is a resume: its checkpoints are wanted, and its
+    # csv/metrics.csv is kept and appended to (keep_csv_history), not deleted as this warns
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
 
 
 def experiment_name() -> str:
@@ -41,12 +57,49 @@ def experiment_name() -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test from a composed config; returns the final metrics as floats."""
+    """Fit and test from a composed config; returns the final metrics as floats.
+
+    `ckpt_path` (last, a run dir, or RUN/checkpoints/NAME.ckpt) resumes that run in its own run
+    dir. The run dir is locked while this process writes it (rank 0 of a DDP job holds the lock
+    and alone writes metrics.json, exports and prints). Raises TrainingInterrupted on Ctrl-C.
+    """
+    _quiet_lightning()
+    rank0 = is_rank_zero()
+    resume = None
+    if cfg.get("ckpt_path"):
+        resume, run_dir = resolve_resume(cfg.ckpt_path, cfg.paths.log_dir, cfg.task_name)
+        with open_dict(cfg):  # a resume continues in the run's own dir
+            cfg.paths.output_dir = str(run_dir)
+    out_dir = Path(cfg.paths.output_dir)
+    if rank0:
+        lock_run_dir(out_dir)
+    try:
+        return _train(cfg, out_dir, resume, rank0)
+    finally:
+        if rank0:
+            unlock_run_dir(out_dir)
+
+
+def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> dict:
     import pytorch_lightning as pl
 
-    _quiet_lightning()
-    out_dir = Path(cfg.paths.output_dir)
+    from deepcf.training.callbacks import ResumeState
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    moved = None
+    if resume is not None:
+        ckpt, was_moved = check_checkpoint(resume, out_dir)
+        epoch = ckpt.get("epoch", 0)
+        moved = ckpt if was_moved else None  # resumed from a copy naming today's paths
+        del ckpt
+        check_same_run(resolved, out_dir, cfg.ckpt_path)
+        max_epochs = cfg.trainer.get("max_epochs")
+        if max_epochs not in (None, -1) and epoch >= max_epochs:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: {resume} is at epoch {epoch + 1}, "
+                              f"past trainer.max_epochs={max_epochs}: set trainer.max_epochs "
+                              f"to more than {epoch + 1} to train on")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -55,28 +108,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     lo, hi = dm.rating_range
     model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
                   train_mean=dm.train_mean)
-    callbacks = build_all(cfg.get("callbacks"), "callbacks")
+    callbacks = build_all(cfg.get("callbacks"), "callbacks") + [ResumeState()]
     loggers = build_all(cfg.get("logger"), "logger")
+    # the DataModule shards rows per rank itself (no padded duplicates in val/test)
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks,
-                                logger=loggers or False)
+                                logger=loggers or False, use_distributed_sampler=False)
 
-    resolved = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-    OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
+    if rank0 and resume is None:  # a resume keeps the run's own config
+        OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
+    if rank0 and resume is not None:
+        keep_csv_history(loggers)
     for lg in loggers:
         lg.log_hyperparams(resolved)
 
     metrics: dict[str, float] = {}
     try:
-        if cfg.get("train", True):
-            trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        if cfg.get("test", True):
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-            trainer.test(model, datamodule=dm, ckpt_path="best" if best else None,
-                         verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-            metrics["best_checkpoint"] = best or None
+        with interrupt_as(trainer, cfg, out_dir):
+            if cfg.get("train", True):
+                lightning_ckpt = resume
+                if moved is not None:  # the run dir was moved since that checkpoint
+                    import torch
+
+                    lightning_ckpt = out_dir / "checkpoints" / f".moved-{os.getpid()}.ckpt"
+                    torch.save(moved, lightning_ckpt)
+                    del moved
+                try:
+                    trainer.fit(model, datamodule=dm, weights_only=True,
+                                ckpt_path=str(lightning_ckpt) if resume else None)
+                finally:
+                    if lightning_ckpt != resume:
+                        lightning_ckpt.unlink(missing_ok=True)
+                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            if cfg.get("test", True):
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+                if best:
+                    checked_best(trainer, best)
+                trainer.test(model, datamodule=dm, ckpt_path="best" if best else None,
+                             verbose=False, weights_only=True)
+                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+                metrics["best_checkpoint"] = best or None
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb
@@ -86,6 +156,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     onnx = next((c.exported for c in callbacks if hasattr(c, "exported")), None)
     summary = {
         "experiment": experiment_name(),
+        "status": run_status(metrics),
         "data": dm.matrix.source,
         "orientation": dm.orientation,
         "shape": list(dm.matrix.shape),
@@ -93,11 +164,106 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "epochs": trainer.current_epoch,
         "onnx": str(onnx) if onnx else None,
         "run_dir": str(out_dir),
+        "resumed_from": str(resume) if resume else None,
         **metrics,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_summary(summary)
+    if rank0:
+        (out_dir / "metrics.json").write_text(strict_json(summary))
+        _print_summary(summary)
     return summary
+
+
+def run_status(metrics: dict) -> str:
+    """"diverged" when the final score (test RMSE, else best val RMSE) is not finite."""
+    key = "test/rmse" if "test/rmse" in metrics else "val/rmse_best"
+    value = metrics.get(key)
+    return "diverged" if value is not None and not math.isfinite(value) else "ok"
+
+
+def strict_json(summary: dict) -> str:
+    """JSON that every parser reads: a non-finite number is null (the status says why)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in summary.items()}
+    return json.dumps(clean, indent=2, allow_nan=False) + "\n"
+
+
+_DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
+
+
+def check_same_run(resolved: dict, run_dir: Path, ckpt_path) -> None:
+    """A resume must train the same model on the same data (split included) as the run."""
+    conf = run_dir / "config_resolved.yaml"
+    old = OmegaConf.to_container(OmegaConf.load(conf), resolve=False)
+    for section in ("data", "model"):
+        a, b = dict(old.get(section) or {}), dict(resolved.get(section) or {})
+        if section == "data":
+            for k in _DATA_KEYS_FREE:
+                a.pop(k, None), b.pop(k, None)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                overrides = _run_overrides(run_dir)
+                raise ConfigError(
+                    f"ckpt_path={ckpt_path}: {section}.{key} is {b.get(key)!r} here but "
+                    f"{a.get(key)!r} in the run being resumed ({conf}); resume with the run's "
+                    f"own overrides" + (f": {' '.join(overrides)}" if overrides else ""))
+
+
+def _run_overrides(run_dir: Path) -> list[str]:
+    try:
+        found = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        return [str(o) for o in found if not str(o).startswith("ckpt_path=")]
+    except Exception:
+        return []
+
+
+def keep_csv_history(loggers: list) -> None:
+    """Lightning's CSV writer deletes an existing metrics.csv; a resume appends to it."""
+    for lg in loggers:
+        if type(lg).__name__ != "CSVLogger":
+            continue
+        f = Path(lg.log_dir) / "metrics.csv"
+        old = f.read_text() if f.is_file() else ""
+        writer = lg.experiment  # creates the writer, which removes the file
+        if old:
+            f.write_text(old)
+            writer.metrics_keys = old.splitlines()[0].split(",")
+
+
+class interrupt_as:
+    """Ctrl-C inside fit/test: Lightning stops gracefully and exits 1; this turns it into
+    TrainingInterrupted with the command that resumes the run."""
+
+    def __init__(self, trainer, cfg: DictConfig, out_dir: Path):
+        self.trainer, self.cfg, self.out_dir = trainer, cfg, out_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        interrupted = kind is KeyboardInterrupt or (
+            kind is SystemExit and getattr(self.trainer, "interrupted", False))
+        if not interrupted:
+            return False
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores it now
+        last = self.out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise TrainingInterrupted(f"before the first epoch ended; no checkpoint in "
+                                      f"{self.out_dir} to resume from") from None
+        args = " ".join([*_task_overrides(), f"ckpt_path={self.out_dir}"])
+        raise TrainingInterrupted(f"{last} is kept; resume with: python -m deepcf.train {args}"
+                                  ) from None
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")
+                and not o.startswith("hydra.")]
+    except Exception:
+        return []
 
 
 def _fmt(x) -> str:
