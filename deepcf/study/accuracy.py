@@ -396,7 +396,9 @@ def render(report: dict) -> str:
     lines = [
         "# Accuracy: contenders and baselines on two fixed protocols",
         "",
-        f"Written by `{d['command']}` on {d['date']} in {d['seconds']:.0f} s "
+        f"Written by `{d['command']}`"
+        + (" (`make accuracy`)" if d["command"] == "python -m deepcf.study.accuracy" else "")
+        + f" on {d['date']} in {d['seconds']:.0f} s "
         f"({d['cpus']} CPUs). Data: {d['data']}; split seeds {seeds}. Every number below was "
         "computed by that command, except the quoted anchors, which are labelled with their "
         "source.",
