@@ -175,6 +175,8 @@ def test_rating_errors_clip_and_declared_fallback():
                           fallback=False)
     assert plain["rmse"] == pytest.approx(np.sqrt(np.mean((1 - np.array([3, 1, 2])) ** 2)))
     assert plain["n_cold"] == 2
+    broken = rating_errors(lambda r, c: np.full(len(r), np.nan), train, test, 1.0, 5.0)
+    assert math.isnan(broken["rmse"]) and broken["n_nonfinite"] == 1  # the warm one
 
 
 # -- the baselines against direct computations ------------------------------------------------
@@ -337,3 +339,28 @@ def test_accuracy_command_writes_the_file(tmp_path, cache_dir, monkeypatch):
     with pytest.raises(SystemExit) as e:
         acc.main(["--data", "ml1m", "--out", str(out), "--cache-dir", str(cache_dir)])
     assert e.value.code == 2
+
+
+def test_a_row_that_fails_or_diverges_is_reported_not_fatal(cache_dir):
+    from deepcf.errors import DataError
+
+    def broken(train, val, params, task):
+        raise DataError("this row needs item features")
+
+    def nan_for_large(train, val, params, task):
+        b = fit_biases(train)
+        bad = params["reg"] > 1
+        return acc._Fitted(lambda r, c: np.full(len(r), np.nan) if bad
+                           else predict_biases(*b, r, c))
+
+    data = acc.load_data("synthetic:tiny", str(cache_dir))
+    rows = {"rating:broken": acc.Row("broken", "rating", broken, kind="contender"),
+            "rating:unstable": acc.Row("unstable", "rating", nan_for_large,
+                                       grid=[{"reg": 5.0}, {"reg": 0.5}], kind="contender"),
+            "topn:popularity": acc.ROWS["topn:popularity"]}
+    report = acc.build_report(data, [0], rows=rows, log=lambda s: None)
+    text = acc.render(report)
+    assert "| **broken** (contender) | failed: this row needs item features |" in text
+    unstable = next(r for r in report["rating"] if r.row.name == "unstable")
+    assert unstable.params == [{"reg": 0.5}]  # the diverged setting is never chosen
+    assert report["targets"][0]["best"] == "unstable"

@@ -118,7 +118,7 @@ def rating_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
                   rating_max: float, fallback: bool = True) -> dict[str, float]:
     """RMSE/MAE of `predict(rows, cols)` over every rating of `test`, clipped to the range;
     cold ratings (no training rating for the user or the movie) get `bias_fallback(train)`
-    when `fallback`, and are counted either way."""
+    when `fallback`, and are counted either way. A non-finite prediction makes both NaN."""
     T = test.tocoo()
     rows, cols = T.row.astype(np.int64), T.col.astype(np.int64)
     pred = np.asarray(predict(rows, cols), np.float64).reshape(-1)
@@ -129,8 +129,8 @@ def rating_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
     if fallback and cold.any():
         pred[cold] = bias_fallback(train)(rows[cold], cols[cold])
     pred = np.clip(pred, rating_min, rating_max)
-    finite = np.isfinite(pred)
-    err = np.where(finite, pred, rating_max) - T.data.astype(np.float64)
+    finite = np.isfinite(pred)  # a diverged model's RMSE is NaN, reported as such, never hidden
+    err = pred - T.data.astype(np.float64)
     return {"rmse": float(np.sqrt(np.mean(err**2))) if T.nnz else float("nan"),
             "mae": float(np.mean(np.abs(err))) if T.nnz else float("nan"),
             "n_ratings": int(T.nnz), "n_cold": int(cold.sum()),
