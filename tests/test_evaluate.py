@@ -74,6 +74,18 @@ def test_metric_edge_cases():
     assert top_popular(np.arange(250)).tolist() == [249, 248, 247]  # ceil(1% of 250)
 
 
+def test_recall_capped_is_an_option_and_the_default_is_unchanged():
+    hits = np.array([[True, True, False], [True, False, False]])
+    n_rel = np.array([10, 1])
+    assert recall_at(hits, n_rel, 3).tolist() == pytest.approx([0.2, 1.0])
+    assert recall_at(hits, n_rel, 3, capped=True).tolist() == pytest.approx([2 / 3, 1.0])
+    a = RankingAccumulator(3, [3], np.ones(3), recall="capped")
+    a.add(np.array([[0, 1, 2]]), np.array([[True, True, True]]))
+    assert a.result()["recall@3"] == 1.0
+    with pytest.raises(ValueError):
+        RankingAccumulator(3, [3], np.ones(3), recall="other")
+
+
 def test_top_k_unseen_never_returns_a_seen_movie():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(50, 40)).astype(np.float32)

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from deepcf.study.baselines import baseline_scores, fit_biases
-from deepcf.study.experiments import BEGIN, END, _ms, baselines, collect, table, update_readme
+from deepcf.study.experiments import BEGIN, END, baselines, collect, mean_std, table, update_readme
 
 
 def _run(name: str, seed: int, rmse: float, epochs: int = 5) -> dict:
@@ -19,10 +19,10 @@ def _run(name: str, seed: int, rmse: float, epochs: int = 5) -> dict:
 
 
 def test_mean_std_and_diverged_seeds():
-    assert _ms([1.0, 2.0, 3.0]) == "2.0000 ± 1.0000"  # sample std (ddof=1)
-    assert _ms([0.9]) == "0.9000"
-    assert _ms([1.0, float("nan"), 3.0]) == "2.0000 ± 1.4142 (1/3 diverged)"
-    assert _ms([float("nan"), float("inf")]) == "diverged (2/2)"
+    assert mean_std([1.0, 2.0, 3.0]) == "2.0000 ± 1.0000"  # sample std (ddof=1)
+    assert mean_std([0.9]) == "0.9000"
+    assert mean_std([1.0, float("nan"), 3.0]) == "2.0000 ± 1.4142 (1/3 diverged)"
+    assert mean_std([float("nan"), float("inf")]) == "diverged (2/2)"
 
 
 def test_table_rows_baselines_first_then_experiments_in_order(tmp_path):

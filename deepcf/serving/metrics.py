@@ -2,7 +2,9 @@
 
 - relevant: a held-out rating >= `threshold` (binary relevance); users with no relevant held-out
   movie are left out of the averages (and counted).
-- Recall@K = hits in the top K / number of relevant movies.
+- Recall@K = hits in the top K / number of relevant movies; with `recall="capped"` (the top-N
+  protocol of deepcf.study.protocols) hits / min(K, number of relevant movies), so a user with
+  more relevant movies than K can still reach 1.
 - NDCG@K = sum over hits of 1/log2(rank + 1) / the same sum for an ideal list of
   min(K, relevant) hits.
 - coverage@K: distinct movies in any user's top K / all movies.
@@ -24,8 +26,11 @@ def hits_matrix(top: np.ndarray, relevant_dense: np.ndarray) -> np.ndarray:
     return relevant_dense[rows, np.maximum(top, 0)] & (top >= 0)
 
 
-def recall_at(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
-    return hits[:, :k].sum(1) / np.maximum(n_relevant, 1)
+def recall_at(hits: np.ndarray, n_relevant: np.ndarray, k: int,
+              capped: bool = False) -> np.ndarray:
+    """hits@K / |relevant|, or hits@K / min(K, |relevant|) when `capped`."""
+    denom = np.minimum(n_relevant, k) if capped else n_relevant
+    return hits[:, :k].sum(1) / np.maximum(denom, 1)
 
 
 def ndcg_at(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
@@ -53,8 +58,12 @@ def top_popular(item_count: np.ndarray, share: float = 0.01) -> np.ndarray:
 class RankingAccumulator:
     """Collects per-user metrics and recommendation counts chunk by chunk."""
 
-    def __init__(self, n_movies: int, ks: list[int], item_count: np.ndarray):
+    def __init__(self, n_movies: int, ks: list[int], item_count: np.ndarray,
+                 recall: str = "relevant"):
+        if recall not in ("relevant", "capped"):
+            raise ValueError(f"recall={recall!r} is not 'relevant' or 'capped'")
         self.ks, self.n_movies = sorted(ks), n_movies
+        self.capped = recall == "capped"
         self.popular = top_popular(item_count)
         self.per_user = {f"{m}@{k}": [] for k in self.ks for m in ("recall", "ndcg")}
         self.rec_counts = {k: np.zeros(n_movies, np.int64) for k in self.ks}
@@ -67,7 +76,7 @@ class RankingAccumulator:
         top, n_rel = top[keep], n_rel[keep]
         hits = hits_matrix(top, relevant_dense[keep])
         for k in self.ks:
-            self.per_user[f"recall@{k}"].append(recall_at(hits, n_rel, k))
+            self.per_user[f"recall@{k}"].append(recall_at(hits, n_rel, k, self.capped))
             self.per_user[f"ndcg@{k}"].append(ndcg_at(hits, n_rel, k))
             shown = top[:, :k]
             self.rec_counts[k] += np.bincount(shown[shown >= 0], minlength=self.n_movies)

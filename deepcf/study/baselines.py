@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -40,3 +42,97 @@ def baseline_scores(train: sp.csr_matrix, test: sp.csr_matrix, lo: float, hi: fl
         "global mean": score(np.full(T.nnz, np.clip(mu, lo, hi)), T.data),
         "user+item bias": score(np.clip(mu + b_u[T.row] + b_i[T.col], lo, hi), T.data),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The baselines of the accuracy protocols (deepcf.study.accuracy): fitted on a users x movies
+# CSR, they predict ratings at (rows, cols) or score every movie for some users.
+
+
+def predict_biases(mu: float, b_u: np.ndarray, b_i: np.ndarray, rows: np.ndarray,
+                   cols: np.ndarray) -> np.ndarray:
+    return mu + b_u[rows] + b_i[cols]
+
+
+def item_popularity(train: sp.csr_matrix) -> np.ndarray:
+    """Training interactions per movie (every stored rating is one)."""
+    return np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
+
+
+def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck 2019): the item-item weights B = I - P diag(1 / diag(P)), with
+    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B."""
+    if lam <= 0:
+        raise ValueError(f"EASE needs lam > 0, got {lam}")
+    X = train.copy()
+    X.data = np.ones_like(X.data, dtype=np.float64)
+    G = (X.T @ X).toarray().astype(np.float64)
+    G[np.diag_indices_from(G)] += lam
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)[None, :]
+    B[np.diag_indices_from(B)] = 0.0
+    return B
+
+
+@dataclass
+class BiasedMF:
+    """r_ui = mu + b_u + b_i + p_u . q_i (biased matrix factorisation, SVD-style)."""
+
+    mu: float
+    b_u: np.ndarray
+    b_i: np.ndarray
+    P: np.ndarray
+    Q: np.ndarray
+
+    def predict(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return (self.mu + self.b_u[rows] + self.b_i[cols]
+                + np.einsum("nk,nk->n", self.P[rows], self.Q[cols]))
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        """Predicted ratings of every movie for `users` (len(users), movies)."""
+        return self.mu + self.b_u[users, None] + self.b_i[None, :] + self.P[users] @ self.Q.T
+
+
+def _als_side(X: sp.csr_matrix, other_f: np.ndarray,
+              other_b: np.ndarray, mu: float, reg: float, reg_bias: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Solve every row of X for its factors and bias with the other side fixed: ridge regression
+    of r - mu - b_other on [q, 1], penalty reg on the factors and reg_bias on the bias."""
+    n, k = X.shape[0], other_f.shape[1]
+    F, b = np.zeros((n, k)), np.zeros(n)
+    penalty = np.diag(np.r_[np.full(k, reg), reg_bias])
+    for u in range(n):
+        lo, hi = X.indptr[u], X.indptr[u + 1]
+        if lo == hi:
+            continue
+        idx = X.indices[lo:hi]
+        A = np.empty((hi - lo, k + 1))
+        A[:, :k] = other_f[idx]
+        A[:, k] = 1.0
+        y = X.data[lo:hi] - mu - other_b[idx]
+        sol = np.linalg.solve(A.T @ A + penalty, A.T @ y)
+        F[u], b[u] = sol[:k], sol[k]
+    return F, b
+
+
+def fit_mf(train: sp.csr_matrix, rank: int = 20, reg: float = 10.0, reg_bias: float = 10.0,
+           sweeps: int = 15, seed: int = 0) -> BiasedMF:
+    """Biased MF by alternating least squares: each sweep solves every user's (factors, bias)
+    exactly with the movies fixed, then every movie's; L2 penalties `reg` (factors) and
+    `reg_bias` (biases) per user/movie. Deterministic given `seed` (the initial movie factors)."""
+    if rank < 1 or reg < 0 or reg_bias < 0 or sweeps < 1:
+        raise ValueError(f"fit_mf: rank={rank}, reg={reg}, reg_bias={reg_bias}, "
+                         f"sweeps={sweeps} out of range")
+    X = sp.csr_matrix(train, dtype=np.float64)
+    X.sort_indices()
+    XT = X.T.tocsr()
+    XT.sort_indices()
+    mu = float(X.data.mean())
+    rng = np.random.default_rng(seed)
+    Q = rng.normal(0.0, 0.1, (X.shape[1], rank))
+    b_i = np.zeros(X.shape[1])
+    P, b_u = np.zeros((X.shape[0], rank)), np.zeros(X.shape[0])
+    for _ in range(sweeps):
+        P, b_u = _als_side(X, Q, b_i, mu, reg, reg_bias)
+        Q, b_i = _als_side(XT, P, b_u, mu, reg, reg_bias)
+    return BiasedMF(mu, b_u, b_i, P, Q)

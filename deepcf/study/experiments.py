@@ -72,12 +72,16 @@ def _value(run: dict, key: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _ms(values: list[float]) -> str:
-    v = np.array(values, dtype=float)
+def mean_std(values, bad: str = "diverged") -> str:
+    """mean ± std (ddof=1) over the finite values (the value alone for one); the others are
+    counted as `bad`. One formatting for every table of the study."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return "–"
     ok = v[np.isfinite(v)]
-    note = f" ({len(v) - len(ok)}/{len(v)} diverged)" if len(ok) < len(v) else ""
+    note = f" ({len(v) - len(ok)}/{len(v)} {bad})" if len(ok) < len(v) else ""
     if len(ok) == 0:
-        return f"diverged ({len(v)}/{len(v)})"
+        return f"{bad} ({len(v)}/{len(v)})"
     return (f"{ok.mean():.4f} ± {ok.std(ddof=1):.4f}" if len(ok) > 1 else f"{ok[0]:.4f}") + note
 
 
@@ -89,10 +93,10 @@ def table(runs: dict[str, list[dict]], base: dict[str, list[dict]], order: list[
         if not rs:
             continue
         label = f"*{name}* (baseline)" if name in base else f"`{name}`"
-        val = "" if name in base else _ms([_value(r, "val/rmse_best") for r in rs])
+        val = "" if name in base else mean_std([_value(r, "val/rmse_best") for r in rs])
         epochs = "" if name in base else "/".join(str(r["epochs"]) for r in rs)
-        lines.append(f"| {label} | {_ms([_value(r, 'test/rmse') for r in rs])} | "
-                     f"{_ms([_value(r, 'test/mae') for r in rs])} | {val} | {epochs} | "
+        lines.append(f"| {label} | {mean_std([_value(r, 'test/rmse') for r in rs])} | "
+                     f"{mean_std([_value(r, 'test/mae') for r in rs])} | {val} | {epochs} | "
                      f"{len(rs)} |")
     return "\n".join(lines)
 

@@ -1,0 +1,213 @@
+"""The two fixed accuracy protocols of issue 9, for any ratings matrix (users x movies CSR).
+
+Rating protocol (`rating_split`, `rating_errors`)
+    A seeded random 80/20 split of all ratings (seeds 0, 1, 2 in `make accuracy`). Model
+    selection may only use the 80%: `fit`/`val` is a seeded random carve of it (10% of the 80%
+    for validation) to tune and early-stop on; the final model may be refit on all of `train`
+    (the 80%) at the selected settings. RMSE and MAE are over every test rating, predictions
+    clipped to the rating range. A test rating whose user or movie has no training rating is
+    *cold*: it gets the declared fallback (mu + the known bias of the user+item bias model fitted
+    on the training part, Surprise's defaults) and is counted.
+
+Top-N protocol (`topn_split`, `topn_metrics`)
+    Every rating is an interaction. For each user with >= 5 ratings a seeded random 20% of their
+    ratings (rounded, at least 1) is held out; users with fewer ratings stay whole in training
+    and are not evaluated. For each evaluated user every movie with a training interaction that
+    the user has not rated in training is a candidate and gets ranked (movies no one interacted
+    with in training are never candidates; a held-out movie of that kind still counts in the
+    user's |held-out|). Recall@K = hits / min(K, |held-out|), NDCG@K binary with the ideal over
+    min(K, |held-out|), K = 10, 20; coverage@10 and Gini@10 over the whole catalog
+    (deepcf.serving.metrics); per-user metrics averaged over evaluated users. The validation
+    carve is the same holdout applied to the training part.
+
+Both split functions are pure functions of (matrix, seed): anyone gets the same splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from deepcf.data.matrix import RatingMatrix, csr_in_order
+from deepcf.data.split import split_matrix
+from deepcf.errors import ConfigError, DataError
+from deepcf.serving.metrics import RankingAccumulator
+from deepcf.serving.scoring import top_k_unseen
+
+SEEDS = (0, 1, 2)
+TEST_FRACTION = 0.2  # of all ratings (rating) / of each user's ratings (top-N)
+VAL_FRACTION = 0.1  # of the 80%: the rating protocol's validation carve
+MIN_USER_RATINGS = 5  # top-N: users with fewer ratings are not evaluated
+KS = (10, 20)
+
+
+def _csr(data: RatingMatrix | sp.spmatrix) -> sp.csr_matrix:
+    X = data.ratings if isinstance(data, RatingMatrix) else data
+    if not sp.issparse(X) or X.ndim != 2:
+        raise DataError("a protocol needs a RatingMatrix or a 2-d scipy sparse matrix")
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.sum_duplicates()
+    X.sort_indices()
+    if X.nnz == 0:
+        raise DataError("a protocol needs at least one rating")
+    return X
+
+
+def _seed(seed: int, part: int) -> list[int]:
+    """The seed of one random draw of a split (0: the test holdout, 1: the validation carve)."""
+    return [int(seed), part]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rating protocol
+
+
+@dataclass
+class RatingSplit:
+    """One split of the rating protocol; all matrices users x movies, same shape."""
+
+    train: sp.csr_matrix  # the 80%: what the final model may be fitted on
+    test: sp.csr_matrix  # the 20%: scored once, never used for selection
+    fit: sp.csr_matrix  # the 80% less the validation carve
+    val: sp.csr_matrix  # the validation carve (10% of the 80%)
+    seed: int
+    rating_min: float
+    rating_max: float
+
+
+def rating_split(data: RatingMatrix | sp.spmatrix, seed: int,
+                 rating_range: tuple[float, float] | None = None,
+                 test_fraction: float = TEST_FRACTION,
+                 val_fraction: float = VAL_FRACTION) -> RatingSplit:
+    """The seeded 80/20 split of all ratings and its seeded validation carve of the 80%."""
+    X = _csr(data)
+    if rating_range is None:
+        rating_range = ((data.rating_min, data.rating_max) if isinstance(data, RatingMatrix)
+                        else (float(X.data.min()), float(X.data.max())))
+    lo, hi = (float(v) for v in rating_range)
+    if not lo < hi:
+        raise ConfigError(f"rating range [{lo}, {hi}] is empty")
+    outer = split_matrix(RatingMatrix(X, np.arange(X.shape[0]), np.arange(X.shape[1])),
+                         val_fraction=0.0, test_fraction=test_fraction, seed=_seed(seed, 0))
+    inner = split_matrix(RatingMatrix(outer.train, np.arange(X.shape[0]), np.arange(X.shape[1])),
+                         val_fraction=val_fraction, test_fraction=0.0, seed=_seed(seed, 1))
+    return RatingSplit(outer.train, outer.test, inner.train, inner.val, int(seed), lo, hi)
+
+
+def cold_mask(train: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """True where the user or the movie of (rows[j], cols[j]) has no rating in `train`."""
+    user_n = np.diff(train.indptr)
+    item_n = np.bincount(train.indices, minlength=train.shape[1])
+    return (user_n[rows] == 0) | (item_n[cols] == 0)
+
+
+def bias_fallback(train: sp.csr_matrix) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The declared cold fallback: mu + b_u + b_i of the bias model (Surprise defaults) fitted on
+    `train`; an unknown user's or movie's bias is 0, so a cold rating gets mu + the known bias."""
+    from deepcf.study.baselines import fit_biases
+
+    mu, b_u, b_i = fit_biases(train)
+    return lambda rows, cols: mu + b_u[rows] + b_i[cols]
+
+
+def rating_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                  train: sp.csr_matrix, test: sp.csr_matrix, rating_min: float,
+                  rating_max: float, fallback: bool = True) -> dict[str, float]:
+    """RMSE/MAE of `predict(rows, cols)` over every rating of `test`, clipped to the range;
+    cold ratings (no training rating for the user or the movie) get `bias_fallback(train)`
+    when `fallback`, and are counted either way. A non-finite prediction makes both NaN."""
+    T = test.tocoo()
+    rows, cols = T.row.astype(np.int64), T.col.astype(np.int64)
+    pred = np.asarray(predict(rows, cols), np.float64).reshape(-1)
+    if pred.shape != (T.nnz,):
+        raise DataError(f"a rating model returned {pred.shape[0]} predictions for {T.nnz} "
+                        f"ratings")
+    cold = cold_mask(train, rows, cols)
+    if fallback and cold.any():
+        pred[cold] = bias_fallback(train)(rows[cold], cols[cold])
+    pred = np.clip(pred, rating_min, rating_max)
+    finite = np.isfinite(pred)  # a diverged model's RMSE is NaN, reported as such, never hidden
+    err = pred - T.data.astype(np.float64)
+    return {"rmse": float(np.sqrt(np.mean(err**2))) if T.nnz else float("nan"),
+            "mae": float(np.mean(np.abs(err))) if T.nnz else float("nan"),
+            "n_ratings": int(T.nnz), "n_cold": int(cold.sum()),
+            "n_nonfinite": int((~finite).sum())}
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-N protocol
+
+
+@dataclass
+class TopNSplit:
+    """One split of the top-N protocol; matrices users x movies with the rating values (every
+    stored entry is an interaction; a model may binarise)."""
+
+    train: sp.csr_matrix  # training interactions of every user
+    test: sp.csr_matrix  # the held-out 20% of each user with >= 5 ratings
+    fit: sp.csr_matrix  # train less its own per-user holdout
+    val: sp.csr_matrix  # that holdout: the validation carve
+    seed: int
+
+
+def per_user_holdout(X: sp.csr_matrix, seed, fraction: float = TEST_FRACTION,
+                     min_ratings: int = MIN_USER_RATINGS) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(kept, held out): for each row with >= `min_ratings` entries, a seeded random
+    round(fraction * n) of them (at least 1) held out; other rows are kept whole."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"holdout fraction={fraction} must be in (0, 1)")
+    if min_ratings < 2:
+        raise ConfigError(f"min_ratings={min_ratings} must be at least 2")
+    X = _csr(X)
+    n = np.diff(X.indptr).astype(np.int64)
+    n_out = np.where(n >= min_ratings, np.maximum(1, np.floor(fraction * n + 0.5)), 0)
+    n_out = np.minimum(n_out, n - 1).astype(np.int64)  # a user always keeps a training rating
+    row = np.repeat(np.arange(X.shape[0]), n)
+    key = np.random.default_rng(seed).random(X.nnz)
+    order = np.lexsort((key, row))  # within each row, a random order of its entries
+    rank = np.empty(X.nnz, np.int64)
+    rank[order] = np.arange(X.nnz) - X.indptr[row[order]]
+    out = rank < n_out[row]
+    mats = [csr_in_order(row[s], X.indices[s], X.data[s], X.shape) for s in (~out, out)]
+    return mats[0], mats[1]
+
+
+def topn_split(data: RatingMatrix | sp.spmatrix, seed: int,
+               fraction: float = TEST_FRACTION,
+               min_ratings: int = MIN_USER_RATINGS) -> TopNSplit:
+    """The seeded per-user holdout and its seeded validation carve (the same rule on train)."""
+    X = _csr(data)
+    train, test = per_user_holdout(X, _seed(seed, 0), fraction, min_ratings)
+    fit, val = per_user_holdout(train, _seed(seed, 1), fraction, min_ratings)
+    return TopNSplit(train, test, fit, val, int(seed))
+
+
+def topn_metrics(score: Callable[[np.ndarray], np.ndarray], train: sp.csr_matrix,
+                 test: sp.csr_matrix, ks=KS, chunk: int = 512) -> dict[str, float]:
+    """Ranking metrics of `score(users) -> (len(users), movies) scores` on the held-out `test`
+    (see the module docstring). Coverage and Gini are reported at every K in `ks`."""
+    ks = sorted(int(k) for k in ks)
+    kmax = ks[-1]
+    n_movies = train.shape[1]
+    item_n = np.bincount(train.indices, minlength=n_movies)
+    candidate = item_n > 0
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    acc = RankingAccumulator(n_movies, ks, item_n, recall="capped")
+    for s in range(0, len(users), chunk):
+        part = users[s : s + chunk]
+        scores = np.array(score(part), dtype=np.float64, copy=True)
+        if scores.shape != (len(part), n_movies):
+            raise DataError(f"a ranking model returned scores of shape {scores.shape} for "
+                            f"{len(part)} users x {n_movies} movies")
+        scores[~np.isfinite(scores)] = -np.inf  # a non-finite score is never recommended
+        scores[:, ~candidate] = -np.inf
+        top, _ = top_k_unseen(scores, train[part], kmax)
+        acc.add(top, test[part].toarray() != 0)
+    out = acc.result()
+    out.pop("n_users")
+    out["n_users"] = int(len(users))
+    return out
+
