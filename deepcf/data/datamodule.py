@@ -27,7 +27,7 @@ from deepcf.data.matrix import RatingMatrix, load_matrix
 from deepcf.data.orientation import check_orientation, input_width, orient
 from deepcf.data.sources import RatingsSource
 from deepcf.data.split import Split, split_matrix
-from deepcf.errors import ConfigError
+from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,12 @@ class RatingsDataModule(pl.LightningDataModule):
             log.warning(line)
         self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
                                   self.split_seed)
+        for name, frac in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if getattr(self.split, name).nnz == 0:  # nothing to select or report on
+                raise DataError(
+                    f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
+                    f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings or "
+                    f"a larger data.{name}_fraction")
         train, val, test = self.oriented(self.split)
         self._sets = {
             "train": RowBatches(train, np.flatnonzero(np.diff(train.indptr) > 0)),
