@@ -38,3 +38,21 @@ def _gpus_per_node(accelerator, devices):
 if not OmegaConf.has_resolver("deepcf.gpus_per_node"):
     # `${deepcf.gpus_per_node:${trainer.accelerator},${trainer.devices}}` (conf/hydra/launcher)
     OmegaConf.register_new_resolver("deepcf.gpus_per_node", _gpus_per_node)
+
+
+if not OmegaConf.has_resolver("deepcf.wandb_group"):
+    # `${deepcf.wandb_group:}`: one W&B group per multirun (conf/logger/wandb.yaml)
+    def _wandb_group():
+        from deepcf.training.loggers import sweep_group
+
+        return sweep_group()
+
+    OmegaConf.register_new_resolver("deepcf.wandb_group", _wandb_group)
+
+if not OmegaConf.has_resolver("deepcf.wandb_name"):
+    def _wandb_name(task_name):
+        from deepcf.training.loggers import run_name
+
+        return run_name(str(task_name))
+
+    OmegaConf.register_new_resolver("deepcf.wandb_name", _wandb_name)

@@ -179,7 +179,7 @@ def progress(enabled: bool = False, refresh_rate: int = 1):
 class EpochLines(pl.Callback):
     """One line per training epoch on stdout, from rank 0 only, for logs that are not a terminal:
 
-        epoch 3/20  train/loss 0.8123  val/rmse 0.9876  (4.1 s)
+        epoch 3/20  train/loss L  val/rmse R  (S s)
     """
 
     KEYS = ("train/loss", "val/rmse")
