@@ -90,5 +90,6 @@ def wandb_offline_run(run_dir: Path) -> dict:
                                          "metadata": json.loads(r.artifact.metadata or "{}"),
                                          "files": {c.path: c.size
                                                    for c in r.artifact.manifest.contents}})
+        assert "id" in out, f"{log}: no run record in {log.stat().st_size} bytes"
         runs.append(out)
     return {"runs": runs}

@@ -13,6 +13,7 @@ import sys
 
 import pandas as pd
 import pytest
+import wandb
 
 from tests.helpers import wandb_offline_run
 
@@ -73,6 +74,7 @@ def test_no_artifact_unless_asked(make_cfg, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     train(make_cfg("data=synthetic", "data.source.scale=tiny", "model.hidden=[8]",
                    "trainer.max_epochs=1", "logger=wandb"))
+    wandb.teardown()  # in this process: W&B's service writes the run log after finish()
     (w,) = wandb_offline_run(tmp_path / "run")["runs"]
     assert w["artifacts"] == [] and w["job_type"] == "train" and not w["group"]  # no multirun
     assert "test/rmse" in w["summary"]
@@ -86,6 +88,7 @@ def test_evaluate_logs_its_own_run_in_the_training_runs_group(sweep, monkeypatch
     run = sweep / "0"
     train_id = json.loads((run / "wandb.json").read_text())["id"]
     r = main([str(run), "--wandb"])
+    wandb.teardown()  # in this process: W&B's service writes the run log after finish()
     assert "wandb: eval run" in capsys.readouterr().out
     runs = wandb_offline_run(run)["runs"]
     (ev,) = [w for w in runs if w["job_type"] == "eval"]
