@@ -39,5 +39,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
         return path
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """The `deepcf-export` console script (pyproject [project.scripts]): main, exit status 0."""
     main(sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -73,5 +73,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return shown
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """The `deepcf-recommend` console script (pyproject [project.scripts]): main, exit status 0."""
     main(sys.argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
