@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepcf.errors import DeepCFError, one_line_errors
+from deepcf.errors import DeepCFError, console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
 from deepcf.serving.runs import allow_targets
@@ -74,10 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
         return r
 
 
-def cli() -> int:
-    """The `deepcf-evaluate` console script (pyproject [project.scripts]): main, exit status 0."""
-    main(sys.argv[1:])
-    return 0
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deepcf.errors import one_line_errors
+from deepcf.errors import console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target
 from deepcf.serving.export import export_run
 from deepcf.serving.runs import allow_targets
@@ -39,10 +39,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
         return path
 
 
-def cli() -> int:
-    """The `deepcf-export` console script (pyproject [project.scripts]): main, exit status 0."""
-    main(sys.argv[1:])
-    return 0
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
 
 
 if __name__ == "__main__":

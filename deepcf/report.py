@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deepcf.errors import one_line_errors
+from deepcf.errors import console_script, one_line_errors
 
 PROG = "deepcf.report"
 
@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         return files
 
 
-def cli() -> int:
-    """The `deepcf-report` console script."""
-    main(sys.argv[1:])
-    return 0
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
 
 
 if __name__ == "__main__":
