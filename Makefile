@@ -48,10 +48,11 @@ recommend: install
 	$(PY) -m deepcf.recommend $(RUN) --user $(USER_ID) -n 10
 
 # the study's five experiments and the beyond ones, 3 seeds each, next to the baselines;
-# rewrites the table in README.md
+# rewrites the table in README.md and the README's figures (docs/experiments/*.png, report.md)
 experiments: install
 	rm -rf outputs/experiments
 	$(PY) -m deepcf.study.experiments --seeds 1 2 3 --update-readme README.md
+	$(PY) -m deepcf.report outputs/experiments --out docs/experiments
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
 # ratings) and ML-100K, then ONNX scoring; rewrites BENCHMARKS.md (~4 min on 2 cores; not `make test`)

@@ -77,3 +77,15 @@ class TrainingInterrupted(Exception):
 EXIT_BAD_INPUT = 2  # a DeepCFError: bad file, config, checkpoint; one line on stderr
 EXIT_DIVERGED = 3  # training diverged: metrics.json has "status": "diverged"
 EXIT_INTERRUPTED = 130  # Ctrl-C: the last checkpoint is kept, one line says how to resume
+
+
+def console_script(main):
+    """The console-script entry (pyproject [project.scripts]) of a command whose `main(argv)`
+    returns its result: the arguments from sys.argv, exit status 0 once `main` returns (its
+    errors exit by themselves: 2 for bad input)."""
+
+    def run() -> int:
+        main(sys.argv[1:])
+        return 0
+
+    return run

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepcf.errors import DeepCFError, one_line_errors
+from deepcf.errors import DeepCFError, console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
 from deepcf.serving.runs import allow_targets
@@ -32,6 +32,12 @@ def parser() -> argparse.ArgumentParser:
                    help="relevant = held-out rating >= this (default 4)")
     p.add_argument("--out", help="write the metrics as JSON here "
                    "(default RUN_DIR/eval_metrics.json with a run dir)")
+    p.add_argument("--wandb", action="store_true",
+                   help="with RUN_DIR: log the metrics as a W&B run of its own, in the training "
+                        "run's group with job type eval")
+    p.add_argument("--wandb-mode", choices=["auto", "online", "offline", "disabled"],
+                   default="auto", help="auto (default): online only with an API key, else "
+                   "offline into RUN_DIR/wandb")
     add_scoring_options(p)
     add_allow_target(p)
     return p
@@ -41,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     with one_line_errors(PROG):
         allow_targets(args.allow_target)
+        if args.wandb and not args.run_dir:
+            raise DeepCFError("--wandb needs a RUN_DIR (the eval run joins its training run's "
+                              "W&B group)")
         if min(args.k) < 1 or args.chunk < 1:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:
@@ -57,8 +66,17 @@ def main(argv: list[str] | None = None) -> dict:
         if out:
             Path(out).write_text(json.dumps(r, indent=2) + "\n")
             print(f"metrics: {out}")
+        if args.wandb:
+            from deepcf.training.loggers import log_eval_run, mode_now
+
+            run_id = log_eval_run(Path(args.run_dir), r, args.wandb_mode)
+            print(f"wandb: eval run {run_id} ({mode_now()}) in {args.run_dir}/wandb")
         return r
 
 
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli())

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deepcf.errors import one_line_errors
+from deepcf.errors import console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target
 from deepcf.serving.export import export_run
 from deepcf.serving.runs import allow_targets
@@ -39,5 +39,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
         return path
 
 
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli())

@@ -10,7 +10,7 @@ import csv
 import sys
 from contextlib import ExitStack
 
-from deepcf.errors import DeepCFError, one_line_errors
+from deepcf.errors import DeepCFError, console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.recommend import FIELDS, format_table, load_ratings, parse_ids, recommend
 from deepcf.serving.runs import allow_targets
@@ -73,5 +73,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return shown
 
 
+# the console script (pyproject [project.scripts])
+cli = console_script(main)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli())

@@ -63,10 +63,23 @@ def resume_args(argv: list[str], cfg) -> list[str]:
             "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d}_${now:%H-%M-%S}"]
 
 
+def check_launcher(argv: list[str]) -> None:
+    """submitit's SLURM executor needs SLURM's commands: without them, one line, not its
+    traceback after the sweep has started."""
+    import shutil
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if multirun and "hydra/launcher=submitit_slurm" in argv and shutil.which("srun") is None:
+        raise ConfigError("hydra/launcher=submitit_slurm: SLURM's srun/sbatch are not on this "
+                          "machine's PATH; submit from a SLURM login node, or run the sweep "
+                          "here with hydra/launcher=submitit_local")
+
+
 def run() -> int:
     argv = sys.argv[1:]
     with one_line_errors(PROG):
         cfg = check_overrides(argv)
+        check_launcher(argv)
         sys.argv += resume_args(argv, cfg)
     try:
         main()

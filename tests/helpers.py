@@ -34,3 +34,62 @@ def heldout_by_hand(net, train: sp.csr_matrix, target: sp.csr_matrix, lo: float,
     out = (float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))), len(err),
            int(cold.sum()))
     return (*out, pred) if with_pred else out
+
+
+def wandb_offline_run(run_dir: Path) -> dict:
+    """What an offline W&B run under `run_dir`/wandb recorded, read from its `run-ID.wandb` log
+    (W&B's leveldb-style record log of protobuf Records; `wandb sync` uploads exactly these):
+    {"runs": [{"id", "group", "job_type", "name", "config", "history", "summary", "files",
+    "artifacts", "dir"}, ...]} one per offline run dir, oldest first."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def records(path: Path):
+        data = path.read_bytes()
+        assert data[:4] == b":W&B", path
+        pos, block, buf = 7, 32768, b""
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:  # a block's tail too short for a header is padding
+                pos += block - pos % block
+                continue
+            _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            buf += data[pos + 7:pos + 7 + n]
+            pos += 7 + n
+            if kind in (1, 4):  # FULL or LAST
+                r = pb.Record()
+                r.ParseFromString(buf)
+                buf = b""
+                yield r
+
+    def value(item):
+        key = "/".join(item.nested_key) if item.nested_key else item.key
+        return key, json.loads(item.value_json)
+
+    runs = []
+    for d in sorted((run_dir / "wandb").glob("offline-run-*")):
+        (log,) = d.glob("run-*.wandb")
+        out = {"dir": d, "config": {}, "history": [], "summary": {}, "files": [], "artifacts": []}
+        for r in records(log):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                out.update(id=r.run.run_id, group=r.run.run_group, job_type=r.run.job_type,
+                           name=r.run.display_name, project=r.run.project)
+                out["config"].update(dict(value(u) for u in r.run.config.update))
+            elif kind == "config":
+                out["config"].update(dict(value(u) for u in r.config.update))
+            elif kind == "history":
+                out["history"].append(dict(value(i) for i in r.history.item))
+            elif kind == "summary":
+                out["summary"].update(dict(value(u) for u in r.summary.update))
+            elif kind == "files":
+                out["files"] += [f.path for f in r.files.files]
+            elif kind == "artifact":
+                out["artifacts"].append({"name": r.artifact.name, "type": r.artifact.type,
+                                         "metadata": json.loads(r.artifact.metadata or "{}"),
+                                         "files": {c.path: c.size
+                                                   for c in r.artifact.manifest.contents}})
+        assert "id" in out, f"{log}: no run record in {log.stat().st_size} bytes"
+        runs.append(out)
+    return {"runs": runs}

@@ -345,3 +345,15 @@ def test_cli_ckpt_path_missing_is_one_line(tmp_path):
     line = _one_line(r, "deepcf.train")
     assert "ckpt_path=nope.ckpt: no such checkpoint or run dir" in line
     assert not (tmp_path / "outputs").exists()
+
+
+def test_too_few_ratings_for_a_validation_split_is_one_line(tmp_path, cache_dir):
+    from deepcf.data.datamodule import RatingsDataModule
+    from deepcf.data.sources import RatingsFile
+    from deepcf.errors import DataError
+
+    tiny = tmp_path / "three.csv"
+    tiny.write_text("userId,movieId,rating\n1,2,4\n1,3,5\n2,2,3\n")
+    dm = RatingsDataModule(RatingsFile(str(tiny)), cache_dir=str(cache_dir))
+    with pytest.raises(DataError, match="no val ratings: 3 rating.s. x data.val_fraction=0.1"):
+        dm.setup()

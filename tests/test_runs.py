@@ -214,7 +214,7 @@ def test_ddp_on_cpu_rank_zero_writes_and_the_score_is_aggregated(tmp_path, cache
     from deepcf.serving.runs import run_datamodule
     from deepcf.training.config import build
 
-    p = _cli("data=synthetic", "model.hidden=[16]", "logger=none", "trainer=ddp",
+    p = _cli("data=synthetic", "model.hidden=[16]", "logger=none", "trainer=ddp_cpu",
              "trainer.devices=2", "trainer.max_epochs=2", "data.eval_batch_size=50",
              cwd=tmp_path, cache_dir=cache_dir)
     rc, out, err = _done(p)

@@ -42,7 +42,10 @@ def movies_matrix(n_users: int):
     from deepcf.data.synthetic import SCALES, generate_ratings
 
     p = dict(SCALES["movies_full"])
-    p.update(n_users=n_users, n_ratings=round(FULL_RATINGS * n_users / FULL_USERS))
+    # the full file's ratings per user; the generator gives every user and movie one rating,
+    # so a small sample needs at least n_users + n_items of them
+    p.update(n_users=n_users, n_ratings=max(round(FULL_RATINGS * n_users / FULL_USERS),
+                                            n_users + p["n_items"]))
     table = generate_ratings(**p, seed=0)
     X = build_matrix(table, rating_min=0.5, rating_max=5.0).ratings
     # users and movies the sample left without a rating are still rows / columns to score

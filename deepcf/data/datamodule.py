@@ -16,7 +16,6 @@ import scipy.sparse as sp
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
-    DistributedSampler,
     RandomSampler,
     SequentialSampler,
 )
@@ -27,7 +26,7 @@ from deepcf.data.matrix import RatingMatrix, load_matrix
 from deepcf.data.orientation import check_orientation, input_width, orient
 from deepcf.data.sources import RatingsSource
 from deepcf.data.split import Split, split_matrix
-from deepcf.errors import ConfigError
+from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,42 @@ class EpochBatches(BatchSampler):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+
+class RankShare:
+    """The training batches of rank `rank` of `world` DDP processes for one epoch.
+
+    Every rank draws the same permutation of the `n` rows (seeded by `seed` and the epoch, which
+    Lightning passes to `set_epoch`) and takes its own contiguous share of it, so the shares are
+    disjoint and cover every row once per epoch. DDP needs the same number of steps on every
+    rank: each share is cut into the same number of batches, `ceil(largest share / batch_size)`
+    (fewer where a share has fewer rows than that, batch_size 1 on tiny data), so a batch has at
+    most `batch_size` rows, one more in that corner case. Unlike DistributedSampler nothing is
+    padded with repeated rows.
+    """
+
+    def __init__(self, n: int, world: int, rank: int, batch_size: int, seed: int = 0):
+        if n < world:
+            raise ConfigError(f"trainer: {world} DDP processes but only {n} training rows; "
+                              f"use at most {n} processes (trainer.devices x trainer.num_nodes)")
+        self.n, self.world, self.rank, self.batch_size, self.seed = n, world, rank, batch_size, seed
+        self.epoch = 0
+        smallest, largest = n // world, -(-n // world)
+        self.n_batches = max(1, min(-(-largest // batch_size), smallest))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def share(self) -> np.ndarray:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return np.array_split(order, self.world)[self.rank]
+
+    def __iter__(self):
+        for batch in np.array_split(self.share(), self.n_batches):
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return self.n_batches
 
 
 def data_warnings(m: RatingMatrix) -> list[str]:
@@ -124,6 +159,12 @@ class RatingsDataModule(pl.LightningDataModule):
                 log.warning(line)
             self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
                                       self.split_seed)
+            for name, frac in (("val", self.val_fraction), ("test", self.test_fraction)):
+                if getattr(self.split, name).nnz == 0:  # nothing to select or report on
+                    raise DataError(
+                        f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
+                        f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings "
+                        f"or a larger data.{name}_fraction")
         train, val, test = self.oriented(self.split)
         self.train_rows = train
         self._sets = {
@@ -165,21 +206,23 @@ class RatingsDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         """Batches of rows. Under DDP each rank takes its own rows (deepcf.training.train sets
         `use_distributed_sampler=False`, because Lightning's wrapper of this batch sampler would
-        pad by repeating whole batches): for training a DistributedSampler (padded to equal
-        lengths, as DDP's gradient sync needs, reshuffled per epoch); for val/test contiguous
-        blocks without padding, so every held-out rating is scored exactly once and the metrics'
-        sums are then added over the ranks."""
+        pad by repeating whole batches): for training a RankShare (a disjoint share of an
+        epoch's permutation, in as many batches as every other rank takes, as DDP's gradient
+        sync needs, and without padding: no row is dropped or seen twice per epoch); for val/test
+        contiguous blocks without padding, so every held-out rating is scored exactly once and
+        the metrics' sums are then added over the ranks."""
         ds = self._sets[name]
         rank, world = self._shard()
         if world > 1 and shuffle:
-            base = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
-                                      seed=self.split_seed, drop_last=False)
+            batches = RankShare(len(ds), world, rank, batch_size, seed=self.split_seed)
         elif world > 1:
             base = np.array_split(np.arange(len(ds)), world)[rank].tolist()
+            batches = EpochBatches(base, batch_size, drop_last=False)
         else:
             base = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+            batches = EpochBatches(base, batch_size, drop_last=False)
         return DataLoader(
-            ds, batch_size=None, sampler=EpochBatches(base, batch_size, drop_last=False),
+            ds, batch_size=None, sampler=batches,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,10 @@ def run_sweep(experiments: list[str], seeds: list[int], out: Path, extra: list[s
            f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={out}", *extra]
     print("+", " ".join(cmd[1:]), flush=True)
     # exit status 3: every job ran and some diverged (reported in the table); else a failure
-    r = subprocess.run(cmd)
+    # one W&B group per table (with logger=wandb or many): the jobs' sweep dir is always --out
+    group = os.environ.get("DEEPCF_WANDB_GROUP") or \
+        f"experiments-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    r = subprocess.run(cmd, env={**os.environ, "DEEPCF_WANDB_GROUP": group})
     if r.returncode not in (0, EXIT_DIVERGED):
         raise SystemExit(r.returncode)  # deepcf.train has said why
 

@@ -163,3 +163,49 @@ class ResumeState(pl.Callback):
         if self._best is not None and hasattr(pl_module, "val_rmse_best"):
             pl_module.val_rmse_best.update(torch.tensor(self._best))
         self._best = None
+
+
+def progress(enabled: bool = False, refresh_rate: int = 1):
+    """The progress display: Rich's progress bar when the trainer shows one (by default, when
+    stdout is a terminal: `trainer.enable_progress_bar: ${deepcf.isatty:}`), else EpochLines, one
+    line per epoch for logs (CI, SLURM)."""
+    if enabled:
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        return RichProgressBar(refresh_rate=refresh_rate)
+    return EpochLines()
+
+
+class EpochLines(pl.Callback):
+    """One line per training epoch on stdout, from rank 0 only, for logs that are not a terminal:
+
+        epoch 3/20  train/loss L  val/rmse R  (S s)
+    """
+
+    KEYS = ("train/loss", "val/rmse")
+
+    def __init__(self):
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import time
+
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import time
+
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        print(epoch_line(trainer.current_epoch, trainer.max_epochs, trainer.callback_metrics,
+                         time.monotonic() - self._start), flush=True)
+
+
+def epoch_line(epoch: int, max_epochs: int | None, metrics, seconds: float) -> str:
+    total = f"/{max_epochs}" if max_epochs not in (None, -1) else ""
+    parts = [f"epoch {epoch + 1}{total}"]
+    for key in EpochLines.KEYS:
+        value = metrics.get(key)
+        if value is not None:
+            parts.append(f"{key} {float(value):.4f}")
+    return "  ".join(parts) + f"  ({seconds:.1f} s)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.data.sources import LEGACY_DATA_KEYS
 from deepcf.errors import ConfigError, DeepCFError
@@ -82,9 +82,12 @@ def check_overrides(args: list[str]) -> DictConfig | None:
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         return None  # Hydra's own modes (help, --cfg, ...) report for themselves
     try:
-        parsed, values = [], []
+        parsed, values, hydra_groups = [], [], []
         for o in OverridesParser.create().parse_overrides(
                 [a for a in args if not a.startswith("-")]):
+            if o.key_or_group.startswith(("hydra/", "hydra.launcher.")):
+                hydra_groups.append(o.input_line)  # the launcher and its keys are checked too
+                continue
             if o.key_or_group.startswith("hydra"):
                 continue
             check_renamed(o.key_or_group, o.value())
@@ -101,12 +104,16 @@ def check_overrides(args: list[str]) -> DictConfig | None:
         first = None
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             for overrides in variants[:64]:
-                cfg = compose(config_name="train", overrides=overrides)
+                cfg = compose(config_name="train", overrides=[*hydra_groups, *overrides],
+                              return_hydra_config=bool(hydra_groups))
                 first = cfg if first is None else first
-                missing = _missing_keys(cfg)
+                missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
                 if missing:
                     raise ConfigError(f"missing value for {', '.join(missing)} "
                                       f"(set it on the command line: {missing[0]}=...)")
+        if first is not None and "hydra" in first:
+            with open_dict(first):
+                del first["hydra"]
         return first
     except ConfigError:
         raise

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from deepcf.errors import ConfigError, TrainingInterrupted
 from deepcf.training.callbacks import checked_best
 from deepcf.training.config import build, build_all
+from deepcf.training.loggers import publish_to_wandb
 from deepcf.training.rundir import (
     check_checkpoint,
     is_rank_zero,
@@ -122,39 +123,56 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
         lg.log_hyperparams(resolved)
 
     metrics: dict[str, float] = {}
+    wandb_on = any(type(lg).__name__ == "WandbLogger" for lg in loggers)
     try:
-        with interrupt_as(trainer, cfg, out_dir):
-            if cfg.get("train", True):
-                lightning_ckpt = resume
-                if moved is not None:  # the run dir was moved since that checkpoint
-                    import torch
-
-                    lightning_ckpt = out_dir / "checkpoints" / f".moved-{os.getpid()}.ckpt"
-                    torch.save(moved, lightning_ckpt)
-                    del moved
-                try:
-                    trainer.fit(model, datamodule=dm, weights_only=True,
-                                ckpt_path=str(lightning_ckpt) if resume else None)
-                finally:
-                    if lightning_ckpt != resume:
-                        lightning_ckpt.unlink(missing_ok=True)
-                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-            if cfg.get("test", True):
-                best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-                if best:
-                    checked_best(trainer, best)
-                trainer.test(model, datamodule=dm, ckpt_path="best" if best else None,
-                             verbose=False, weights_only=True)
-                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-                metrics["best_checkpoint"] = best or None
+        moved_box, moved = [moved], None  # _fit_test drops the copy before fitting (memory)
+        summary = _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box, out_dir,
+                            metrics)
+        if rank0 and wandb_on:
+            publish_to_wandb(loggers, summary, out_dir)
     finally:
-        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        if wandb_on:
             import wandb
 
             wandb.finish()
+    if rank0:
+        (out_dir / "metrics.json").write_text(strict_json(summary))
+        _print_summary(summary)
+    return summary
+
+
+def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_dir: Path,
+              metrics: dict) -> dict:
+    """Fit (from `resume` if set), test the best checkpoint; the run's summary. `moved_box`
+    holds the checkpoint of a moved run dir (or None), taken out before fitting."""
+    moved = moved_box.pop()
+    with interrupt_as(trainer, cfg, out_dir):
+        if cfg.get("train", True):
+            lightning_ckpt = resume
+            if moved is not None:  # the run dir was moved since that checkpoint
+                import torch
+
+                lightning_ckpt = out_dir / "checkpoints" / f".moved-{os.getpid()}.ckpt"
+                torch.save(moved, lightning_ckpt)
+                del moved
+            try:
+                trainer.fit(model, datamodule=dm, weights_only=True,
+                            ckpt_path=str(lightning_ckpt) if resume else None)
+            finally:
+                if lightning_ckpt != resume:
+                    lightning_ckpt.unlink(missing_ok=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("test", True):
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            if best:
+                checked_best(trainer, best)
+            trainer.test(model, datamodule=dm, ckpt_path="best" if best else None,
+                         verbose=False, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            metrics["best_checkpoint"] = best or None
 
     onnx = next((c.exported for c in callbacks if hasattr(c, "exported")), None)
-    summary = {
+    return {
         "experiment": experiment_name(),
         "status": run_status(metrics),
         "data": dm.matrix.source,
@@ -167,10 +185,6 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
         "resumed_from": str(resume) if resume else None,
         **metrics,
     }
-    if rank0:
-        (out_dir / "metrics.json").write_text(strict_json(summary))
-        _print_summary(summary)
-    return summary
 
 
 def run_status(metrics: dict) -> str:

@@ -1,0 +1,195 @@
+"""Comparison plots and a table for any set of runs (`python -m deepcf.report`, its command).
+
+Runs are found by their `metrics.json` (a run dir, or any dir above runs: a sweep dir, a task's
+`runs/`); each run's per-epoch curves come from its CSV log (`csv/metrics.csv`). Runs are grouped
+by experiment and by the overrides that differ between runs, the seed left out, so that a
+group's runs differ only by seed; test metrics are shown as mean ± std over a group's seeds with
+the table formatting of deepcf.study.experiments (a diverged seed is counted, not averaged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepcf.errors import DeepCFError
+from deepcf.study.experiments import _value, mean_std
+
+CURVES, BARS, TABLE = "curves.png", "test_metrics.png", "report.md"
+# overrides that say where or how a run ran, not what it is
+_NOT_CONFIG = ("seed=", "hydra", "paths.", "trainer.accelerator=", "logger", "+logger",
+               "callbacks.progress", "ckpt_path=")
+
+
+@dataclass
+class Run:
+    dir: Path
+    metrics: dict
+    overrides: list[str]
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    group: str = ""
+
+    @property
+    def seed(self):
+        return self.metrics.get("seed")
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run at or below each path, in path order; one line for a path without runs."""
+    runs, seen = [], set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DeepCFError(f"{p}: no such run or sweep dir")
+        files = [p / "metrics.json"] if (p / "metrics.json").is_file() else \
+            sorted(p.rglob("metrics.json"))
+        files = [f for f in files if f.resolve() not in seen]
+        if not files:
+            raise DeepCFError(f"{p}: no run in it or below (no metrics.json); give a run dir or "
+                              f"a sweep dir of `python -m deepcf.train -m`")
+        for f in files:
+            seen.add(f.resolve())
+            runs.append(read_run(f.parent))
+    label_groups(runs)
+    return runs
+
+
+def read_run(run_dir: Path) -> Run:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DeepCFError(f"{run_dir / 'metrics.json'}: not a deepcf metrics file ({e})") from None
+    overrides: list[str] = []
+    ov = run_dir / ".hydra" / "overrides.yaml"
+    if ov.is_file():
+        from omegaconf import OmegaConf
+
+        overrides = [str(o) for o in OmegaConf.load(ov)]
+    return Run(run_dir, metrics, overrides, read_curves(run_dir / "csv" / "metrics.csv"))
+
+
+def read_curves(csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch train/loss and val/rmse of a CSV log (the last value logged in each epoch)."""
+    if not csv.is_file():
+        return {}
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise DeepCFError(f"{csv}: not a CSV log ({str(e).splitlines()[0]})") from None
+    out = {}
+    for key in ("train/loss", "val/rmse"):
+        if key in df and "epoch" in df:
+            s = df[["epoch", key]].dropna().groupby("epoch")[key].last()
+            out[key] = [(int(e), float(v)) for e, v in s.items()]
+    return out
+
+
+def label_groups(runs: list[Run]) -> None:
+    """A run's group: its experiment and the overrides that not every run shares, without the
+    seed (and without where it ran: paths, loggers, the accelerator)."""
+    def config(r: Run) -> list[str]:
+        return [o for o in r.overrides if not o.startswith(_NOT_CONFIG)]
+
+    common = set.intersection(*(set(config(r)) for r in runs)) if runs else set()
+    for r in runs:
+        own = [o for o in config(r) if o not in common and not o.startswith("experiment=")]
+        exp = r.metrics.get("experiment") or "custom"
+        r.group = " ".join([exp, *own]) if own or exp != "custom" else "custom"
+
+
+def groups(runs: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def table(runs: list[Run]) -> str:
+    lines = ["| runs | test RMSE | test MAE | best val RMSE | epochs | seeds |",
+             "|---|---|---|---|---|---|"]
+    for name, rs in groups(runs).items():
+        m = [r.metrics for r in rs]
+        seeds = "/".join(str(r.seed) for r in rs)
+        lines.append(f"| `{name}` | {mean_std([_value(x, 'test/rmse') for x in m])} | "
+                     f"{mean_std([_value(x, 'test/mae') for x in m])} | "
+                     f"{mean_std([_value(x, 'val/rmse_best') for x in m])} | "
+                     f"{'/'.join(str(x.get('epochs')) for x in m)} | {seeds} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, rs) in enumerate(groups(runs).items()):
+        for j, r in enumerate(rs):
+            for ax, key in zip(axes, ("val/rmse", "train/loss")):
+                pts = r.curves.get(key) or []
+                if pts:
+                    ax.plot([e + 1 for e, _ in pts], [v for _, v in pts],
+                            ("o-", "s--", "^:", "d-.")[j % 4], ms=3,
+                            color=colors[i % len(colors)], alpha=0.85,
+                            label=f"{name} (seed {r.seed})" if len(rs) > 1 else name)
+    for ax, key in zip(axes, ("val RMSE", "train loss (masked MSE)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(runs: list[Run], path: Path) -> None:
+    """Test RMSE and MAE per group: mean over the seeds that did not diverge, ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gs = groups(runs)
+    names = list(gs)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) + 2), 4.2))
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((("test/rmse", "test RMSE"), ("test/mae", "test MAE"))):
+        means, stds = [], []
+        for n in names:
+            v = np.array([_value(r.metrics, key) for r in gs[n]])
+            v = v[np.isfinite(v)]
+            means.append(v.mean() if len(v) else math.nan)
+            stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=4, label=label)
+    ax.set_xticks(x, [n if len(n) < 28 else n[:26] + "…" for n in names], rotation=20,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("error (stars)")
+    ax.set_title("test metrics, mean ± std over seeds")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(paths: list[str | Path], out: Path) -> dict[str, Path]:
+    """Write curves.png, test_metrics.png and report.md (the table) into `out`."""
+    runs = find_runs(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"curves": out / CURVES, "bars": out / BARS, "table": out / TABLE}
+    plot_curves(runs, files["curves"])
+    plot_bars(runs, files["bars"])
+    text = table(runs)
+    files["table"].write_text(
+        f"{text}\n\n{len(runs)} runs from {', '.join(str(p) for p in paths)} (mean ± std over "
+        f"the seeds that did not diverge).\n\n![curves]({CURVES})\n\n![test metrics]({BARS})\n")
+    return files

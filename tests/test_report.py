@@ -1,0 +1,64 @@
+"""`python -m deepcf.report`: curves of several runs in one PNG, test metrics with error bars over
+seeds, and the same numbers as a markdown table, grouped by what differs between runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from deepcf.report import main
+from deepcf.study.experiments import mean_std
+from deepcf.study.report import find_runs
+
+BASE = ["data=synthetic", "data.source.scale=tiny", "trainer.max_epochs=2", "logger=csv",
+        "callbacks.onnx_export=null"]
+
+
+@pytest.fixture(scope="module")
+def sweep(train_run, tmp_path_factory):
+    """A sweep dir of 3 runs: hidden [16] with seeds 1 and 2, hidden [8] with seed 1."""
+    root = tmp_path_factory.mktemp("sweep")
+    for i, (hidden, seed) in enumerate([("[16]", 1), ("[16]", 2), ("[8]", 1)]):
+        ov = [*BASE, f"model.hidden={hidden}", f"seed={seed}"]
+        run = train_run(root / str(i), ov)
+        (run / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(ov), run / ".hydra" / "overrides.yaml")
+    return root
+
+
+def test_report_of_a_sweep(sweep, tmp_path, capsys):
+    files = main([str(sweep), "--out", str(tmp_path / "rep")])
+    for key in ("curves", "bars"):
+        assert files[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = files["table"].read_text()
+    assert text == (tmp_path / "rep" / "report.md").read_text()
+    rows = [x for x in text.splitlines() if x.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`custom model.hidden=[16]`",
+                                                       "`custom model.hidden=[8]`"]
+    ms = [json.loads((sweep / i / "metrics.json").read_text()) for i in ("0", "1")]
+    assert mean_std([m["test/rmse"] for m in ms]) in rows[0]  # mean ± std over the 2 seeds
+    assert rows[0].rstrip().endswith("| 1/2 |")
+    assert rows[0] in capsys.readouterr().out
+
+
+def test_curves_come_from_each_runs_csv_log(sweep):
+    runs = find_runs([sweep / "0", sweep])  # a run named twice counts once
+    assert len(runs) == 3
+    for r in runs:
+        assert [e for e, _ in r.curves["val/rmse"]] == [0, 1]
+        assert [e for e, _ in r.curves["train/loss"]] == [0, 1]
+        assert r.metrics["val/rmse_best"] == pytest.approx(
+            min(v for _, v in r.curves["val/rmse"]))
+
+
+def test_no_runs_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deepcf.report: error: ") and "no run in it" in err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nope")])
+    assert "no such run or sweep dir" in capsys.readouterr().err
