@@ -281,6 +281,15 @@ def test_register_refuses_a_second_row_of_the_same_name():
         acc.Row("x", "ranking", lambda *a: None)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_contenders():
+    """The autoencoder contenders with a small net and few epochs (the same code, faster)."""
+    acc.CONTENDER_EXTRA[:] = ["model.hidden=[16]", "trainer.max_epochs=4",
+                              "callbacks.early_stopping.patience=2"]
+    yield
+    acc.CONTENDER_EXTRA.clear()
+
+
 def light_rows() -> dict:
     """The registry with the MF rows at a small grid and few sweeps (the same code, faster)."""
     rows = dict(acc.ROWS)
@@ -317,6 +326,13 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
     assert "split seeds 0, 1." in text
     rating = {r.row.name: r for r in report["rating"]}
     assert len(rating["user+item bias"].metrics) == 2
+    # the autoencoder contenders and the blend trained, chose their epochs, and were refitted
+    for name in ("I-AutoRec (published: L2 on weights, full-batch Rprop)",
+                 "I-AutoRec + bias residual", "U-AutoRec + bias residual",
+                 "blend: I-AutoRec + bias residual, biased MF"):
+        assert rating[name].error is None, rating[name].error
+        assert all(1 <= i["epochs"] <= 4 for i in rating[name].info)
+        assert all(np.isfinite(m["rmse"]) for m in rating[name].metrics)
     # the rating target is the best single model: ensembles never count
     best = report["targets"][0]["best"]
     singles = {n: np.mean([m["rmse"] for m in r.metrics]) for n, r in rating.items()

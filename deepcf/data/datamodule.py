@@ -100,6 +100,9 @@ def data_warnings(m: RatingMatrix) -> list[str]:
 class RatingsDataModule(pl.LightningDataModule):
     """Loads `source`, splits it, and serves sparse row batches.
 
+    `source` may also be a RatingMatrix given with its `split` (a deepcf.data.split.Split of
+    users x movies CSRs): then nothing is read or split (the accuracy protocols' rows).
+
     `orientation="user"` makes rows users (U-AutoRec, as in the original study); `"item"` makes
     rows movies (I-AutoRec). `cache_dir` holds downloads and parsed matrices (`cache=False`
     reads the source every time).
@@ -118,9 +121,13 @@ class RatingsDataModule(pl.LightningDataModule):
         cache: bool = True,
         num_workers: int = 0,
         pin_memory: bool = False,
+        split: Split | None = None,
     ):
         super().__init__()
-        if not isinstance(source, RatingsSource):
+        if isinstance(source, RatingMatrix) and split is not None:
+            # a matrix and its split given (deepcf.study's protocols), no source to read
+            self.matrix, source = source, None
+        elif not isinstance(source, RatingsSource):
             raise ConfigError(f"data.source must be a ratings source (a config with a _target_ "
                               f"from deepcf.data.sources), got {type(source).__name__}")
         if batch_size < 1 or eval_batch_size < 1:
@@ -132,9 +139,11 @@ class RatingsDataModule(pl.LightningDataModule):
             val_fraction, test_fraction, split_seed)
         self.cache_dir, self.cache = cache_dir, cache
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.matrix: RatingMatrix | None = None
-        self.split: Split | None = None
+        if source is not None:
+            self.matrix: RatingMatrix | None = None
+        self.split: Split | None = split
         self._sets: dict[str, RowBatches] = {}
+        self.train_rows: sp.csr_matrix | None = None  # the oriented training rows, after setup
 
     # -- loading ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -142,20 +151,22 @@ class RatingsDataModule(pl.LightningDataModule):
             self.matrix = load_matrix(self.source, self.cache_dir, self.cache)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.split is not None:
+        if self._sets:
             return
-        self.prepare_data()
-        for line in data_warnings(self.matrix):
-            log.warning(line)
-        self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
-                                  self.split_seed)
-        for name, frac in (("val", self.val_fraction), ("test", self.test_fraction)):
-            if getattr(self.split, name).nnz == 0:  # nothing to select or report on
-                raise DataError(
-                    f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
-                    f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings or "
-                    f"a larger data.{name}_fraction")
+        if self.split is None:
+            self.prepare_data()
+            for line in data_warnings(self.matrix):
+                log.warning(line)
+            self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
+                                      self.split_seed)
+            for name, frac in (("val", self.val_fraction), ("test", self.test_fraction)):
+                if getattr(self.split, name).nnz == 0:  # nothing to select or report on
+                    raise DataError(
+                        f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
+                        f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings "
+                        f"or a larger data.{name}_fraction")
         train, val, test = self.oriented(self.split)
+        self.train_rows = train
         self._sets = {
             "train": RowBatches(train, np.flatnonzero(np.diff(train.indptr) > 0)),
             "val": heldout_set(train, val),

@@ -17,6 +17,8 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `predict_at(idx, val, off, tgt_row, tgt_idx)`: predictions at given (row, column) positions for
   rows given as flat (column ids, ratings, offsets): held-out scoring. Default: densify + forward.
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
+- `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
+  saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
 - `supports_sparse_grad`: True when `predict_observed` can give row-sparse gradients of the
   width-indexed weights (what LazyAdam and plain SGD update lazily).
 
@@ -45,6 +47,7 @@ class RatingNet(nn.Module):
 
     Config: ClassVar[type]
     supports_sparse_grad: ClassVar[bool] = False
+    needs_train_rows: bool = False  # fit_data must see the training rows before training
 
     def __init__(self, config):
         super().__init__()
@@ -70,6 +73,9 @@ class RatingNet(nn.Module):
                 "config": dataclasses.asdict(self.config)}
 
     # -- the contract -------------------------------------------------------------------------
+    def fit_data(self, train_rows) -> None:
+        """Fit whatever the net takes from the training rows (a rows x width CSR) rather than
+        learns, e.g. the biases of a bias residual; stored as buffers. Default: nothing."""
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -14,9 +14,11 @@ protocol's validation carve, and defaults used untuned on other data sets.
 Selection (deepcf.study.protocols): with more than one grid entry, each is fitted on the
 carve's `fit` part (`val` passed, for early stopping) and scored on `val` (rating: RMSE; top-N:
 NDCG@10); the best is refitted on all of the training part (`val=None`) when the row's `refit`
-is true, else its fit on the carve is kept. A predictor may carry an `info` dict (e.g. the epoch
-early stopping chose): it is reported with the chosen parameters. Rows of kind "contender" or
-"ensemble" are added later by the autoencoder work without touching the writer.
+is true, else its fit on the carve is kept. A row with `select_epochs` is always fitted on the
+carve first, and its refit gets that fit's `info` (the epochs early stopping chose, a blend's
+weights) as parameters. A predictor may carry an `info` dict: it is reported with the chosen
+parameters. Rows of kind "contender" (the autoencoders, deepcf.study.contenders) and
+"ensemble" (never counted as a single model) follow the baselines.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class Row:
     defaults: dict | None = None  # untuned settings for other data (None: the first grid entry)
     kind: str = "baseline"  # baseline | contender | ensemble (ensembles never count as single)
     refit: bool = True  # refit the chosen settings on all of the training part
+    # fit on the carve even for one grid entry, and refit with what that fit chose: the
+    # predictor's info (its "epochs", a blend's weights) is added to the refit's params
+    select_epochs: bool = False
     fallback: bool = True  # rating rows: cold ratings by the protocol's declared fallback
     note: str = ""
 
@@ -169,6 +174,89 @@ register(Row("biased MF, ranked by predicted rating", "topn", _mf_rank, grid=[MF
 
 
 # ---------------------------------------------------------------------------------------------
+# The autoencoder contenders (deepcf.study.contenders): a train config + overrides each, trained
+# by deepcf's own RatingsModule; a grid entry's keys are Hydra overrides.
+
+
+# appended to every contender's overrides (the tests shrink the nets and epochs with it)
+CONTENDER_EXTRA: list[str] = []
+
+
+def contender(overrides: list[str]) -> Callable:
+    """The fit function of the train config `overrides` (see deepcf.study.contenders)."""
+
+    def fit(train, val, params, task):
+        from deepcf.study.contenders import fit_contender, predict_rows
+
+        params = dict(params)
+        epochs = params.pop("epochs", None)
+        net, orientation, info = fit_contender(
+            [*overrides, *CONTENDER_EXTRA, *(f"{k}={v}" for k, v in params.items())], train,
+            val,
+            (task.rating_min, task.rating_max), task.seed, epochs)
+        return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols),
+                       info)
+
+    return fit
+
+
+I_AUTOREC = ["experiment=i_autorec"]
+register(Row("I-AutoRec (published: L2 on weights, full-batch Rprop)", "rating",
+             contender(I_AUTOREC), grid=[{"model.l2": v} for v in (30.0, 100.0)],
+             defaults={"model.l2": 100.0}, kind="contender", select_epochs=True,
+             note="`experiment=i_autorec`: rows are movies, 500 sigmoid units, identity output, "
+                  "lambda/2 ||W||^2 on weights only, full-batch Rprop, early stopping on the "
+                  "carve, refit on the 80% for the chosen epochs"))
+register(Row("I-AutoRec + bias residual", "rating",
+             contender([*I_AUTOREC, "model.residual=bias"]),
+             grid=[{"model.l2": 50.0}], kind="contender", select_epochs=True,
+             note="`experiment=i_autorec model.residual=bias`: the same net predicting the "
+                  "residual of mu + b_user + b_movie (biases fitted on the training rows, the "
+                  "row's own bias from the row); lambda 50: the best of 30/50/100/300 in a "
+                  "sweep on split 0's carve (the summed objective's lambda)"))
+register(Row("U-AutoRec + bias residual", "rating",
+             contender([*I_AUTOREC, "data.orientation=user", "model.residual=bias"]),
+             grid=[{"model.l2": 50.0}], kind="contender", select_epochs=True,
+             note="`experiment=i_autorec data.orientation=user model.residual=bias`: rows are "
+                  "users, otherwise as the I-AutoRec rows"))
+
+
+
+
+def _blend(train, val, params, task):
+    """I-AutoRec + bias residual and biased MF, blended by least squares on the carve: r =
+    w0 + w_ae * clip(AE) + w_mf * clip(MF). On the carve the AE is early-stopped and the weights
+    are fitted on the carve's ratings; the refit gets the epochs and the weights."""
+    params = dict(params)
+    weights = [params.pop(k, None) for k in ("w0", "w_ae", "w_mf")]
+    ae = contender([*I_AUTOREC, "model.residual=bias"])(
+        train, val, {k: v for k, v in params.items() if k in ("model.l2", "epochs")}, task)
+    mf = bl.fit_mf(train, seed=task.seed, **MF_DEFAULTS)
+    lo, hi = task.rating_min, task.rating_max
+
+    def features(rows, cols):
+        return np.column_stack([np.ones(len(rows)), np.clip(ae(rows, cols), lo, hi),
+                                np.clip(mf.predict(rows, cols), lo, hi)])
+
+    if val is not None:
+        V = val.tocoo()
+        A = features(V.row.astype(np.int64), V.col.astype(np.int64))
+        weights = np.linalg.lstsq(A, V.data.astype(np.float64), rcond=None)[0].tolist()
+    w = np.asarray(weights, dtype=np.float64)
+    info = {"epochs": ae.info["epochs"], "w0": float(w[0]), "w_ae": float(w[1]),
+            "w_mf": float(w[2])}
+    return _Fitted(lambda rows, cols: features(rows, cols) @ w, info)
+
+
+register(Row("blend: I-AutoRec + bias residual, biased MF", "rating", _blend,
+             grid=[{"model.l2": 50.0}], kind="ensemble", select_epochs=True,
+             note="an ensemble, never counted as a single model: the I-AutoRec + bias residual "
+                  "row's net and the biased MF row's model at its defaults, blended by least "
+                  "squares on the validation carve (w0 + w_ae * AE + w_mf * MF); the refit "
+                  "keeps the carve's weights"))
+
+
+# ---------------------------------------------------------------------------------------------
 # Running the rows
 
 
@@ -196,7 +284,7 @@ def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict,
     better = (lambda a, b: a < b) if row.protocol == "rating" else (lambda a, b: a > b)
     grid = row.grid if tune else [row.default_params]
     best, best_val, best_pred = dict(grid[0]), float("nan"), None
-    if len(grid) > 1 or not row.refit:
+    if len(grid) > 1 or not row.refit or row.select_epochs:
         for params in grid:
             pred = row.fit(split.fit, split.val, dict(params), task)
             v = _val_score(row, pred, split.fit, split.val, task)
@@ -204,7 +292,10 @@ def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict,
                                                            or better(v, best_val))):
                 best, best_val, best_pred = dict(params), v, pred
     if row.refit:
-        pred, fitted_on = row.fit(split.train, None, dict(best), task), split.train
+        params = dict(best)
+        if row.select_epochs:  # the epochs (and what else the carve fit chose, e.g. blend
+            params.update(best_pred.info)  # weights) carry over to the refit
+        pred, fitted_on = row.fit(split.train, None, params, task), split.train
     else:
         pred, fitted_on = best_pred, split.fit
     if row.protocol == "rating":

@@ -12,6 +12,14 @@
   it and the optimizer can take them (`deepcf.training.optim.takes_sparse_grads`: LazyAdam, plain
   SGD), so that the update also costs O(rows touched); dense otherwise (RMSprop, Adam, SGD with
   momentum), automatically with `auto`, and a ConfigError with `true`.
+- `model.l2` (lambda, default 0): an L2 penalty on the weights only (every parameter with 2+
+  dimensions; biases and fitted buffers excluded), as published for AutoRec. The paper minimises
+  the summed squared error + lambda/2 * ||W||^2; deepcf's loss is the mean over the ratings, so
+  the step adds lambda/2 * ||W||^2 / N (N: training ratings): with a full batch that is the
+  paper's objective divided by N (same minimiser, same lambda), and the batch means of an epoch
+  keep that ratio. Its gradient is dense, so l2 > 0 means dense gradients.
+- `train_rows` (not a config key): the training rows (a rows x width CSR) for nets that fit
+  something from them (`net.fit_data`, e.g. the bias residual) and for N above.
 - val/test follow the held-out protocol of deepcf.data.heldout (inputs are training rows,
   clipped predictions, the training-mean fallback where cold, counted as `*/n_fallback`); RMSE is
   accumulated over the whole split and across devices (not a mean of batch RMSEs).
@@ -48,6 +56,16 @@ def _plain(conf: Any) -> Any:
     return conf
 
 
+def weight_norm2(net: torch.nn.Module) -> torch.Tensor:
+    """||W||^2 over the weights only: every parameter with 2+ dimensions (a tied weight once)."""
+    return sum(p.pow(2).sum() for p in net.parameters() if p.dim() >= 2)
+
+
+def l2_penalty(net: torch.nn.Module, lam: float) -> torch.Tensor:
+    """lambda/2 * ||W||^2, AutoRec's regulariser (biases excluded)."""
+    return lam / 2.0 * weight_norm2(net)
+
+
 class RatingsModule(pl.LightningModule):
     def __init__(
         self,
@@ -62,6 +80,8 @@ class RatingsModule(pl.LightningModule):
         train_mean: float = 3.5,
         train_path: str = "sparse",
         sparse_grad: Any = "auto",
+        l2: float = 0.0,
+        train_rows: Any = None,
         **net_options: Any,
     ):
         super().__init__()
@@ -74,10 +94,15 @@ class RatingsModule(pl.LightningModule):
         if sparse_grad not in ("auto", True, False):
             raise ConfigError(f"model.sparse_grad={sparse_grad!r} must be auto, true or false")
         optimizer = _plain(optimizer)
+        l2 = float(l2)
+        if not l2 >= 0:
+            raise ConfigError(f"model.l2={l2} must be >= 0")
         can, why = takes_sparse_grads(optimizer)
         net_cls = net_class(net)
         if can and not net_cls.supports_sparse_grad:
             can, why = False, f"{net_cls.__name__} computes dense gradients"
+        if can and l2 > 0:
+            can, why = False, "model.l2 penalises every weight: its gradient is dense"
         if sparse_grad is True and not can:
             raise ConfigError(f"model.sparse_grad=true needs a net and an optimizer that take "
                               f"row-sparse gradients ({why}); use optimizer=lazy_adam, or sgd "
@@ -90,13 +115,23 @@ class RatingsModule(pl.LightningModule):
                  "dense path" if self.dense_train else why)
         self.net = net_cls.build(width, **{k: _plain(v) for k, v in net_options.items()})
         self.net.init_weights(**init)
+        if self.net.needs_train_rows and train_rows is None:
+            raise ConfigError(f"{net_cls.__name__} with these options fits from the training "
+                              f"rows: pass train_rows to the module (deepcf.train does)")
+        if train_rows is not None:
+            self.net.fit_data(train_rows)
+        if l2 > 0 and train_rows is None:
+            raise ConfigError("model.l2 needs the training rows (N, its scale): pass train_rows "
+                              "to the module (deepcf.train does)")
+        self.l2 = l2
+        self.n_train = max(int(train_rows.nnz), 1) if train_rows is not None else 1
         self.noise = noise
         # plain containers only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             dict(net=self.net.spec(), init=init, noise=noise, optimizer=optimizer,
                  scheduler=_plain(scheduler), rating_min=float(rating_min),
                  rating_max=float(rating_max), train_mean=float(train_mean),
-                 train_path=train_path, sparse_grad=sparse_grad),
+                 train_path=train_path, sparse_grad=sparse_grad, l2=l2),
             logger=False,
         )
         for split in ("val", "test"):
@@ -119,6 +154,10 @@ class RatingsModule(pl.LightningModule):
         loss = masked_mse(pred, val)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(idx))  # epoch value = sum sq err / number of ratings
+        if self.l2 > 0:
+            penalty = l2_penalty(self.net, self.l2) / self.n_train
+            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=len(idx))
+            loss = loss + penalty
         return loss
 
     # -- held-out scoring -------------------------------------------------------------------
@@ -167,7 +206,8 @@ class RatingsModule(pl.LightningModule):
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
         opt_cfg = self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
-        optimizer = instantiate(opt_cfg, params=self.parameters())
+        # plain lists (Rprop's etas): the optimizer's state goes into weights_only checkpoints
+        optimizer = instantiate(opt_cfg, params=self.parameters(), _convert_="all")
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)

@@ -108,7 +108,7 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     dm.setup("fit")
     lo, hi = dm.rating_range
     model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                  train_mean=dm.train_mean)
+                  train_mean=dm.train_mean, train_rows=dm.train_rows)
     callbacks = build_all(cfg.get("callbacks"), "callbacks") + [ResumeState()]
     loggers = build_all(cfg.get("logger"), "logger")
     # the DataModule shards rows per rank itself (no padded duplicates in val/test)
@@ -201,6 +201,9 @@ def strict_json(summary: dict) -> str:
     return json.dumps(clean, indent=2, allow_nan=False) + "\n"
 
 
+# model options added after runs may have been written, at their defaults (the old behaviour)
+_MODEL_KEYS_ADDED = {("model", "residual"): "none", ("model", "row_bias_reg"): 5.0,
+                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0}
 _DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
 
 
@@ -214,6 +217,8 @@ def check_same_run(resolved: dict, run_dir: Path, ckpt_path) -> None:
             for k in _DATA_KEYS_FREE:
                 a.pop(k, None), b.pop(k, None)
         for key in sorted(set(a) | set(b)):
+            if key not in a and b.get(key) == _MODEL_KEYS_ADDED.get((section, key), a):
+                continue  # an option added since that run, at the value it had then
             if a.get(key) != b.get(key):
                 overrides = _run_overrides(run_dir)
                 raise ConfigError(
