@@ -93,3 +93,18 @@ def wandb_offline_run(run_dir: Path) -> dict:
         assert "id" in out, f"{log}: no run record in {log.stat().st_size} bytes"
         runs.append(out)
     return {"runs": runs}
+
+
+def assert_same_training_step(a, b, batch: dict, atol: float, rtol: float, seed: int = 5):
+    """Two modules take one training step on `batch` from the same random state (the same noise
+    draw): the same loss, and the same gradients (a row-sparse one compared densified)."""
+    torch.manual_seed(seed)
+    la = a.training_step(batch, 0)
+    la.backward()
+    torch.manual_seed(seed)
+    lb = b.training_step(batch, 0)
+    lb.backward()
+    assert abs(la.item() - lb.item()) < atol
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        ga = pa.grad.to_dense() if pa.grad.is_sparse else pa.grad
+        torch.testing.assert_close(ga, pb.grad, atol=atol, rtol=rtol)

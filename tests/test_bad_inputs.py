@@ -148,29 +148,10 @@ def test_one_user_or_identical_ratings_warn(make_cfg, tmp_path, caplog, case):
 
 # -- a trained run shared by the checkpoint and run-dir cases ------------------------------------
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, cache_dir):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from deepcf.training.config import CONF_DIR
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=["data=synthetic", "trainer.max_epochs=2", "model.hidden=[16]",
-                                 "logger=none"])
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.paths.cache_dir = str(cache_dir)
-        cfg.trainer.accelerator = "cpu"
-        cfg.trainer.enable_progress_bar = False
-    train(cfg)
-    GlobalHydra.instance().clear()
-    return out
+def run_dir(tmp_path_factory, train_run):
+    return train_run(tmp_path_factory.mktemp("trained") / "run",
+                     ["data=synthetic", "trainer.max_epochs=2", "model.hidden=[16]",
+                      "logger=none"])
 
 
 def test_truncated_sidecar_is_one_line(run_dir, tmp_path):

@@ -14,6 +14,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.study.baselines import fit_biases
 from deepcf.training.module import RatingsModule, l2_penalty
+from tests.helpers import assert_same_training_step
 
 N_ROWS, WIDTH = 9, 40
 
@@ -85,16 +86,7 @@ def test_residual_sparse_and_dense_training_steps_agree(tied, noise):
     batch = {"in_idx": torch.from_numpy(X.indices.astype(np.int64)),
              "in_val": torch.from_numpy(X.data),
              "in_off": torch.from_numpy(X.indptr[:-1].astype(np.int64))}
-    torch.manual_seed(5)
-    la = a.training_step(batch, 0)
-    la.backward()
-    torch.manual_seed(5)
-    lb = b.training_step(batch, 0)
-    lb.backward()
-    assert abs(la.item() - lb.item()) < 1e-10
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        ga = pa.grad.to_dense() if pa.grad.is_sparse else pa.grad
-        torch.testing.assert_close(ga, pb.grad, atol=1e-10, rtol=1e-8)
+    assert_same_training_step(a, b, batch, atol=1e-10, rtol=1e-8)
     # held-out scoring (predict_at) reads the dense forward at the targets
     rows, cols = np.nonzero(_rows(seed=2).toarray())
     with torch.no_grad():

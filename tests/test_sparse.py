@@ -12,6 +12,7 @@ from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
 from deepcf.training.module import RatingsModule
 from deepcf.training.optim import LazyAdam, takes_sparse_grads
+from tests.helpers import assert_same_training_step
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
               pytest.mark.filterwarnings("ignore:You are trying to")]
@@ -236,13 +237,4 @@ def test_sparse_and_dense_training_steps_agree(noise, tied):
     b.load_state_dict(a.state_dict())
     x, mask, idx, val, off = _batch()
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
-    torch.manual_seed(5)
-    la = a.training_step(batch, 0)
-    la.backward()
-    torch.manual_seed(5)
-    lb = b.training_step(batch, 0)
-    lb.backward()
-    assert abs(la.item() - lb.item()) < 1e-5
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        ga = pa.grad.to_dense() if pa.grad.is_sparse else pa.grad
-        torch.testing.assert_close(ga, pb.grad, atol=1e-5, rtol=1e-5)
+    assert_same_training_step(a, b, batch, atol=1e-5, rtol=1e-5)

@@ -8,6 +8,7 @@ deepcf.data.split). Adding a source is one subclass here and one yaml in `conf/d
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class SourceRatings:
     test_table: RatingsTable | None = None
 
 
-class RatingsSource:
+class RatingsSource(ABC):
     """A source of (user, movie, rating) triples with a declared rating range."""
 
     #: the cache file's name prefix
@@ -32,13 +33,13 @@ class RatingsSource:
     rating_min: float = 1.0
     rating_max: float = 5.0
 
+    @abstractmethod
     def cache_key(self) -> dict:
         """Everything the parsed matrix depends on (besides deepcf's own cache version)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, cache_dir: Path) -> SourceRatings:
         """Read (or generate) the ratings; `cache_dir` is where downloads may be kept."""
-        raise NotImplementedError
 
     @property
     def rating_range(self) -> tuple[float, float]:

@@ -76,8 +76,7 @@ class RatingNet(nn.Module):
     def fit_data(self, train_rows) -> None:
         """Fit whatever the net takes from the training rows (a rows x width CSR) rather than
         learns, e.g. the biases of a bias residual; stored as buffers. Default: nothing."""
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    # forward(x): each net defines it (nn.Module refuses to run without one)
 
     def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                          sparse_grad: bool = False) -> torch.Tensor:
