@@ -61,17 +61,13 @@ def item_popularity(train: sp.csr_matrix) -> np.ndarray:
 
 def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): the item-item weights B = I - P diag(1 / diag(P)), with
-    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B."""
+    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B. It is
+    EDLAE at dropout 0 (deepcf.models.edlae), which computes it."""
+    from deepcf.models.edlae import binary_gram, edlae_weights
+
     if lam <= 0:
         raise ValueError(f"EASE needs lam > 0, got {lam}")
-    X = train.copy()
-    X.data = np.ones_like(X.data, dtype=np.float64)
-    G = (X.T @ X).toarray().astype(np.float64)
-    G[np.diag_indices_from(G)] += lam
-    P = np.linalg.inv(G)
-    B = -P / np.diag(P)[None, :]
-    B[np.diag_indices_from(B)] = 0.0
-    return B
+    return edlae_weights(binary_gram(train), 0.0, lam)
 
 
 @dataclass

@@ -40,6 +40,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # closed-form nets (EDLAE) train without an optimizer and without steps, on purpose
+    warnings.filterwarnings("ignore", ".*configure_optimizers` returned `None`.*")
+    warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
     # held-out metrics are torchmetrics objects, synced across DDP ranks by compute()
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
     # run dirs are unique, so a non-empty one is a resume: its checkpoints are wanted, and its
