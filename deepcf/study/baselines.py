@@ -70,6 +70,25 @@ def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
     return edlae_weights(binary_gram(train), 0.0, lam)
 
 
+def fit_itemknn(train: sp.csr_matrix, k: int) -> np.ndarray:
+    """Item-based kNN (cosine on the binary interactions): S[i, j] = cos(movie i, movie j),
+    each column j keeping its k most similar other movies (its neighbourhood), the rest 0; a
+    user's scores are x_u S (the summed similarity of the user's movies in j's neighbourhood)."""
+    from deepcf.models.edlae import binary_gram
+
+    if k < 1:
+        raise ValueError(f"ItemKNN needs k >= 1, got {k}")
+    G = binary_gram(train)
+    norm = np.sqrt(np.diag(G))
+    norm[norm == 0] = 1.0
+    S = G / norm[:, None] / norm[None, :]
+    S[np.diag_indices_from(S)] = 0.0
+    if k < S.shape[0]:
+        drop = np.argpartition(-S, k, axis=0)[k:]  # per column, all but its k largest
+        np.put_along_axis(S, drop, 0.0, axis=0)
+    return S
+
+
 @dataclass
 class BiasedMF:
     """r_ui = mu + b_u + b_i + p_u . q_i (biased matrix factorisation, SVD-style)."""
