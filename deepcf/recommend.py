@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if len(users) <= args.show:
                     shown.append(rec)
         if shown:
-            print(format_table(shown), flush=True)
+            print(format_table(shown, card.scores), flush=True)
         else:
             print(f"{len(users)} users (more than --show {args.show}; not printed)")
         if args.csv:

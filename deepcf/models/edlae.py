@@ -82,6 +82,7 @@ class EDLAE(RatingNet):
     Config = EDLAEConfig
     needs_train_rows = True
     closed_form = True
+    scores = "ranking"
 
     def __init__(self, config: EDLAEConfig):
         super().__init__(config)

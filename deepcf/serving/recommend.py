@@ -3,7 +3,8 @@
 A user's known ratings (every rating of the run's data, or of --ratings) are the model input, and
 those movies are set to -inf before the top N (as RecBole), so a recommendation is never a movie
 the user rated. Movies are ranked by the model's raw output (`score`); the predicted rating is
-that output clipped to the rating range. A user known to the model but with no ratings in the
+that output clipped to the rating range, or blank for a ranking model (sidecar `scores:
+ranking`, e.g. EDLAE), whose output only orders the movies. A user known to the model but with no ratings in the
 data gets the N most popular movies (training rating count), labelled `popularity` instead of
 `model`.
 """
@@ -66,20 +67,22 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
                 picks, preds, basis = top[j][keep], vals[j][keep], "model"
             for r, movie in enumerate(picks):
                 raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None else round(
+                pred = "" if preds is None or card.scores == "ranking" else round(
                     float(np.clip(preds[r], card.rating_min, card.rating_max)), 3)
                 yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
                        "title": "" if card.titles is None else str(card.titles[movie]),
                        "predicted_rating": pred, "score": raw, "basis": basis}
 
 
-def format_table(recs: list[dict]) -> str:
+def format_table(recs: list[dict], scores: str = "ratings") -> str:
     """A block per user: header line, then rank / movie id / predicted rating / title."""
     lines: list[str] = []
     for uid in dict.fromkeys(r["user_id"] for r in recs):
         mine = [r for r in recs if r["user_id"] == uid]
         head = mine[0]
-        how = ("predicted by the model" if head["basis"] == "model" else
+        how = ("predicted by the model" if head["basis"] == "model" and scores == "ratings"
+               else "ranked by the ranking model's score (no predicted rating)"
+               if head["basis"] == "model" else
                "POPULARITY FALLBACK: the user has no ratings, most-rated movies shown")
         lines.append(f"user {uid} ({head['n_ratings']} ratings): top {len(mine)} unseen movies, "
                      f"{how}")
