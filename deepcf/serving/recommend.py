@@ -4,9 +4,9 @@ A user's known ratings (every rating of the run's data, or of --ratings) are the
 those movies are set to -inf before the top N (as RecBole), so a recommendation is never a movie
 the user rated. Movies are ranked by the model's raw output (`score`); the predicted rating is
 that output clipped to the rating range, or blank for a ranking model (sidecar `scores:
-ranking`, e.g. EDLAE), whose output only orders the movies. A user known to the model but with no ratings in the
-data gets the N most popular movies (training rating count), labelled `popularity` instead of
-`model`.
+ranking`, e.g. EDLAE), whose output only orders the movies. A user known to the model but with
+no ratings in the data gets the N most popular movies (training rating count), labelled
+`popularity` instead of `model`.
 """
 
 from __future__ import annotations
