@@ -125,7 +125,7 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
     cfg = make_cfg("experiment=edlae", "data=synthetic", "model.pop_beta=0.2",
                    "logger=none", output_dir=run)
     m = train(cfg)
-    assert m["onnx"] and m["epochs"] == 1
+    assert m["onnx"] and m["epochs"] == 1 and m["scores"] == "ranking"
     net = load_net(Path(m["best_checkpoint"]))
     assert isinstance(net, EDLAE) and net.weight.abs().sum() > 0  # the fitted weights
     np.testing.assert_array_equal(torch.diagonal(net.weight).numpy(), 0.0)
@@ -138,3 +138,12 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
     # a ranking model: the sidecar says so, and no predicted rating is made up from its scores
     assert card.scores == "ranking" and {x["predicted_rating"] for x in recs} == {""}
     assert all(isinstance(x["score"], float) for x in recs)
+
+
+def test_the_shipped_row_measures_the_experiment_as_configured():
+    from deepcf.study.accuracy import shipped_model
+    from deepcf.study.contenders import compose_train_cfg
+
+    model = compose_train_cfg(["experiment=edlae"]).model
+    assert shipped_model("edlae") == {"dropout": model.dropout, "lam": model.lam,
+                                      "emphasis": model.emphasis, "pop_beta": model.pop_beta}

@@ -330,6 +330,34 @@ register(Row("EDLAE + popularity correction", "topn", _edlae,
              min_coverage=COVERAGE_TARGET_CARVE,
              note=EDLAE_NOTE + ", zero diagonal; `model.pop_beta`: scores / "
                   "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
+
+
+def shipped_model(experiment: str) -> dict:
+    """The net options of `conf/experiment/<experiment>.yaml` over its model group's defaults
+    (the keys the net takes; the module's own keys dropped)."""
+    from omegaconf import OmegaConf
+
+    from deepcf.models.contract import net_class
+    from deepcf.study.contenders import compose_train_cfg
+
+    model = OmegaConf.to_container(compose_train_cfg([f"experiment={experiment}"]).model)
+    fields = net_class(model["net"]).Config.__dataclass_fields__
+    return {k: v for k, v in model.items() if k in fields and k != "width"}
+
+
+def _edlae_shipped(train, val, params, task):
+    shipped = shipped_model("edlae")
+    pred = _edlae(train, val, shipped, task)
+    pred.info = shipped
+    return pred
+
+
+register(Row("EDLAE + popularity correction, experiment=edlae as shipped", "topn",
+             _edlae_shipped, kind="contender",
+             note="`python -m deepcf.train experiment=edlae`'s settings, read from "
+                  "conf/experiment/edlae.yaml (fixed; chosen beforehand: the highest mean carve "
+                  "NDCG@10 over the three carves among the settings of the row above whose carve "
+                  "coverage@10 >= 0.30 on every carve)"))
 register(Row("DLAE", "topn", _edlae,
              grid=_grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
                         emphasis=[False]),
