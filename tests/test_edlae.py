@@ -147,3 +147,12 @@ def test_the_shipped_row_measures_the_experiment_as_configured():
     model = compose_train_cfg(["experiment=edlae"]).model
     assert shipped_model("edlae") == {"dropout": model.dropout, "lam": model.lam,
                                       "emphasis": model.emphasis, "pop_beta": model.pop_beta}
+
+
+@pytest.mark.parametrize("override,key", [("model.l2=1.0", "model.l2=1.0"),
+                                          ("noise=dropout", "noise.kind=dropout")])
+def test_options_a_closed_form_net_ignores_are_refused(make_cfg, override, key):
+    from deepcf.training.train import train
+
+    with pytest.raises(ConfigError, match=key):
+        train(make_cfg("experiment=edlae", "data=synthetic", "logger=none", override))

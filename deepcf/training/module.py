@@ -117,6 +117,12 @@ class RatingsModule(pl.LightningModule):
                  "dense masked" if self.dense_train else "sparse",
                  "row-sparse" if self.sparse_grad else "dense",
                  "dense path" if self.dense_train else why)
+        if net_cls.closed_form and l2 > 0:
+            raise ConfigError(f"model.l2={l2} does nothing for {net_cls.__name__}, which is "
+                              f"fitted in closed form (its own regularisation: model.lam)")
+        if net_cls.closed_form and noise.get("kind", "none") != "none":
+            raise ConfigError(f"noise.kind={noise['kind']} does nothing for {net_cls.__name__}, "
+                              f"which is fitted in closed form (its dropout: model.dropout)")
         self.net = net_cls.build(width, **{k: _plain(v) for k, v in net_options.items()})
         self.net.init_weights(**init)
         if self.net.needs_train_rows and train_rows is None:
