@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:
             r = evaluate_run(args.run_dir, args.model, args.k, args.threshold, args.chunk,
-                             args.cache_dir, args.protocol)
+                             args.cache_dir, args.protocol, args.pop_beta)
             out = args.out or str(Path(args.run_dir) / "eval_metrics.json")
         elif args.model and args.input and args.target:
             r = evaluate_files(args.model, args.input, args.target, args.k, args.threshold,
-                               args.chunk, args.protocol)
+                               args.chunk, args.protocol, args.pop_beta)
             out = args.out
         else:
             raise DeepCFError("give a RUN_DIR, or --model with --input and --target")

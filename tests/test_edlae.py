@@ -138,6 +138,16 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
     # a ranking model: the sidecar says so, and no predicted rating is made up from its scores
     assert card.scores == "ranking" and {x["predicted_rating"] for x in recs} == {""}
     assert all(isinstance(x["score"], float) for x in recs)
+    # --pop-beta: the top 5 of score / popularity^0.5 among the unseen movies, brute force
+    from deepcf.serving.scoring import densify
+
+    row = data.rows_of(data.user_ids[:1])
+    raw = scorer(densify(data.X, row))[0].astype(np.float64)
+    corrected = raw / np.maximum(card.item_train_count, 1) ** 0.5
+    corrected[data.X[row].indices] = -np.inf
+    recs = list(recommend(scorer, card, data, data.user_ids[:1], n=5, pop_beta=0.5))
+    assert [card.item_ids.tolist().index(x["movie_id"]) for x in recs] == \
+        np.argsort(-corrected, kind="stable")[:5].tolist()
 
 
 def test_the_shipped_row_measures_the_experiment_as_configured():

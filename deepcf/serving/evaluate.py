@@ -50,6 +50,7 @@ from deepcf.serving.scoring import (
     UserScores,
     densify_flat,
     popular_unseen,
+    popularity_weights,
     top_k_unseen,
 )
 from deepcf.serving.sidecar import ModelCard
@@ -116,18 +117,21 @@ def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_
 
 
 def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
-                  test: sp.csr_matrix, ks=(10, 20), chunk: int = 1024) -> dict[str, float]:
+                  test: sp.csr_matrix, ks=(10, 20), chunk: int = 1024,
+                  pop_beta: float = 0.0) -> dict[str, float]:
     """The top-N protocol's metrics (deepcf.study.protocols.topn_metrics) of the model on
     `test`, its inputs the `train` rows; movies in `seen` (a superset of train's pattern, e.g.
-    train + validation) are never ranked; all matrices users x movies in the model's id space."""
+    train + validation) are never ranked; scores / popularity^pop_beta when pop_beta > 0; all
+    matrices users x movies in the model's id space."""
     from deepcf.study.protocols import topn_metrics
 
     rows = UserScores(scorer, train, card.orientation, chunk)
+    w = popularity_weights(card.item_train_count, pop_beta)
     known = sp.csr_matrix(seen, dtype=np.float32, copy=True)
     known.data[:] = 1.0
 
     def score(users: np.ndarray) -> np.ndarray:
-        out = rows.block(users).astype(np.float64)
+        out = rows.block(users).astype(np.float64) * w
         part = known[users]
         out[np.repeat(np.arange(len(users)), np.diff(part.indptr)), part.indices] = -np.inf
         return out
@@ -137,12 +141,14 @@ def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_ma
 
 def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                       test: sp.csr_matrix, batches=None, ks=(10, 20), threshold: float = 4.0,
-                      chunk: int = 1024, protocol: str = "rating") -> dict:
+                      chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
     if protocol not in PROTOCOLS:
         raise DeepCFError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if pop_beta and protocol != "topn":
+        raise DeepCFError("--pop-beta corrects a ranking: use it with --protocol topn")
     if protocol == "topn":
-        return {"protocol": "topn", "ks": list(ks),
-                "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk)}
+        return {"protocol": "topn", "ks": list(ks), "pop_beta": float(pop_beta),
+                "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk, pop_beta)}
     if batches is None:
         batches = heldout_batches(train, test, card.orientation)
     out = {"rating": heldout_errors(scorer, batches, card, chunk),
@@ -152,7 +158,8 @@ def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.cs
 
 
 def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk: int = 1024,
-                 cache_dir: str | None = None, protocol: str = "rating") -> dict:
+                 cache_dir: str | None = None, protocol: str = "rating",
+                 pop_beta: float = 0.0) -> dict:
     """Re-create the run's split and evaluate its model (or `model`) on the test ratings."""
     model = Path(model) if model else run_model_path(run_dir)
     check_run_dir(run_dir)
@@ -163,7 +170,7 @@ def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk
     s = dm.split
     out = evaluate_matrices(scorer, card, s.train, (s.train + s.val).tocsr(), s.test,
                             dm.dataset("test") if protocol == "rating" else None, ks,
-                            threshold, chunk, protocol)
+                            threshold, chunk, protocol, pop_beta)
     out.update(model=str(model), data=dm.matrix.source, run_dir=str(run_dir),
                shape=list(dm.matrix.shape), excluded="training and validation ratings")
     trained = best_metrics(run_dir).get("test/rmse")
@@ -183,7 +190,7 @@ def _aligned(r: Ratings, user_ids: np.ndarray) -> sp.csr_matrix:
 
 
 def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float = 4.0,
-                   chunk: int = 1024, protocol: str = "rating") -> dict:
+                   chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
     """Evaluate with explicit inputs (training rows) and targets (held-out ratings)."""
     scorer, card = load_model(model)
     inp = read_ratings_source(input_path, card)
@@ -199,7 +206,7 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
         raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
                                 f"are its {len(card.user_ids)} training users")
     out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk,
-                            protocol)
+                            protocol, pop_beta)
     out.update(model=str(model), input=str(input_path), target=str(target_path),
                shape=list(train.shape), excluded="input ratings")
     return out
@@ -216,7 +223,9 @@ def format_report(r: dict) -> str:
         t = r["topn"]
         lines.append(f"top-N protocol: {t['n_users']} users with a held-out interaction (every "
                      f"held-out rating relevant; {r['excluded']} excluded; all other movies "
-                     f"with a training interaction ranked)")
+                     f"with a training interaction ranked"
+                     + (f"; scores / popularity^{r['pop_beta']:g}" if r.get("pop_beta") else "")
+                     + ")")
         lines.append("| K | Recall (capped) | NDCG | coverage | Gini |")
         lines.append("|---|---|---|---|---|")
         for k in r["ks"]:
