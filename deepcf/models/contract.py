@@ -19,6 +19,10 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
+- `closed_form`: True when `fit_data` sets every weight (EDLAE): nothing is learned by
+  gradient; the training module runs no optimizer steps, only validation and checkpointing.
+- `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or
+  "ranking" (outputs only order the movies, e.g. EDLAE's; `recommend` shows no predicted rating).
 - `supports_sparse_grad`: True when `predict_observed` can give row-sparse gradients of the
   width-indexed weights (what LazyAdam and plain SGD update lazily).
 
@@ -48,6 +52,8 @@ class RatingNet(nn.Module):
     Config: ClassVar[type]
     supports_sparse_grad: ClassVar[bool] = False
     needs_train_rows: bool = False  # fit_data must see the training rows before training
+    closed_form: ClassVar[bool] = False  # fit_data sets the weights: no gradient steps
+    scores: ClassVar[str] = "ratings"  # or "ranking": outputs that only order the movies
 
     def __init__(self, config):
         super().__init__()
