@@ -295,7 +295,8 @@ def _print_summary(s: dict) -> None:
         f"movies, rows={s['orientation']}s), {s['epochs']} epochs",
         f"  test RMSE {_fmt(s.get('test/rmse'))}  MAE {_fmt(s.get('test/mae'))}  "
         f"({int(s.get('test/n_ratings', 0))} ratings, {int(s.get('test/n_fallback', 0))} "
-        f"scored by the training-mean fallback)",
+        f"scored by the training-mean fallback)" if "test/rmse" in s else
+        "  test split not scored (test=false)",
         f"  best val RMSE {_fmt(s.get('val/rmse_best'))}",
         *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
           if not math.isfinite(s.get("test/rmse", 0.0)) else []),
