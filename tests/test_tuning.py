@@ -68,6 +68,10 @@ def test_a_seeded_search_samples_reproducibly_and_names_the_best_val_trial(tmp_p
     best_s, best_m = min(first, key=lambda t: t[1]["val/rmse_best"])
     assert result["best_value"] == pytest.approx(best_m["val/rmse_best"])
     assert {k: str(v) for k, v in result["best_params"].items()} == best_s
+    from deepcf.study.report import find_runs, table
+
+    rows = table(find_runs([tmp_path / "a"])).splitlines()[2:]  # `deepcf.report SWEEP`'s table
+    assert len(rows) == 3 and all("| not scored | not scored |" in r for r in rows)
 
 
 def test_a_topn_search_maximises_val_ndcg(tmp_path, cache_dir):
