@@ -223,6 +223,23 @@ register(Row("U-AutoRec + bias residual", "rating",
 
 
 
+def ranker(overrides: list[str]) -> Callable:
+    """The top-N fit function of the ranking train config `overrides`
+    (deepcf.study.contenders.fit_ranker): early-stopped on the carve's NDCG@10."""
+
+    def fit(train, val, params, task):
+        from deepcf.study.contenders import fit_ranker
+
+        params = dict(params)
+        epochs = params.pop("epochs", None)
+        score, info = fit_ranker([*overrides, *CONTENDER_EXTRA,
+                                  *(f"{k}={v}" for k, v in params.items())], train, val,
+                                 task.seed, epochs)
+        return _Fitted(score, info)
+
+    return fit
+
+
 def _blend(train, val, params, task):
     """I-AutoRec + bias residual and biased MF, blended by least squares on the carve: r =
     w0 + w_ae * clip(AE) + w_mf * clip(MF). On the carve the AE is early-stopped and the weights
