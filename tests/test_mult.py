@@ -13,7 +13,7 @@ from deepcf.models.contract import net_from_checkpoint
 from deepcf.models.mult import MultDAE, MultVAE, gaussian_kl
 from deepcf.models.sparse_ops import Pattern
 
-NETS = [lambda: MultDAE.build(20, hidden=8, latent=4),
+NETS = [lambda: MultDAE.build(20, hidden=[8, 6], latent=4),
         lambda: MultVAE.build(20, hidden=8, latent=4, anneal_steps=10)]
 
 
@@ -35,9 +35,14 @@ def _dense_by_hand(net, x):
     """Liang's computation in plain torch: normalise, tanh layers, the mean code."""
     h = x / x.norm(dim=1, keepdim=True)
     h = torch.tanh(h @ net.item_in + net.in_b)
+    for m in net.enc_mid:
+        h = torch.tanh(h @ m.weight.T + m.bias)
     c = h @ net.enc.weight.T + net.enc.bias
     z = c[:, : net.config.latent] if net.variational else torch.tanh(c)
-    return torch.tanh(z @ net.dec.weight.T + net.dec.bias) @ net.out.weight.T + net.out.bias
+    h = torch.tanh(z @ net.dec.weight.T + net.dec.bias)
+    for m in net.dec_mid:
+        h = torch.tanh(h @ m.weight.T + m.bias)
+    return h @ net.out.weight.T + net.out.bias
 
 
 @pytest.mark.parametrize("make", NETS)
@@ -133,6 +138,6 @@ def test_experiments_train_on_ranking_and_export(exp, make_cfg):
     from deepcf.training.train import train
 
     m = train(make_cfg(f"experiment={exp}", "data=synthetic", "data.source.scale=tiny",
-                       "trainer.max_epochs=2", "model.hidden=16", "model.latent=8"))
+                       "trainer.max_epochs=2", "model.hidden=[16]", "model.latent=8"))
     assert math.isfinite(m["val/ndcg@10_best"]) and m["onnx"] and "test/rmse" not in m
     assert m["status"] == "ok"

@@ -3,9 +3,10 @@ Collaborative Filtering"), as `RatingNet`s (deepcf.models.contract).
 
 Both read a row of interactions x (users as rows, implicit data), L2-normalise it, apply input
 dropout (training only, inverted: kept entries scaled by 1/(1-p)) and encode it with tanh layers
-width -> hidden -> latent; the decoder latent -> hidden (tanh) -> width gives logits over every
-column. They are trained with the multinomial log-likelihood (`loss=multinomial`,
-deepcf.training.loss); their outputs rank movies, they are not ratings.
+width -> hidden... -> latent (hidden [600], latent 200 as published); the decoder mirrors it,
+latent -> ...hidden (tanh) -> width, and gives logits over every column. They are trained with
+the multinomial log-likelihood (`loss=multinomial`, deepcf.training.loss); their outputs rank
+movies, they are not ratings.
 
 - Mult-DAE: the code is tanh(W2 h + b2), a point.
 - Mult-VAE: the encoder's last layer gives (mu, logvar) of a diagonal Gaussian; in training the
@@ -23,7 +24,7 @@ weights, biases N(0, 0.001^2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ EPS = 1e-12  # F.normalize's: a row of zeros stays zeros
 @dataclass
 class MultDAEConfig:
     width: int
-    hidden: int = 600
+    hidden: list[int] = field(default_factory=lambda: [600])  # encoder widths (decoder mirrors)
     latent: int = 200
     input_dropout: float = 0.5
 
@@ -56,19 +57,27 @@ class MultDAE(RatingNet):
 
     def __init__(self, config: MultDAEConfig):
         super().__init__(config)
-        hidden, latent, p = int(config.hidden), int(config.latent), float(config.input_dropout)
-        for key, v in (("hidden", hidden), ("latent", latent)):
-            if v < 1:
-                raise ConfigError(f"model.{key}={v} must be >= 1")
+        hidden = config.hidden if isinstance(config.hidden, (list, tuple)) else [config.hidden]
+        hidden = [int(h) for h in hidden]
+        latent, p = int(config.latent), float(config.input_dropout)
+        if not hidden or min(hidden) < 1:
+            raise ConfigError(f"model.hidden={config.hidden} must be a non-empty list of "
+                              f"positive sizes")
+        if latent < 1:
+            raise ConfigError(f"model.latent={latent} must be >= 1")
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"model.input_dropout={p} must be in [0, 1)")
         config.hidden, config.latent, config.input_dropout = hidden, latent, p
         code = 2 * latent if self.variational else latent
-        self.item_in = nn.Parameter(torch.empty(self.width, hidden))  # (in, out): movie-major
-        self.in_b = nn.Parameter(torch.empty(hidden))
-        self.enc = nn.Linear(hidden, code)
-        self.dec = nn.Linear(latent, hidden)
-        self.out = nn.Linear(hidden, self.width)
+        # (in, out): movie-major, the first layer is a sum over a row's entries
+        self.item_in = nn.Parameter(torch.empty(self.width, hidden[0]))
+        self.in_b = nn.Parameter(torch.empty(hidden[0]))
+        self.enc_mid = nn.ModuleList(nn.Linear(a, b) for a, b in zip(hidden, hidden[1:]))
+        self.enc = nn.Linear(hidden[-1], code)
+        self.dec = nn.Linear(latent, hidden[-1])
+        self.dec_mid = nn.ModuleList(nn.Linear(b, a) for a, b in
+                                     reversed(list(zip(hidden, hidden[1:]))))
+        self.out = nn.Linear(hidden[0], self.width)
         self.init_weights("default")
 
     # -- pieces ------------------------------------------------------------------------------
@@ -76,7 +85,7 @@ class MultDAE(RatingNet):
         """Dense rows -> the first hidden layer (normalise, input dropout, tanh)."""
         x = F.normalize(x, dim=1, eps=EPS)
         x = F.dropout(x, self.config.input_dropout, self.training)
-        return torch.tanh(x @ self.item_in + self.in_b)
+        return self._mid(torch.tanh(x @ self.item_in + self.in_b), self.enc_mid)
 
     def _first_sparse(self, inputs: Pattern, values: torch.Tensor) -> torch.Tensor:
         """The same from a batch's entries: the row norms and the product over entries only."""
@@ -86,14 +95,20 @@ class MultDAE(RatingNet):
         v = F.dropout(values / norm[rows], self.config.input_dropout, self.training)
         z = F.embedding_bag(inputs.idx, self.item_in, inputs.off, mode="sum",
                             per_sample_weights=v)
-        return torch.tanh(z + self.in_b)
+        return self._mid(torch.tanh(z + self.in_b), self.enc_mid)
+
+    @staticmethod
+    def _mid(h: torch.Tensor, layers) -> torch.Tensor:
+        for layer in layers:
+            h = torch.tanh(layer(h))
+        return h
 
     def _code(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(code, KL of each row or None) from the first hidden layer."""
         return torch.tanh(self.enc(h)), None
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.dec(z)))
+        return self.out(self._mid(torch.tanh(self.dec(z)), self.dec_mid))
 
     def beta(self, step: int) -> float:
         return 0.0
@@ -114,8 +129,8 @@ class MultDAE(RatingNet):
         """`default`: Liang's init (Xavier-uniform weights, biases N(0, 0.001^2)); the other
         schemes as nn.Linear(in, out) would be initialised under them, biases `bias` (0)."""
         check_init(scheme)
-        layers = [(self.item_in.t(), self.in_b)] + [(m.weight, m.bias)
-                                                    for m in (self.enc, self.dec, self.out)]
+        linear = [*self.enc_mid, self.enc, self.dec, *self.dec_mid, self.out]
+        layers = [(self.item_in.t(), self.in_b)] + [(m.weight, m.bias) for m in linear]
         for w, b in layers:
             if scheme == "default":
                 nn.init.xavier_uniform_(w)
