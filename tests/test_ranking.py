@@ -166,3 +166,47 @@ def test_monitoring_a_metric_the_run_does_not_log_is_one_line(make_cfg):
         train(make_cfg("data=synthetic", "callbacks=ranking", "trainer.max_epochs=1"))
     with pytest.raises(ConfigError, match="model.loss='hinge'"):
         train(make_cfg("data=synthetic", "model.loss=hinge", "trainer.max_epochs=1"))
+
+
+@pytest.fixture(scope="module")
+def ranking_run(train_run, tmp_path_factory):
+    """A tiny Mult-DAE run (ranking scores, implicit data) with its ONNX model and sidecar."""
+    return train_run(tmp_path_factory.mktemp("dae-run"),
+                     ["experiment=mult_dae", "data=synthetic", "data.source.scale=tiny",
+                      "trainer.max_epochs=2", "model.hidden=[16]", "model.latent=8",
+                      "logger=none"])
+
+
+def test_ranking_run_sidecar_recommend_and_evaluate_say_scores_not_ratings(ranking_run, capsys):
+    from deepcf.evaluate import main as evaluate_main
+    from deepcf.recommend import main as recommend_main
+    from deepcf.serving.recommend import load_ratings, recommend
+    from deepcf.serving.sidecar import read_sidecar
+
+    card = read_sidecar(ranking_run / "model.onnx")
+    assert card.score_kind == "MultDAE score" and not card.rates and card.implicit == "all"
+    scorer, card, data = load_ratings(ranking_run)
+    uid = int(data.user_ids[np.flatnonzero(np.diff(data.X.indptr))[0]])
+    recs = list(recommend(scorer, card, data, np.array([uid]), n=5))
+    assert all(r["predicted_rating"] == "" and r["score"] != "" for r in recs)
+    # the model's input is the user's ratings as interactions, as in training
+    row = data.rows_of([uid])[0]
+    x = (data.X[row].toarray() != 0).astype(np.float32)
+    best = np.argsort(-np.where(x[0] != 0, -np.inf, scorer(x)[0]), kind="stable")[:5]
+    assert [r["movie_id"] for r in recs] == [int(card.item_ids[j]) for j in best]
+    recommend_main([str(ranking_run), "--user", str(uid), "-n", "3"])
+    out = capsys.readouterr().out
+    assert "ranked by MultDAE score (not a rating)" in out
+    evaluate_main([str(ranking_run)])
+    out = capsys.readouterr().out
+    assert "RMSE" not in out.replace("no RMSE/MAE", "")
+    assert "no RMSE/MAE: the model's outputs are MultDAE scores" in out
+
+
+def test_rating_run_is_labelled_ranked_by_predicted_rating(tiny_run, capsys):
+    from deepcf.recommend import main as recommend_main
+    from deepcf.serving.sidecar import read_sidecar
+
+    assert read_sidecar(tiny_run / "model.onnx").score_kind == "rating"
+    recommend_main([str(tiny_run), "--user", "1", "-n", "3"])
+    assert "ranked by predicted rating" in capsys.readouterr().out
