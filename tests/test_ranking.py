@@ -210,3 +210,33 @@ def test_rating_run_is_labelled_ranked_by_predicted_rating(tiny_run, capsys):
     assert read_sidecar(tiny_run / "model.onnx").score_kind == "rating"
     recommend_main([str(tiny_run), "--user", "1", "-n", "3"])
     assert "ranked by predicted rating" in capsys.readouterr().out
+
+
+def test_blend_weight_rule_against_brute_force():
+    """The ensemble's weight: the best carve NDCG@10 among weights with carve coverage@10 >= the
+    floor (else the best NDCG@10), over standardised scores."""
+    from deepcf.study import accuracy as acc
+    from deepcf.study.protocols import topn_metrics, topn_split
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix((rng.random((60, 40)) < 0.3).astype(np.float32))
+    s = topn_split(X, 0)
+    pop = np.asarray(s.fit.sum(0)).ravel()
+    noise = rng.normal(size=(60, 40))
+
+    def a(users):
+        return np.broadcast_to(pop, (len(users), 40)) * 10.0
+
+    def b(users):
+        return noise[users]
+
+    for floor in (0.0, 0.5, 1.01):
+        scored = {}
+        for w in acc.BLEND_WEIGHTS:
+            z = [(S - S.mean(1, keepdims=True)) / S.std(1, keepdims=True) for S in
+                 (a(np.arange(60)), b(np.arange(60)))]
+            m = topn_metrics(lambda u, w=w, z=z: (1 - w) * z[0][u] + w * z[1][u], s.fit, s.val)
+            scored[w] = (m["ndcg@10"], m["coverage@10"])
+        ok = [w for w, (_, c) in scored.items() if c >= floor] or list(scored)
+        want = max(ok, key=lambda w: (scored[w][0], w))
+        assert acc.blend_weight(a, b, s.fit, s.val, min_coverage=floor) == want
