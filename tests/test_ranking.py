@@ -166,3 +166,77 @@ def test_monitoring_a_metric_the_run_does_not_log_is_one_line(make_cfg):
         train(make_cfg("data=synthetic", "callbacks=ranking", "trainer.max_epochs=1"))
     with pytest.raises(ConfigError, match="model.loss='hinge'"):
         train(make_cfg("data=synthetic", "model.loss=hinge", "trainer.max_epochs=1"))
+
+
+@pytest.fixture(scope="module")
+def ranking_run(train_run, tmp_path_factory):
+    """A tiny Mult-DAE run (ranking scores, implicit data) with its ONNX model and sidecar."""
+    return train_run(tmp_path_factory.mktemp("dae-run"),
+                     ["experiment=mult_dae", "data=synthetic", "data.source.scale=tiny",
+                      "trainer.max_epochs=2", "model.hidden=[16]", "model.latent=8",
+                      "logger=none"])
+
+
+def test_ranking_run_sidecar_recommend_and_evaluate_say_scores_not_ratings(ranking_run, capsys):
+    from deepcf.evaluate import main as evaluate_main
+    from deepcf.recommend import main as recommend_main
+    from deepcf.serving.recommend import load_ratings, recommend
+    from deepcf.serving.sidecar import read_sidecar
+
+    card = read_sidecar(ranking_run / "model.onnx")
+    assert card.score_kind == "MultDAE score" and not card.rates and card.implicit == "all"
+    scorer, card, data = load_ratings(ranking_run)
+    uid = int(data.user_ids[np.flatnonzero(np.diff(data.X.indptr))[0]])
+    recs = list(recommend(scorer, card, data, np.array([uid]), n=5))
+    assert all(r["predicted_rating"] == "" and r["score"] != "" for r in recs)
+    # the model's input is the user's ratings as interactions, as in training
+    row = data.rows_of([uid])[0]
+    x = (data.X[row].toarray() != 0).astype(np.float32)
+    best = np.argsort(-np.where(x[0] != 0, -np.inf, scorer(x)[0]), kind="stable")[:5]
+    assert [r["movie_id"] for r in recs] == [int(card.item_ids[j]) for j in best]
+    recommend_main([str(ranking_run), "--user", str(uid), "-n", "3"])
+    out = capsys.readouterr().out
+    assert "ranked by MultDAE score (not a rating)" in out
+    evaluate_main([str(ranking_run)])
+    out = capsys.readouterr().out
+    assert "RMSE" not in out.replace("no RMSE/MAE", "")
+    assert "no RMSE/MAE: the model's outputs are MultDAE scores" in out
+
+
+def test_rating_run_is_labelled_ranked_by_predicted_rating(tiny_run, capsys):
+    from deepcf.recommend import main as recommend_main
+    from deepcf.serving.sidecar import read_sidecar
+
+    assert read_sidecar(tiny_run / "model.onnx").score_kind == "rating"
+    recommend_main([str(tiny_run), "--user", "1", "-n", "3"])
+    assert "ranked by predicted rating" in capsys.readouterr().out
+
+
+def test_blend_weight_rule_against_brute_force():
+    """The ensemble's weight: the best carve NDCG@10 among weights with carve coverage@10 >= the
+    floor (else the best NDCG@10), over standardised scores."""
+    from deepcf.study import accuracy as acc
+    from deepcf.study.protocols import topn_metrics, topn_split
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix((rng.random((60, 40)) < 0.3).astype(np.float32))
+    s = topn_split(X, 0)
+    pop = np.asarray(s.fit.sum(0)).ravel()
+    noise = rng.normal(size=(60, 40))
+
+    def a(users):
+        return np.broadcast_to(pop, (len(users), 40)) * 10.0
+
+    def b(users):
+        return noise[users]
+
+    for floor in (0.0, 0.5, 1.01):
+        scored = {}
+        for w in acc.BLEND_WEIGHTS:
+            z = [(S - S.mean(1, keepdims=True)) / S.std(1, keepdims=True) for S in
+                 (a(np.arange(60)), b(np.arange(60)))]
+            m = topn_metrics(lambda u, w=w, z=z: (1 - w) * z[0][u] + w * z[1][u], s.fit, s.val)
+            scored[w] = (m["ndcg@10"], m["coverage@10"])
+        ok = [w for w, (_, c) in scored.items() if c >= floor] or list(scored)
+        want = max(ok, key=lambda w: (scored[w][0], w))
+        assert acc.blend_weight(a, b, s.fit, s.val, min_coverage=floor) == want

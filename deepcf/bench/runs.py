@@ -85,10 +85,12 @@ def _reload(spec: dict) -> dict:
 
 
 def _source(spec: dict):
-    from deepcf.data.sources import MovieLens100K, RatingsFile
+    from deepcf.data.sources import MovieLens100K, RatingsFile, Synthetic
 
     if spec.get("source", "file") == "file":
         return RatingsFile(spec["csv"], rating_min=0.5, rating_max=5.0)
+    if spec["source"] == "synthetic":
+        return Synthetic(scale=spec["scale"])
     return MovieLens100K()
 
 
@@ -96,7 +98,8 @@ def _datamodule(spec: dict):
     from deepcf.data.datamodule import RatingsDataModule
 
     dm = RatingsDataModule(_source(spec), batch_size=spec["batch_size"],
-                           cache_dir=spec["cache_dir"], split_seed=42)
+                           cache_dir=spec["cache_dir"], split_seed=42,
+                           implicit=spec.get("implicit"))
     dm.setup("fit")
     return dm
 
@@ -105,10 +108,15 @@ def _module(spec: dict, dm):
     from deepcf.training.module import RatingsModule
 
     lo, hi = dm.rating_range
+    if spec.get("net"):  # another net of the model contract, its options, its loss
+        return RatingsModule(dm.width, net=spec["net"], optimizer=spec["optimizer"],
+                             loss=spec.get("loss", "mse"), rating_min=lo, rating_max=hi,
+                             train_mean=dm.train_mean, **spec.get("net_options", {}))
     return RatingsModule(dm.width, hidden=spec["hidden"], activation="selu",
                          optimizer=spec["optimizer"], train_path=spec["train_path"],
                          init={"scheme": "xavier_uniform", "bias": 0.01},
-                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean)
+                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean,
+                         loss=spec.get("loss", "mse"))
 
 
 def _train(spec: dict) -> dict:

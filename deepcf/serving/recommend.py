@@ -6,6 +6,12 @@ the user rated. Movies are ranked by the model's raw output (`score`); the predi
 that output clipped to the rating range. A user known to the model but with no ratings in the
 data gets the N most popular movies (training rating count), labelled `popularity` instead of
 `model`.
+
+A ranking model (its sidecar's `score_kind` is not "rating", e.g. Mult-DAE trained with
+loss=multinomial) ranks by its score, which is not a rating: no predicted rating is shown, and
+the output says "ranked by <model> score (not a rating)"; a rating model's says "ranked by
+predicted rating". A model trained on interactions (data.implicit) gets the user's ratings as
+interactions as its input, the same rule as in training; every rated movie stays excluded.
 """
 
 from __future__ import annotations
@@ -51,9 +57,12 @@ def load_ratings(run_dir=None, model=None, ratings=None,
 def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int = 10,
               chunk: int = 1024) -> Iterator[dict]:
     """One dict per (user, rank), users in the given order (raw ids)."""
+    from deepcf.data.split import implicit_matrix
+
     rows = data.rows_of(users)
     counts = np.diff(data.X.indptr)
-    for part, scores in UserScores(scorer, data.X, card.orientation, chunk).chunks(rows):
+    X = implicit_matrix(data.X, card.implicit or None)  # the model's input, as in training
+    for part, scores in UserScores(scorer, X, card.orientation, chunk).chunks(rows):
         seen = data.X[part]
         top, vals = top_k_unseen(scores, seen, n)
         for j, row in enumerate(part):
@@ -66,20 +75,27 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
                 picks, preds, basis = top[j][keep], vals[j][keep], "model"
             for r, movie in enumerate(picks):
                 raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None else round(
+                pred = "" if preds is None or not card.rates else round(
                     float(np.clip(preds[r], card.rating_min, card.rating_max)), 3)
                 yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
                        "title": "" if card.titles is None else str(card.titles[movie]),
                        "predicted_rating": pred, "score": raw, "basis": basis}
 
 
-def format_table(recs: list[dict]) -> str:
+def ranked_by(card: ModelCard) -> str:
+    """What the model's ranking is by, for the output's label."""
+    return ("ranked by predicted rating" if card.rates else
+            f"ranked by {card.score_kind} (not a rating)")
+
+
+def format_table(recs: list[dict], card: ModelCard | None = None) -> str:
     """A block per user: header line, then rank / movie id / predicted rating / title."""
     lines: list[str] = []
+    by = "" if card is None else f", {ranked_by(card)}"
     for uid in dict.fromkeys(r["user_id"] for r in recs):
         mine = [r for r in recs if r["user_id"] == uid]
         head = mine[0]
-        how = ("predicted by the model" if head["basis"] == "model" else
+        how = (f"predicted by the model{by}" if head["basis"] == "model" else
                "POPULARITY FALLBACK: the user has no ratings, most-rated movies shown")
         lines.append(f"user {uid} ({head['n_ratings']} ratings): top {len(mine)} unseen movies, "
                      f"{how}")

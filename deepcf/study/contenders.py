@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepcf.errors import DivergedModel
+from deepcf.errors import ConfigError, DivergedModel
 
 CHUNK = 512  # rows per predict_at call
 
@@ -71,6 +71,29 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
                   rating_range: tuple[float, float], seed: int, epochs: int | None = None):
     """(trained net, orientation, info) of the config `overrides` on users x movies `train`;
     early-stopped on `val` when given, else trained for `epochs` (default: max_epochs)."""
+    net, cfg, info = _fit(overrides, train, val, rating_range, seed, epochs)
+    return net, cfg.data.orientation, info
+
+
+def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
+               seed: int, epochs: int | None = None):
+    """(score, info) of a ranking config (rows are users) fitted as `fit_contender` does:
+    `score(users) -> (len(users), movies)` is the net's dense forward of the users' training
+    rows (as interactions when the config's data.implicit says so), higher is better."""
+    from deepcf.data.split import implicit_matrix
+    from deepcf.serving.scoring import TorchScorer, UserScores
+
+    net, cfg, info = _fit(overrides, train, val, (0.0, 1.0), seed, epochs)
+    if cfg.data.orientation != "user":
+        raise ConfigError(f"{' '.join(overrides)}: a ranking contender's rows must be users")
+    X = implicit_matrix(sp.csr_matrix(train, dtype=np.float32), cfg.data.get("implicit"))
+    scores = UserScores(TorchScorer(net), X, "user")
+    return (lambda users: scores.block(np.asarray(users))), info
+
+
+def _fit(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
+         rating_range: tuple[float, float], seed: int, epochs: int | None = None):
+    """(trained net, composed config, info): see fit_contender."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -96,6 +119,7 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
                            implicit=cfg.data.get("implicit"))
     pl.seed_everything(seed, workers=True, verbose=False)
     dm.setup("fit")
+    lo, hi = dm.rating_range  # 0..1 on implicit data
     model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
                   train_mean=dm.train_mean, train_rows=dm.train_rows)
     max_epochs = int(cfg.trainer.max_epochs)
@@ -127,7 +151,7 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
         info = {"epochs": best.epochs}
     else:
         info = {"epochs": max_epochs}
-    return net.eval(), cfg.data.orientation, info
+    return net.eval(), cfg, info
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from deepcf.errors import DivergedModel
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
-from deepcf.serving.sidecar import card_from_datamodule
+from deepcf.serving.sidecar import card_from_datamodule, score_kind
 from deepcf.training.rundir import inside, safe_load
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class OnnxExport(pl.Callback):
         dm = trainer.datamodule
         try:
             self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
-                                               card_from_datamodule(dm), best or "last",
+                                               card_from_datamodule(dm, score_kind(
+                                                   pl_module.hparams.get("loss", "mse"), net)),
+                                               best or "last",
                                                self.atol, self.n_rows)
         except DivergedModel as e:
             log.warning("ONNX model %s", e)
