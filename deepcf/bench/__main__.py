@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time every family at this synthetic scale (default: each its own)")
     ap.add_argument("--family-steps", type=int, default=None,
                     help="timed steps per family (default: each its own)")
+    ap.add_argument("--family", default=None,
+                    help="only the families whose name contains this (checking a new entry)")
     args = ap.parse_args(argv)
     cmd = "python -m deepcf.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     tmp = tempfile.TemporaryDirectory(prefix="deepcf-bench-") if not args.workdir else None
@@ -215,7 +217,7 @@ def run_families(args, base: dict, cache: Path) -> list[tuple]:
 
     print("model families", flush=True)
     out = []
-    for f in FAMILIES:
+    for f in [f for f in FAMILIES if args.family is None or args.family in f.name]:
         scale = args.family_scale or f.scale
         spec = {**base, "kind": "family", "label": f"{f.name} @ {scale}",
                 "overrides": list(f.overrides), "scale": scale, "cache_dir": str(cache),

@@ -44,3 +44,4 @@ register(Family("I-AutoRec + bias residual", ("experiment=i_autorec", "model.res
 register(Family("linear net (dense W)", ("model=linear", "init=default"), scale="ml100k",
                 dense_square=True))
 register(Family("linear net (dense W)", ("model=linear", "init=default"), dense_square=True))
+register(Family("Mult-DAE (multinomial: dense softmax over every movie)", ("experiment=mult_dae",)))

@@ -327,8 +327,9 @@ def _print_summary(s: dict) -> None:
            f"scored by the training-mean fallback)"] if rates and tested else []),
         *([f"  best val RMSE {_fmt(s.get('val/rmse_best'))}"] if rates else
           ["  no RMSE: a ranking model's outputs are scores, not ratings"]),
-        *([f"  test NDCG@10 {_fmt(s.get('test/ndcg@10'))}  best val NDCG@10 "
-           f"{_fmt(s.get('val/ndcg@10_best'))} (each row's unseen movies ranked)"]
+        *([(f"  test NDCG@10 {_fmt(s.get('test/ndcg@10'))}  " if tested else "  ") +
+           f"best val NDCG@10 {_fmt(s.get('val/ndcg@10_best'))} (each row's unseen movies "
+           "ranked)"]
           if "val/ndcg@10_best" in s or "test/ndcg@10" in s else []),
         *([] if tested else ["  test split not scored (test=false)"]),
         *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
