@@ -12,7 +12,14 @@ from contextlib import ExitStack
 
 from deepcf.errors import DeepCFError, console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
-from deepcf.serving.recommend import FIELDS, format_table, load_ratings, parse_ids, recommend
+from deepcf.serving.recommend import (
+    FIELDS,
+    format_table,
+    load_ratings,
+    parse_ids,
+    ranked_by,
+    recommend,
+)
 from deepcf.serving.runs import allow_targets
 
 PROG = "deepcf.recommend"
@@ -65,11 +72,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if len(users) <= args.show:
                     shown.append(rec)
         if shown:
-            print(format_table(shown, card.scores, args.pop_beta), flush=True)
+            print(format_table(shown, card, args.pop_beta), flush=True)
         else:
             print(f"{len(users)} users (more than --show {args.show}; not printed)")
         if args.csv:
-            print(f"csv: {args.csv}")
+            print(f"csv: {args.csv} ({ranked_by(card)})")
         return shown
 
 

@@ -75,11 +75,36 @@ def check_launcher(argv: list[str]) -> None:
                           "here with hydra/launcher=submitit_local")
 
 
+def check_search_space(argv: list[str]) -> None:
+    """hparams_search=optuna_* searches the experiment's own space
+    (conf/search_space/<search>/<experiment>.yaml): without one, every trial would train the
+    same model; one line saying what to add instead."""
+    from pathlib import Path
+
+    from deepcf.training.config import CONF_DIR
+
+    choice = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if "=" in a}
+    search = choice.get("hparams_search", "")
+    swept = any(v.startswith(("interval(", "choice(", "range(", "tag(")) or "," in v
+                for k, v in choice.items() if not k.startswith("hydra"))
+    if not search.startswith("optuna") or swept:
+        return
+    experiment = choice.get("experiment", "None")
+    space = Path(CONF_DIR) / "search_space" / search / f"{experiment}.yaml"
+    if not space.is_file():
+        spaces = sorted(p.stem for p in space.parent.glob("*.yaml"))
+        raise ConfigError(f"hparams_search={search} has no search space for experiment="
+                          f"{experiment}: add {space.relative_to(Path(CONF_DIR).parent)} "
+                          f"(spaces: {', '.join(spaces) or 'none'}) or give one on the command "
+                          f"line, e.g. 'model.dropout=interval(0, 0.8)'")
+
+
 def run() -> int:
     argv = sys.argv[1:]
     with one_line_errors(PROG):
         cfg = check_overrides(argv)
         check_launcher(argv)
+        check_search_space(argv)
         sys.argv += resume_args(argv, cfg)
     try:
         main()

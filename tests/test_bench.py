@@ -23,3 +23,49 @@ def test_bench_writes_every_section_at_tiny_scale(tmp_path, cache_dir):
                     "64", "--repeats", "1", "--threads", "1", "--cache-dir", str(cache_dir),
                     "--out", str(scoring)], check=True, capture_output=True, timeout=600)
     assert "onnxruntime" in scoring.read_text()
+
+
+@pytest.mark.slow
+def test_bench_families_alone_at_tiny_scale(tmp_path):
+    from deepcf.bench.families import FAMILIES
+
+    out = tmp_path / "FAMILIES.md"
+    subprocess.run([sys.executable, "-m", "deepcf.bench", "--only", "families", "--family-scale",
+                    "tiny", "--family-steps", "1", "--workdir", str(tmp_path / "w"), "--out",
+                    str(out)], check=True, capture_output=True, timeout=900)
+    text = out.read_text()
+    assert "## Model families side by side" in text
+    for f in FAMILIES:
+        assert f"| {f.name} | `{' '.join(f.overrides) or '(defaults)'}` | `tiny`" in text
+
+
+def test_families_are_registered_once_and_compose():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from deepcf.bench.families import FAMILIES, Family, register
+    from deepcf.training.config import CONF_DIR
+
+    with pytest.raises(ValueError, match="twice"):
+        register(FAMILIES[0])
+    assert all(isinstance(f, Family) for f in FAMILIES)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for f in FAMILIES:
+            compose(config_name="train", overrides=[*f.overrides, "data=synthetic",
+                                                    f"data.source.scale={f.scale}"])
+    GlobalHydra.instance().clear()
+
+
+def test_a_dense_square_net_stops_fitting_where_its_memory_line_meets_ram(monkeypatch):
+    import deepcf.bench.__main__ as bench
+    from deepcf.bench.families import Family
+
+    f = Family("sq", (), dense_square=True)
+    # 1 GB base + 20 bytes per weight: 16 GB of RAM hold a width of sqrt(15e9 / 20)
+    rows = [(f, s, {"n_items": w, "peak_rss_gb": 1 + 20e-9 * w**2})
+            for s, w in (("a", 1000), ("b", 10_000))]
+    monkeypatch.setattr(bench, "_ram_gb", lambda: 16.0)
+    text = " ".join(bench.square_fit(rows, {}))
+    assert "20 bytes per weight" in text and "1.00 GB base" in text
+    assert f"about {(15e9 / 20) ** 0.5:,.0f} movies" in text

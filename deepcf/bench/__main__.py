@@ -118,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--workdir", default=None, help="for the CSV and cache (default: a temp dir)")
     ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--only", choices=("all", "families"), default="all",
+                    help="families: only the model-family rows (deepcf.bench.families)")
+    ap.add_argument("--family-scale", default=None,
+                    help="time every family at this synthetic scale (default: each its own)")
+    ap.add_argument("--family-steps", type=int, default=None,
+                    help="timed steps per family (default: each its own)")
+    ap.add_argument("--family", default=None,
+                    help="only the families whose name contains this (checking a new entry)")
     args = ap.parse_args(argv)
     cmd = "python -m deepcf.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     tmp = tempfile.TemporaryDirectory(prefix="deepcf-bench-") if not args.workdir else None
@@ -128,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"deepcf.bench: {info}", flush=True)
     base = {"threads": args.threads}
     res: dict = {}
+    if args.only == "families":
+        fams = run_families(args, base, cache)
+        text = "\n".join(header(cmd, info) + [""] + families_report(fams, info))
+        return write(args, text, tmp)
 
     print("data", flush=True)
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         res[key] = run({**small, "label": key, "optimizer": opt, "train_path": path},
                        alloc=alloc)
 
+    fams = run_families(args, base, cache)
     text = report(args, cmd, info, res, big_rows, small_rows)
+    text += "\n" + "\n".join(families_report(fams, info))
+    return write(args, text, tmp)
+
+
+def write(args, text: str, tmp) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. outputs/ on a fresh clone
     Path(args.out).write_text(text)
     print(f"deepcf.bench: wrote {args.out}", flush=True)
@@ -193,8 +211,104 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_families(args, base: dict, cache: Path) -> list[tuple]:
+    """(family, scale, result) for every registered family, each in its own process."""
+    from deepcf.bench.families import FAMILIES
+
+    print("model families", flush=True)
+    out = []
+    for f in [f for f in FAMILIES if args.family is None or args.family in f.name]:
+        scale = args.family_scale or f.scale
+        spec = {**base, "kind": "family", "label": f"{f.name} @ {scale}",
+                "overrides": list(f.overrides), "scale": scale, "cache_dir": str(cache),
+                "batches": args.family_steps or f.steps}
+        out.append((f, scale, run(spec)))
+    return out
+
+
+def families_report(fams: list[tuple], info: dict) -> list[str]:
+    """The model-family table, and where a dense width x width net stops fitting."""
+    lines = [
+        "## Model families side by side",
+        "",
+        "Each family's own config (`python -m deepcf.train` overrides, deepcf.bench.families) on "
+        "synthetic data at the scale shown; the optimizer steps Lightning runs (zero_grad, "
+        "training_step, backward, step) timed on the data module's real batches after 2 "
+        "warm-up steps, each family in its own process (peak RSS: its VmHWM, data included). "
+        "s/epoch = s/step x steps per epoch.",
+        "",
+        "| family | overrides | scale (users x movies, rows) | steps/epoch | s/step | s/epoch "
+        "| parameters | peak RSS GB | other load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f, scale, r in fams:
+        users, movies = r["shape"]
+        lines.append(
+            f"| {f.name} | `{' '.join(f.overrides) or '(defaults)'}` | `{scale}` ({users:,} x "
+            f"{movies:,}, {r['orientation']}s) | {r['n_batches']} | {_fmt_s(r['s_per_batch'])} "
+            f"| {_fmt_s(r['epoch_s'])} | {r['n_params']:,} | {r['peak_rss_gb']:.2f} "
+            f"| {r['other_cores']:.2f} |")
+    notes = [f"- {f.name}: {f.note}" for f, _, _ in fams if f.note]
+    lines += ["", *dict.fromkeys(notes)] if notes else []
+    lines += square_fit(fams, info)
+    return lines + [""]
+
+
+def square_fit(fams: list[tuple], info: dict) -> list[str]:
+    """Peak RSS = a + b x width^2 through the rows of a dense-square family at two widths:
+    b is its memory per weight, and the width where a + b x width^2 reaches this machine's
+    RAM is where it stops fitting (an extrapolation from the two measurements, stated so)."""
+    out = []
+    by_name: dict[str, list] = {}
+    for f, _, r in fams:
+        if f.dense_square:
+            by_name.setdefault(f.name, []).append(r)
+    ram = _ram_gb()
+    for name, rs in by_name.items():
+        rs = sorted(rs, key=lambda r: r["n_items"])
+        if len(rs) < 2 or rs[0]["n_items"] == rs[-1]["n_items"] or ram is None:
+            continue
+        (w0, m0), (w1, m1) = [(r["n_items"], r["peak_rss_gb"]) for r in (rs[0], rs[-1])]
+        b = (m1 - m0) / (w1**2 - w0**2)
+        if b <= 0:
+            continue
+        a = m0 - b * w0**2
+        limit = ((ram - a) / b) ** 0.5
+        out += ["", f"**{name}: where it stops fitting.** Peak RSS {m0:.2f} GB at width "
+                f"{w0:,} and {m1:.2f} GB at {w1:,}: {b * 1e9:.0f} bytes per weight of the "
+                f"width x width matrix (the weight, its gradient, the optimizer's state and "
+                f"the masked copy of the forward) over a {a:.2f} GB base. This machine's "
+                f"{ram:.0f} GB of RAM holds it up to a width of about {limit:,.0f} movies "
+                f"(extrapolated from those two measurements); the Movies Dataset's 45,115 "
+                f"would need about {(a + b * 45_115**2):,.0f} GB."]
+    return out
+
+
+def _ram_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
 def _fmt_s(x: float) -> str:
     return f"{x:.3f}" if x < 1 else f"{x:.1f}"
+
+
+def header(cmd: str, info: dict) -> list[str]:
+    return [
+        "# deepcf benchmarks",
+        "",
+        "Written by `make bench` (`" + cmd.strip() + "`); every figure below is from that run.",
+        "",
+        f"- date: {info['date']}",
+        f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']}, "
+        f"{info['threads']} threads, Python {info['python']}",
+        f"- load average at start: {' '.join(info['loadavg'])}",
+    ]
 
 
 def report(args, cmd, info, res, big_rows, small_rows) -> str:
@@ -204,14 +318,7 @@ def report(args, cmd, info, res, big_rows, small_rows) -> str:
     gemm = res["gemm"]["gflops"]
     loaded = [k for k, v in res.items() if isinstance(v, dict) and v.get("other_cores", 0) > 0.25]
     lines = [
-        "# deepcf benchmarks",
-        "",
-        "Written by `make bench` (`" + cmd.strip() + "`); every figure below is from that run.",
-        "",
-        f"- date: {info['date']}",
-        f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']}, "
-        f"{info['threads']} threads, Python {info['python']}",
-        f"- load average at start: {' '.join(info['loadavg'])}",
+        *header(cmd, info),
         "- model: n -> 512 -> 256 -> 128 -> 256 -> 512 -> n, SELU, masked MSE; "
         f"batch {args.batch_size} users at scale, 32 at ML-100K",
         f"- data: synthetic `{args.scale}`: {d['n_ratings']:,} ratings, {d['shape'][0]:,} users "

@@ -6,6 +6,8 @@
 - `reload`: load the `.npz` cache;
 - `train`: timed training steps of one formulation on the data module's real batches (the loop
   Lightning runs: zero_grad, training_step, backward, step), optionally a torch.profiler summary;
+- `family`: timed training steps of a model family (deepcf.bench.families) composed from
+  deepcf.train overrides, on synthetic data;
 - `epoch`: one full training epoch through `pytorch_lightning.Trainer` (the real thing), its
   wall time and the process's peak RSS;
 - `gemm`: a plain fp32 GEMM, the machine's reference GFLOP/s;
@@ -83,10 +85,12 @@ def _reload(spec: dict) -> dict:
 
 
 def _source(spec: dict):
-    from deepcf.data.sources import MovieLens100K, RatingsFile
+    from deepcf.data.sources import MovieLens100K, RatingsFile, Synthetic
 
     if spec.get("source", "file") == "file":
         return RatingsFile(spec["csv"], rating_min=0.5, rating_max=5.0)
+    if spec["source"] == "synthetic":
+        return Synthetic(scale=spec["scale"])
     return MovieLens100K()
 
 
@@ -94,7 +98,8 @@ def _datamodule(spec: dict):
     from deepcf.data.datamodule import RatingsDataModule
 
     dm = RatingsDataModule(_source(spec), batch_size=spec["batch_size"],
-                           cache_dir=spec["cache_dir"], split_seed=42)
+                           cache_dir=spec["cache_dir"], split_seed=42,
+                           implicit=spec.get("implicit"))
     dm.setup("fit")
     return dm
 
@@ -103,10 +108,15 @@ def _module(spec: dict, dm):
     from deepcf.training.module import RatingsModule
 
     lo, hi = dm.rating_range
+    if spec.get("net"):  # another net of the model contract, its options, its loss
+        return RatingsModule(dm.width, net=spec["net"], optimizer=spec["optimizer"],
+                             loss=spec.get("loss", "mse"), rating_min=lo, rating_max=hi,
+                             train_mean=dm.train_mean, **spec.get("net_options", {}))
     return RatingsModule(dm.width, hidden=spec["hidden"], activation="selu",
                          optimizer=spec["optimizer"], train_path=spec["train_path"],
                          init={"scheme": "xavier_uniform", "bias": 0.01},
-                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean)
+                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean,
+                         loss=spec.get("loss", "mse"))
 
 
 def _train(spec: dict) -> dict:
@@ -115,7 +125,15 @@ def _train(spec: dict) -> dict:
     torch.manual_seed(0)
     dm = _datamodule(spec)
     module = _module(spec, dm)
+    return _timed_steps(spec, dm, module)
+
+
+def _timed_steps(spec: dict, dm, module) -> dict:
+    """`spec["batches"]` timed training steps (after `warmup`) on the data module's batches."""
+    import torch
+
     opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
     loader = dm.train_dataloader()
     n_batches = len(loader)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("bf16")
@@ -149,7 +167,7 @@ def _train(spec: dict) -> dict:
     out = {"n_batches": n_batches, "measured": len(times), "s_per_batch": sum(times) / len(times),
            "nnz_per_batch": sum(nnz) / len(nnz), "n_items": dm.width,
            "movies_per_batch": sum(touched) / len(touched),
-           "batch_size": spec["batch_size"], "train_ratings": int(dm.split.train.nnz),
+           "batch_size": dm.batch_size, "train_ratings": int(dm.split.train.nnz),
            "sparse_grad": module.sparse_grad, "dense_path": module.dense_train,
            "loss": float(loss), "forward_s": phases[0] / len(times),
            "backward_s": phases[1] / len(times), "step_s": phases[2] / len(times)}
@@ -168,6 +186,37 @@ def _train(spec: dict) -> dict:
             rows.append([e.key, e.self_cpu_time_total / 1e3 / spec["profile"], e.count])
         out["profile"] = rows
     out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
+def _family(spec: dict) -> dict:
+    """Timed steps of a model family composed from deepcf.train overrides (deepcf.bench.families)
+    on synthetic data at `scale`: the data module and model a user's run would build."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from deepcf.training.config import CONF_DIR, build
+
+    overrides = [*spec["overrides"], "data=synthetic", f"data.source.scale={spec['scale']}",
+                 f"paths.cache_dir={spec['cache_dir']}", "seed=0"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.data.cache = False
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    dm = build(cfg.data, "data")
+    dm.setup("fit")
+    lo, hi = dm.rating_range
+    module = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
+                   train_mean=dm.train_mean, train_rows=dm.train_rows)
+    setup_s = time.perf_counter() - t
+    out = _timed_steps(spec, dm, module)
+    out.update(setup_s=setup_s, shape=list(dm.matrix.shape), orientation=dm.orientation,
+               n_params=sum(p.numel() for p in module.parameters()))
     return out
 
 
@@ -220,8 +269,8 @@ def _copy(spec: dict) -> dict:
     return {"mb": spec.get("mb", 256), "gb_per_s": 2 * n * 4 / best / 1e9}  # read + write
 
 
-KINDS = {"data": _data, "reload": _reload, "train": _train, "epoch": _epoch, "gemm": _gemm,
-         "copy": _copy}
+KINDS = {"data": _data, "reload": _reload, "train": _train, "family": _family, "epoch": _epoch,
+         "gemm": _gemm, "copy": _copy}
 
 
 def main() -> None:

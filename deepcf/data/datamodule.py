@@ -25,7 +25,7 @@ from deepcf.data.heldout import heldout_set
 from deepcf.data.matrix import RatingMatrix, load_matrix
 from deepcf.data.orientation import check_orientation, input_width, orient
 from deepcf.data.sources import RatingsSource
-from deepcf.data.split import Split, split_matrix
+from deepcf.data.split import Split, implicit_split, parse_implicit, split_matrix
 from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,10 @@ class RatingsDataModule(pl.LightningDataModule):
     `orientation="user"` makes rows users (U-AutoRec, as in the original study); `"item"` makes
     rows movies (I-AutoRec). `cache_dir` holds downloads and parsed matrices (`cache=False`
     reads the source every time).
+
+    `implicit` (data.implicit) turns the ratings into interactions after the split, for every
+    source: null keeps the ratings; `all` makes every rating a 1; a number t keeps the ratings
+    >= t as 1s and drops the others (train, val and test alike). The rating range is then 0..1.
     """
 
     def __init__(
@@ -122,8 +126,10 @@ class RatingsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         split: Split | None = None,
+        implicit: str | float | None = None,
     ):
         super().__init__()
+        parse_implicit(implicit)  # a wrong value is one line now, not after loading
         if isinstance(source, RatingMatrix) and split is not None:
             # a matrix and its split given (deepcf.study's protocols), no source to read
             self.matrix, source = source, None
@@ -142,6 +148,7 @@ class RatingsDataModule(pl.LightningDataModule):
         if source is not None:
             self.matrix: RatingMatrix | None = None
         self.split: Split | None = split
+        self.implicit = implicit
         self._sets: dict[str, RowBatches] = {}
         self.train_rows: sp.csr_matrix | None = None  # the oriented training rows, after setup
 
@@ -165,6 +172,7 @@ class RatingsDataModule(pl.LightningDataModule):
                         f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
                         f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings "
                         f"or a larger data.{name}_fraction")
+        self.split = implicit_split(self.split, self.implicit)
         train, val, test = self.oriented(self.split)
         self.train_rows = train
         self._sets = {
@@ -192,6 +200,8 @@ class RatingsDataModule(pl.LightningDataModule):
 
     @property
     def rating_range(self) -> tuple[float, float]:
+        if parse_implicit(self.implicit) is not None:
+            return 0.0, 1.0
         return self.matrix.rating_min, self.matrix.rating_max
 
     def dataset(self, name: str) -> RowBatches:

@@ -28,6 +28,43 @@ class Split:
         return float(self.train.data.mean()) if self.train.nnz else 0.0
 
 
+def parse_implicit(implicit) -> float | None:
+    """`data.implicit`: None (ratings as they are), "all" (every rating an interaction: -inf),
+    or a number t (a rating >= t is an interaction, the others are dropped)."""
+    if implicit is None or implicit == "null":
+        return None
+    if implicit == "all":
+        return -np.inf
+    try:
+        t = float(implicit)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not np.isfinite(t):
+        raise ConfigError(f"data.implicit={implicit!r} must be null, all or a rating threshold "
+                          f"(e.g. data.implicit=4)")
+    return t
+
+
+def implicit_matrix(X: sp.csr_matrix, implicit) -> sp.csr_matrix:
+    """X as interactions (see parse_implicit): the kept entries become 1, in CSR order."""
+    t = parse_implicit(implicit)
+    if t is None:
+        return X
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    if t > -np.inf:
+        X.data[X.data < t] = 0
+        X.eliminate_zeros()
+    X.data[:] = 1.0
+    return X
+
+
+def implicit_split(split: Split, implicit) -> Split:
+    """Every part of `split` as interactions (unchanged when `implicit` is None)."""
+    if parse_implicit(implicit) is None:
+        return split
+    return Split(*(implicit_matrix(m, implicit) for m in (split.train, split.val, split.test)))
+
+
 def split_matrix(
     m: RatingMatrix, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> Split:

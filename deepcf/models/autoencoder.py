@@ -215,6 +215,15 @@ class AutoEncoder(RatingNet):
                                       targets.idx)
         return out
 
+    def train_logits(self, inputs: Pattern, values: torch.Tensor, step: int = 0):
+        """Dense outputs of the batch (the multinomial loss' logits) from the sparse encoder;
+        the last layer is dense over every column by nature."""
+        if self.residual:  # the row bias needs the dense row: the textbook path
+            return super().train_logits(inputs, values, step)
+        h = self.decode_hidden(self.encode_sparse(inputs.idx, values, inputs.off))
+        out = F.linear(h, self.item_decoder, self.out_b)
+        return (out if self.linear_last else self.act(out)), None
+
     # -- dense path (export, ranking all movies) --------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense rows (batch, width) -> predicted ratings for every column (batch, width)."""

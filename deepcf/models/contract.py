@@ -16,6 +16,10 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
   net whose cost should follow the ratings, not the width, overrides it (the autoencoder does).
 - `predict_at(idx, val, off, tgt_row, tgt_idx)`: predictions at given (row, column) positions for
   rows given as flat (column ids, ratings, offsets): held-out scoring. Default: densify + forward.
+- `train_logits(inputs, values, step)`: (dense logits (batch, width), penalty or None) of a
+  batch's (possibly corrupted) inputs, for the multinomial loss (`loss=multinomial`), whose
+  softmax is over every column; `step` is the optimizer step (Mult-VAE anneals its KL penalty
+  with it). Default: densify + forward, no penalty.
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
@@ -88,6 +92,10 @@ class RatingNet(nn.Module):
                          sparse_grad: bool = False) -> torch.Tensor:
         return dense_observed(self, inputs, values, targets)
 
+    def train_logits(self, inputs: Pattern, values: torch.Tensor, step: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self(dense_rows(self.width, inputs, values)), None
+
     def predict_at(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor,
                    tgt_row: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
         x = val.new_zeros(len(off), self.width)
@@ -109,12 +117,18 @@ class RatingNet(nn.Module):
                 nn.init.constant_(p, 0.0 if bias is None else bias)
 
 
+def dense_rows(width: int, inputs: Pattern, values: torch.Tensor) -> torch.Tensor:
+    """The dense (batch, width) rows of a batch's entries, 0 elsewhere."""
+    x = values.new_zeros(inputs.n_rows, width)
+    x[entry_rows(inputs.off, len(inputs.idx)), inputs.idx] = values
+    return x
+
+
 def dense_observed(net: RatingNet, inputs: Pattern, values: torch.Tensor,
                    targets: Pattern) -> torch.Tensor:
     """The textbook computation: dense (batch, width) input rows, the full-width forward, read
     at the observed target entries (the masked loss then counts those only)."""
-    x = values.new_zeros(inputs.n_rows, net.width)
-    x[entry_rows(inputs.off, len(inputs.idx)), inputs.idx] = values
+    x = dense_rows(net.width, inputs, values)
     return net(x)[entry_rows(targets.off, len(targets.idx)), targets.idx]
 
 

@@ -22,6 +22,11 @@ model scores them from an empty row, as the protocol does. It is not the per-use
 of `make accuracy` (the run's split is its datamodule's: a random share of all ratings), so its
 numbers compare runs with each other, not with ACCURACY.md. No RMSE: it is the protocol for
 ranking models (EDLAE's scores are not ratings).
+
+A ranking model (sidecar `score_kind` not "rating": loss=multinomial, EDLAE) outputs scores, not
+ratings: its RMSE/MAE would mean nothing and are not computed (the report says why). On a run
+trained on interactions (data.implicit) every held-out interaction is relevant (threshold 1),
+and the inputs are interactions, as in training.
 """
 
 from __future__ import annotations
@@ -148,10 +153,14 @@ def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.cs
         raise DeepCFError("--pop-beta corrects a ranking: use it with --protocol topn")
     if protocol == "topn":
         return {"protocol": "topn", "ks": list(ks), "pop_beta": float(pop_beta),
+                "score_kind": card.score_kind,
                 "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk, pop_beta)}
-    if batches is None:
+    if card.implicit:  # interactions (evaluate_run's split is, evaluate_files makes them so)
+        threshold = min(threshold, 1.0)
+    if batches is None and card.rates:
         batches = heldout_batches(train, test, card.orientation)
-    out = {"rating": heldout_errors(scorer, batches, card, chunk),
+    out = {"score_kind": card.score_kind,
+           "rating": heldout_errors(scorer, batches, card, chunk) if card.rates else None,
            "ranking": ranking_metrics(scorer, card, train, seen, test, ks, threshold, chunk),
            "threshold": threshold, "ks": list(ks), "protocol": "rating"}
     return out
@@ -173,7 +182,7 @@ def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk
                             threshold, chunk, protocol, pop_beta)
     out.update(model=str(model), data=dm.matrix.source, run_dir=str(run_dir),
                shape=list(dm.matrix.shape), excluded="training and validation ratings")
-    trained = best_metrics(run_dir).get("test/rmse")
+    trained = best_metrics(run_dir).get("test/rmse") if card.rates else None
     if trained is not None:
         out["training_test_rmse"] = trained
     return out
@@ -205,6 +214,10 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
     if rows_are_items(card.orientation) and train.shape[0] != len(card.user_ids):
         raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
                                 f"are its {len(card.user_ids)} training users")
+    if card.implicit:  # the model's inputs are interactions, as in training
+        from deepcf.data.split import implicit_matrix
+
+        train, test = (implicit_matrix(m, card.implicit) for m in (train, test))
     out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk,
                             protocol, pop_beta)
     out.update(model=str(model), input=str(input_path), target=str(target_path),
@@ -233,8 +246,13 @@ def format_report(r: dict) -> str:
                          f"{t[f'coverage@{k}']:.4f} | {t[f'gini@{k}']:.4f} |")
         return "\n".join(lines)
     rt, rk = r["rating"], r["ranking"]
-    lines.append(f"held-out ratings: RMSE {rt['rmse']:.4f}  MAE {rt['mae']:.4f}  "
-                 f"({rt['n_ratings']} ratings, {rt['n_fallback']} by the training-mean fallback)")
+    if rt is None:
+        lines.append(f"held-out ratings: no RMSE/MAE: the model's outputs are {r['score_kind']}s "
+                     f"(a ranking model), not ratings")
+    else:
+        lines.append(f"held-out ratings: RMSE {rt['rmse']:.4f}  MAE {rt['mae']:.4f}  "
+                     f"({rt['n_ratings']} ratings, {rt['n_fallback']} by the training-mean "
+                     f"fallback)")
     if "training_test_rmse" in r:
         lines.append(f"  training's test/rmse: {r['training_test_rmse']:.4f}")
     lines.append(f"ranking: {int(rk['n_users'])} users with a held-out rating >= "

@@ -14,7 +14,6 @@ sidecar together; the training callback and `python -m deepcf.export` both call 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -97,7 +96,6 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
         # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
         raise DivergedModel(f"{path}: not exported: the model's outputs are NaN or inf "
                             f"(training diverged)")
-    card = dataclasses.replace(card, scores=getattr(net, "scores", "ratings"))
     meta = {"deepcf.width": net.width, "deepcf.rating_min": card.rating_min,
             "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,
@@ -114,16 +112,22 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
 def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
              cache_dir: str | None = None) -> tuple[Path, float]:
     """Write the ONNX model and its sidecar; returns (model path, max abs diff)."""
-    from deepcf.serving.runs import find_checkpoint, load_net, run_datamodule
+    from deepcf.models.contract import net_from_checkpoint
+    from deepcf.serving.runs import find_checkpoint, run_datamodule
+    from deepcf.serving.sidecar import score_kind
+    from deepcf.training.rundir import safe_load
 
     ckpt, run_dir = find_checkpoint(Path(target))
-    net = load_net(ckpt)
+    state = safe_load(ckpt)
+    net = net_from_checkpoint(state, str(ckpt))
+    loss = (state.get("hyper_parameters") or {}).get("loss", "mse")
+    del state
     dm = run_datamodule(run_dir, cache_dir)
     if net.width != dm.width:
         raise ModelDataMismatch(f"{ckpt}: the model takes {net.width} columns but the data of "
                                 f"{run_dir} has {dm.width}")
     if out is None:
         out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
-    diff = export_checked(net, out, dm.dataset("train").inputs, card_from_datamodule(dm),
-                          str(ckpt), atol, n_rows)
+    diff = export_checked(net, out, dm.dataset("train").inputs,
+                          card_from_datamodule(dm, score_kind(loss, net)), str(ckpt), atol, n_rows)
     return Path(out), diff

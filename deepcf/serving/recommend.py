@@ -3,12 +3,18 @@
 A user's known ratings (every rating of the run's data, or of --ratings) are the model input, and
 those movies are set to -inf before the top N (as RecBole), so a recommendation is never a movie
 the user rated. Movies are ranked by the model's raw output (`score`); the predicted rating is
-that output clipped to the rating range, or blank for a ranking model (sidecar `scores:
-ranking`, e.g. EDLAE), whose output only orders the movies. With `pop_beta` (`--pop-beta B`)
-movies are ranked by score / popularity^B (deepcf.serving.scoring.popularity_weights), `score`
-is that corrected score and the predicted rating still the model's output. A user known to the
-model but with no ratings in the data gets the N most popular movies (training rating count),
-labelled `popularity` instead of `model`.
+that output clipped to the rating range. A user known to the model but with no ratings in the
+data gets the N most popular movies (training rating count), labelled `popularity` instead of
+`model`.
+
+A ranking model (its sidecar's `score_kind` is not "rating": Mult-DAE/VAE trained with
+loss=multinomial, EDLAE) ranks by its score, which is not a rating: no predicted rating is shown,
+and the output says "ranked by <model> score (not a rating)"; a rating model's says "ranked by
+predicted rating". With `pop_beta` (`--pop-beta B`) movies are ranked by score / popularity^B
+(deepcf.serving.scoring.popularity_weights), `score` is that corrected score and the predicted
+rating still the model's output. A model trained on interactions (data.implicit) gets the user's
+ratings as interactions as its input, the same rule as in training; every rated movie stays
+excluded.
 """
 
 from __future__ import annotations
@@ -59,10 +65,13 @@ def load_ratings(run_dir=None, model=None, ratings=None,
 def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int = 10,
               chunk: int = 1024, pop_beta: float = 0.0) -> Iterator[dict]:
     """One dict per (user, rank), users in the given order (raw ids)."""
+    from deepcf.data.split import implicit_matrix
+
     rows = data.rows_of(users)
     counts = np.diff(data.X.indptr)
     w = popularity_weights(card.item_train_count, pop_beta) if pop_beta else None
-    for part, scores in UserScores(scorer, data.X, card.orientation, chunk).chunks(rows):
+    X = implicit_matrix(data.X, card.implicit or None)  # the model's input, as in training
+    for part, scores in UserScores(scorer, X, card.orientation, chunk).chunks(rows):
         output = scores
         if w is not None:
             scores = scores * w
@@ -79,22 +88,27 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
                 rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
             for r, movie in enumerate(picks):
                 raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None or card.scores == "ranking" else round(
+                pred = "" if preds is None or not card.rates else round(
                     float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
                 yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
                        "title": "" if card.titles is None else str(card.titles[movie]),
                        "predicted_rating": pred, "score": raw, "basis": basis}
 
 
-def format_table(recs: list[dict], scores: str = "ratings", pop_beta: float = 0.0) -> str:
+def ranked_by(card: ModelCard) -> str:
+    """What the model's ranking is by, for the output's label."""
+    return ("ranked by predicted rating" if card.rates else
+            f"ranked by {card.score_kind} (not a rating)")
+
+
+def format_table(recs: list[dict], card: ModelCard | None = None, pop_beta: float = 0.0) -> str:
     """A block per user: header line, then rank / movie id / predicted rating / title."""
     lines: list[str] = []
+    by = "" if card is None else f", {ranked_by(card)}"
     for uid in dict.fromkeys(r["user_id"] for r in recs):
         mine = [r for r in recs if r["user_id"] == uid]
         head = mine[0]
-        how = ("predicted by the model" if head["basis"] == "model" and scores == "ratings"
-               else "ranked by the ranking model's score (no predicted rating)"
-               if head["basis"] == "model" else
+        how = (f"predicted by the model{by}" if head["basis"] == "model" else
                "POPULARITY FALLBACK: the user has no ratings, most-rated movies shown")
         if pop_beta and head["basis"] == "model":
             how += f", scores / popularity^{pop_beta:g}"

@@ -3,8 +3,10 @@
 `model.onnx` -> `model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw
 user and movie ids of the training matrix, titles when the source has them, rating range,
 training mean, orientation, each movie's training rating count (popularity), and what the
-outputs are (`scores`: "ratings", or "ranking" for a ranking model such as EDLAE; a sidecar
-without it is "ratings").
+model's outputs are (`score_kind`: "rating" for rating models; "<Net> score" for ranking models,
+trained with loss=multinomial or ranking by nature such as EDLAE, whose outputs rank movies but
+are not ratings) and the data's
+`implicit` setting (the model's input is then interactions, data.implicit).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ class ModelCard:
     train_mean: float
     orientation: str  # "user": model rows are users; "item": model rows are movies
     item_train_count: np.ndarray  # training ratings per movie (popularity)
-    scores: str = "ratings"  # "ratings" or "ranking" (the net's `scores`, set at export)
+    score_kind: str = "rating"  # "rating", or "<Net> score" for a ranking model (not a rating)
+    implicit: str = ""  # the data.implicit the model was trained on ("": ratings as they are)
+
+    @property
+    def rates(self) -> bool:
+        """Whether the model's outputs are ratings (else ranking scores)."""
+        return self.score_kind == "rating"
 
     @property
     def width(self) -> int:
@@ -46,15 +54,24 @@ def sidecar_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(SIDECAR_SUFFIX)
 
 
-def card_from_datamodule(dm) -> ModelCard:
-    """The card of a set-up RatingsDataModule (its matrix and split)."""
+def score_kind(loss: str, net) -> str:
+    """What a model's outputs are: "rating" (a rating net trained with loss=mse), else
+    "<Net> score" (loss=multinomial, or a net whose outputs only rank, `RatingNet.scores`)."""
+    rates = loss == "mse" and getattr(net, "scores", "ratings") == "ratings"
+    return "rating" if rates else f"{type(net).__name__} score"
+
+
+def card_from_datamodule(dm, kind: str = "rating") -> ModelCard:
+    """The card of a set-up RatingsDataModule (its matrix and split); `kind`: score_kind."""
     m, train = dm.matrix, dm.split.train
+    implicit = getattr(dm, "implicit", None)
     return ModelCard(
         user_ids=np.asarray(m.user_ids, np.int64), item_ids=np.asarray(m.item_ids, np.int64),
         titles=None if m.titles is None else np.asarray(m.titles, dtype=str),
         rating_min=float(m.rating_min), rating_max=float(m.rating_max),
         train_mean=float(dm.train_mean), orientation=dm.orientation,
         item_train_count=np.bincount(train.indices, minlength=train.shape[1]).astype(np.int64),
+        score_kind=kind, implicit="" if implicit is None else str(implicit),
     )
 
 
@@ -66,7 +83,7 @@ def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
         "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
         "train_mean": np.array(card.train_mean, np.float64),
         "orientation": np.array(card.orientation), "item_train_count": card.item_train_count,
-        "scores": np.array(card.scores),
+        "score_kind": np.array(card.score_kind), "implicit": np.array(card.implicit),
     }
     if card.titles is not None:
         arrays["titles"] = np.asarray(card.titles, dtype=str)
@@ -88,7 +105,9 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
                 titles=z.get("titles"), rating_min=lo, rating_max=hi,
                 train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
                 item_train_count=z["item_train_count"],
-                scores=str(z["scores"]) if "scores" in z else "ratings",
+                # sidecars written before ranking models: rating models on ratings
+                score_kind=str(z["score_kind"]) if "score_kind" in z else "rating",
+                implicit=str(z["implicit"]) if "implicit" in z else "",
             )
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DeepCFError(f"{path}: not a deepcf sidecar, truncated or corrupt ({e}); recreate "

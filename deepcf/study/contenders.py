@@ -5,8 +5,9 @@ a protocol's ratings composes that config, builds the `RatingsModule` from `cfg.
 as `deepcf.train` does (net, loss, l2, noise, optimizer, the bias residual's fitted biases), and
 fits it with a Lightning Trainer on a RatingsDataModule made from the protocol's matrices:
 
-- with a validation carve: early stopping on val RMSE (the config's patience, up to its
-  max_epochs), the best epoch's weights kept; that epoch count is reported (`info["epochs"]`)
+- with a validation carve: early stopping on val RMSE, or on val NDCG@10 for a config with
+  `model.eval_topn=true` (a ranking model; the config's patience, up to its max_epochs), the
+  best epoch's weights kept; that epoch count is reported (`info["epochs"]`)
   and is what the refit on all of the training part trains for (deepcf.study.accuracy);
 - without one (the refit): exactly `epochs` epochs, nothing held out.
 
@@ -25,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepcf.errors import DivergedModel
+from deepcf.errors import ConfigError, DivergedModel
 
 CHUNK = 512  # rows per predict_at call
 
@@ -40,11 +41,13 @@ def compose_train_cfg(overrides: list[str]):
         return compose(config_name="train", overrides=list(overrides))
 
 
-def _best_state_callback():
+def _best_state_callback(monitor: str = "val/rmse", mode: str = "min"):
     import pytorch_lightning as pl
 
+    sign = 1.0 if mode == "min" else -1.0
+
     class BestState(pl.Callback):
-        """Keeps the weights and epoch count of the best val RMSE, in memory."""
+        """Keeps the weights and epoch count of the best `monitor` value, in memory."""
 
         def __init__(self):
             self.best, self.state, self.epochs = math.inf, None, 0
@@ -52,7 +55,7 @@ def _best_state_callback():
         def on_validation_epoch_end(self, trainer, module):
             if trainer.sanity_checking:
                 return
-            v = float(trainer.callback_metrics.get("val/rmse", math.nan))
+            v = sign * float(trainer.callback_metrics.get(monitor, math.nan))
             if math.isfinite(v) and v < self.best:
                 self.best, self.epochs = v, trainer.current_epoch + 1
                 self.state = copy.deepcopy(module.net.state_dict())
@@ -68,6 +71,29 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
                   rating_range: tuple[float, float], seed: int, epochs: int | None = None):
     """(trained net, orientation, info) of the config `overrides` on users x movies `train`;
     early-stopped on `val` when given, else trained for `epochs` (default: max_epochs)."""
+    net, cfg, info = _fit(overrides, train, val, rating_range, seed, epochs)
+    return net, cfg.data.orientation, info
+
+
+def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
+               seed: int, epochs: int | None = None):
+    """(score, info) of a ranking config (rows are users) fitted as `fit_contender` does:
+    `score(users) -> (len(users), movies)` is the net's dense forward of the users' training
+    rows (as interactions when the config's data.implicit says so), higher is better."""
+    from deepcf.data.split import implicit_matrix
+    from deepcf.serving.scoring import TorchScorer, UserScores
+
+    net, cfg, info = _fit(overrides, train, val, (0.0, 1.0), seed, epochs)
+    if cfg.data.orientation != "user":
+        raise ConfigError(f"{' '.join(overrides)}: a ranking contender's rows must be users")
+    X = implicit_matrix(sp.csr_matrix(train, dtype=np.float32), cfg.data.get("implicit"))
+    scores = UserScores(TorchScorer(net), X, "user")
+    return (lambda users: scores.block(np.asarray(users))), info
+
+
+def _fit(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
+         rating_range: tuple[float, float], seed: int, epochs: int | None = None):
+    """(trained net, composed config, info): see fit_contender."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -89,18 +115,22 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
                   else _empty(train.shape), _empty(train.shape))
     dm = RatingsDataModule(matrix, orientation=cfg.data.orientation,
                            batch_size=int(cfg.data.batch_size),
-                           eval_batch_size=int(cfg.data.eval_batch_size), split=split)
+                           eval_batch_size=int(cfg.data.eval_batch_size), split=split,
+                           implicit=cfg.data.get("implicit"))
     pl.seed_everything(seed, workers=True, verbose=False)
     dm.setup("fit")
+    lo, hi = dm.rating_range  # 0..1 on implicit data
     model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
                   train_mean=dm.train_mean, train_rows=dm.train_rows)
     max_epochs = int(cfg.trainer.max_epochs)
     callbacks = []
     if val is not None:
-        best = _best_state_callback()
+        monitor, mode = (("val/ndcg@10", "max") if cfg.model.get("eval_topn", False)
+                         else ("val/rmse", "min"))
+        best = _best_state_callback(monitor, mode)
         patience = int(cfg.callbacks.early_stopping.patience)
         callbacks = [best, instantiate({"_target_": "pytorch_lightning.callbacks.EarlyStopping",
-                                        "monitor": "val/rmse", "mode": "min",
+                                        "monitor": monitor, "mode": mode,
                                         "patience": patience})]
     else:
         max_epochs = int(epochs or max_epochs)
@@ -116,12 +146,12 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
     info = {}
     if val is not None:
         if best.state is None:
-            raise DivergedModel(f"{' '.join(overrides)}: no finite validation RMSE (diverged)")
+            raise DivergedModel(f"{' '.join(overrides)}: no finite {monitor} (diverged)")
         net.load_state_dict(best.state)
         info = {"epochs": best.epochs}
     else:
         info = {"epochs": max_epochs}
-    return net.eval(), cfg.data.orientation, info
+    return net.eval(), cfg, info
 
 
 @torch.no_grad()

@@ -112,12 +112,17 @@ def groups(runs: list[Run]) -> dict[str, list[Run]]:
 def table(runs: list[Run]) -> str:
     lines = ["| runs | test RMSE | test MAE | best val RMSE | epochs | seeds |",
              "|---|---|---|---|---|---|"]
+    def cell(m: list[dict], key: str) -> str:
+        # a key no run recorded was not scored (test=false, as searches run), not diverged
+        if not any(key in x for x in m):
+            return "not scored"
+        return mean_std([_value(x, key) for x in m])
+
     for name, rs in groups(runs).items():
         m = [r.metrics for r in rs]
         seeds = "/".join(str(r.seed) for r in rs)
-        lines.append(f"| `{name}` | {mean_std([_value(x, 'test/rmse') for x in m])} | "
-                     f"{mean_std([_value(x, 'test/mae') for x in m])} | "
-                     f"{mean_std([_value(x, 'val/rmse_best') for x in m])} | "
+        lines.append(f"| `{name}` | {cell(m, 'test/rmse')} | {cell(m, 'test/mae')} | "
+                     f"{cell(m, 'val/rmse_best')} | "
                      f"{'/'.join(str(x.get('epochs')) for x in m)} | {seeds} |")
     return "\n".join(lines)
 

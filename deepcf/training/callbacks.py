@@ -11,7 +11,7 @@ import torch
 from deepcf.errors import DivergedModel
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
-from deepcf.serving.sidecar import card_from_datamodule
+from deepcf.serving.sidecar import card_from_datamodule, score_kind
 from deepcf.training.rundir import inside, safe_load
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class OnnxExport(pl.Callback):
         dm = trainer.datamodule
         try:
             self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
-                                               card_from_datamodule(dm), best or "last",
+                                               card_from_datamodule(dm, score_kind(
+                                                   pl_module.hparams.get("loss", "mse"), net)),
+                                               best or "last",
                                                self.atol, self.n_rows)
         except DivergedModel as e:
             log.warning("ONNX model %s", e)
@@ -117,14 +119,16 @@ class ResumeState(pl.Callback):
     - the random number generators (torch, numpy, python) as they are when the checkpoint is
       written: the next epoch's shuffling (RandomSampler), noise and dropout draw from them, so a
       resumed epoch draws what the uninterrupted run drew;
-    - `val/rmse_best`: the module's MinMetric is not in its state_dict and restarts at fit start,
-      so the best value before the interruption is put back at the first resumed epoch.
+    - `val/rmse_best` (and `val/ndcg@10_best`): the module's Min/MaxMetric is not in its
+      state_dict and restarts at fit start, so the best value before the interruption is put
+      back at the first resumed epoch.
     """
 
     KEY = "deepcf_resume"
+    BESTS = ("val_rmse_best", "val_ndcg_best")  # the module's Min/MaxMetric of val/rmse, ndcg
 
     def __init__(self):
-        self._best: float | None = None
+        self._best: dict = {}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         import random
@@ -132,15 +136,15 @@ class ResumeState(pl.Callback):
         import numpy as np
 
         kind, keys, pos, has_gauss, cached = np.random.get_state()
-        best = getattr(pl_module, "val_rmse_best", None)
+        bests = {name: getattr(pl_module, name, None) for name in self.BESTS}
         checkpoint[self.KEY] = {
             "torch": torch.get_rng_state(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
                       float(cached)],
             "python": random.getstate(),
             # the local state, not compute(): no collective call inside a checkpoint save
-            "val_rmse_best": None if best is None or not best.update_called
-            else float(getattr(best, best.state_name)),
+            **{name: None if best is None or not best.update_called
+               else float(getattr(best, best.state_name)) for name, best in bests.items()},
         }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
@@ -156,13 +160,14 @@ class ResumeState(pl.Callback):
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(state["python"])
-        self._best = state["val_rmse_best"]
+        self._best = {name: state.get(name) for name in self.BESTS}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        # after the module's on_train_start, which restarts its MinMetric
-        if self._best is not None and hasattr(pl_module, "val_rmse_best"):
-            pl_module.val_rmse_best.update(torch.tensor(self._best))
-        self._best = None
+        # after the module's on_train_start, which restarts its Min/MaxMetric
+        for name, value in self._best.items():
+            if value is not None and hasattr(pl_module, name):
+                getattr(pl_module, name).update(torch.tensor(value))
+        self._best = {}
 
 
 def progress(enabled: bool = False, refresh_rate: int = 1):
@@ -182,7 +187,7 @@ class EpochLines(pl.Callback):
         epoch 3/20  train/loss L  val/rmse R  (S s)
     """
 
-    KEYS = ("train/loss", "val/rmse")
+    KEYS = ("train/loss", "val/rmse", "val/ndcg@10")
 
     def __init__(self):
         self._start = 0.0

@@ -3,7 +3,17 @@
 - The net (`model.net`, a deepcf.models.contract.RatingNet class; its options are the other keys
   of the `model` config) is built for the data's input width; its spec is saved in the
   checkpoint's hyper-parameters, so export and serving rebuild it without this module.
-- Training loss: `deepcf.training.loss.masked_mse`, over the observed ratings of the batch only.
+- Training loss (`model.loss`, the `loss` config group): `mse` (default), masked MSE over the
+  observed ratings of the batch only (`deepcf.training.loss.masked_mse`); `multinomial`, the
+  multinomial log-likelihood of each row's entries under a softmax over every column (Mult-DAE,
+  `deepcf.training.loss.multinomial_nll`), on the dense logits of the batch that the net computes
+  from the sparse input (`net.train_logits`), plus the net's own penalty (Mult-VAE's annealed
+  KL). A multinomial model's outputs are scores, not ratings: no RMSE/MAE is logged for it.
+- `model.eval_topn` (default false): val/test also log `*/ndcg@10`, each row's unseen columns
+  (those with a training entry that the row has not seen in training) ranked by the net's dense
+  forward, the row's held-out entries relevant, binary NDCG@10 with the ideal over
+  min(10, |held-out|) (deepcf.serving.metrics, the top-N protocol's metric), averaged over rows;
+  and `val/ndcg@10_best`, what ranking experiments early-stop, checkpoint and optimise on.
 - Training path (`model.train_path`): `sparse` asks the net for its predictions at the observed
   entries (`predict_observed`; the autoencoder computes on the U movies a batch touches only);
   `dense` builds the (batch, width) rows and reads the full-width forward at the observed
@@ -34,23 +44,48 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
+from torchmetrics import MaxMetric, MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
 
 from deepcf.data.heldout import clip_or_fallback
 from deepcf.errors import ConfigError
 from deepcf.models.contract import dense_observed, net_class
 from deepcf.models.noise import check_noise, corrupt
-from deepcf.models.sparse_ops import Pattern
-from deepcf.training.loss import masked_mse
+from deepcf.models.sparse_ops import Pattern, entry_rows
+from deepcf.serving.metrics import hits_matrix, ndcg_at
+from deepcf.training.loss import LOSSES, masked_mse, multinomial_nll
 from deepcf.training.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
 
 TRAIN_PATHS = ("sparse", "dense")
+TOPN_K = 10
+
+
+@torch.no_grad()
+def row_ndcg(scores: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor],
+             relevant: tuple[torch.Tensor, torch.Tensor], candidate: torch.Tensor | None = None,
+             k: int = TOPN_K):
+    """Binary NDCG@k of each row of dense `scores` (rows, width): the (row, column) pairs in
+    `seen` are never ranked, nor the columns where `candidate` is False; the pairs in `relevant`
+    are the hits (deepcf.serving.metrics: the ideal over min(k, |relevant|)). Returns
+    (ndcg of each row with a relevant entry, number of such rows) as numpy."""
+    scores = scores.detach().float().clone()
+    scores[seen] = -torch.inf
+    if candidate is not None:
+        scores[:, ~candidate] = -torch.inf
+    vals, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    top = torch.where(torch.isneginf(vals), -1, top).cpu().numpy()
+    rel = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    rel[relevant] = True
+    rel = rel.cpu().numpy()
+    n_rel = rel.sum(1)
+    keep = n_rel > 0
+    return ndcg_at(hits_matrix(top[keep], rel[keep]), n_rel[keep], k), int(keep.sum())
 
 
 def _plain(conf: Any) -> Any:
@@ -85,6 +120,8 @@ class RatingsModule(pl.LightningModule):
         train_path: str = "sparse",
         sparse_grad: Any = "auto",
         l2: float = 0.0,
+        loss: str = "mse",
+        eval_topn: bool = False,
         train_rows: Any = None,
         **net_options: Any,
     ):
@@ -97,6 +134,11 @@ class RatingsModule(pl.LightningModule):
                               f"{', '.join(TRAIN_PATHS)}{hint}")
         if sparse_grad not in ("auto", True, False):
             raise ConfigError(f"model.sparse_grad={sparse_grad!r} must be auto, true or false")
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r} is not one of {', '.join(LOSSES)} "
+                              f"(the loss config group: loss=mse or loss=multinomial)")
+        if eval_topn not in (True, False):
+            raise ConfigError(f"model.eval_topn={eval_topn!r} must be true or false")
         optimizer = _plain(optimizer)
         l2 = float(l2)
         if not l2 >= 0:
@@ -111,6 +153,8 @@ class RatingsModule(pl.LightningModule):
             raise ConfigError(f"model.sparse_grad=true needs a net and an optimizer that take "
                               f"row-sparse gradients ({why}); use optimizer=lazy_adam, or sgd "
                               f"without momentum/weight decay, or model.sparse_grad=auto")
+        if can and loss != "mse":
+            can, why = False, "the multinomial loss has dense logits: dense gradients"
         self.dense_train = train_path == "dense"
         self.sparse_grad = bool(can and sparse_grad is not False and not self.dense_train)
         log.info("training path: %s, width-indexed gradients %s (%s)",
@@ -135,13 +179,22 @@ class RatingsModule(pl.LightningModule):
                               "to the module (deepcf.train does)")
         self.l2 = l2
         self.n_train = max(int(train_rows.nnz), 1) if train_rows is not None else 1
+        self.loss_kind, self.eval_topn = loss, bool(eval_topn)
+        self.rates = loss == "mse"  # the outputs are ratings (RMSE/MAE mean something)
+        # top-N candidates: the columns with a training entry (the top-N protocol's rule)
+        cand = None
+        if train_rows is not None:
+            cand = torch.from_numpy(np.bincount(train_rows.indices,
+                                                minlength=train_rows.shape[1]) > 0)
+        self.register_buffer("candidate", cand, persistent=False)
         self.noise = noise
         # plain containers only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             dict(net=self.net.spec(), init=init, noise=noise, optimizer=optimizer,
                  scheduler=_plain(scheduler), rating_min=float(rating_min),
                  rating_max=float(rating_max), train_mean=float(train_mean),
-                 train_path=train_path, sparse_grad=sparse_grad, l2=l2),
+                 train_path=train_path, sparse_grad=sparse_grad, l2=l2, loss=loss,
+                 eval_topn=bool(eval_topn)),
             logger=False,
         )
         for split in ("val", "test"):
@@ -149,7 +202,10 @@ class RatingsModule(pl.LightningModule):
             setattr(self, f"{split}_mae", MeanAbsoluteError())
             setattr(self, f"{split}_n", SumMetric())
             setattr(self, f"{split}_fallback", SumMetric())
+            setattr(self, f"{split}_ndcg", SumMetric())
+            setattr(self, f"{split}_ndcg_rows", SumMetric())
         self.val_rmse_best = MinMetric()
+        self.val_ndcg_best = MaxMetric()
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -159,13 +215,23 @@ class RatingsModule(pl.LightningModule):
         targets = Pattern.from_offsets(off, idx, self.net.width)
         c_idx, c_val, c_off = corrupt(idx, val, off, **self.noise)
         inputs = targets if c_idx is idx else Pattern.from_offsets(c_off, c_idx, self.net.width)
-        if self.dense_train:
-            pred = dense_observed(self.net, inputs, c_val, targets)
+        if self.loss_kind == "multinomial":
+            logits, penalty = self.net.train_logits(inputs, c_val, self.global_step)
+            loss = multinomial_nll(logits, targets, val)
+            self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=targets.n_rows)  # epoch value: mean over rows
+            if penalty is not None:
+                self.log("train/penalty", penalty, on_step=False, on_epoch=True,
+                         batch_size=targets.n_rows)
+                loss = loss + penalty
         else:
-            pred = self.net.predict_observed(inputs, c_val, targets, self.sparse_grad)
-        loss = masked_mse(pred, val)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=len(idx))  # epoch value = sum sq err / number of ratings
+            if self.dense_train:
+                pred = dense_observed(self.net, inputs, c_val, targets)
+            else:
+                pred = self.net.predict_observed(inputs, c_val, targets, self.sparse_grad)
+            loss = masked_mse(pred, val)
+            self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                     batch_size=len(idx))  # epoch value = sum sq err / number of ratings
         if self.l2 > 0:
             penalty = l2_penalty(self.net, self.l2) / self.n_train
             self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=len(idx))
@@ -182,13 +248,39 @@ class RatingsModule(pl.LightningModule):
                                 hp.train_mean)
 
     def _eval_step(self, split: str, batch: dict) -> None:
+        if self.eval_topn:
+            self._topn_step(split, batch)
+        if not self.rates:
+            return
         pred, target = self.predict_targets(batch), batch["tgt_val"]
         getattr(self, f"{split}_rmse").update(pred, target)
         getattr(self, f"{split}_mae").update(pred, target)
         getattr(self, f"{split}_n").update(target.new_tensor(float(len(target))))
         getattr(self, f"{split}_fallback").update(batch["tgt_cold"].sum().float())
 
-    def _eval_log(self, split: str) -> torch.Tensor:
+    def _topn_step(self, split: str, batch: dict) -> None:
+        """NDCG@10 of the batch's rows: every unseen candidate column ranked by the dense
+        forward of the row's training entries, its held-out entries relevant."""
+        idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
+        rows = entry_rows(off, len(idx))
+        x = val.new_zeros(len(off), self.net.width)
+        x[rows, idx] = val
+        ndcg, n = row_ndcg(self.net(x), (rows, idx), (batch["tgt_row"], batch["tgt_idx"]),
+                           self.candidate)
+        getattr(self, f"{split}_ndcg").update(x.new_tensor(float(ndcg.sum())))
+        getattr(self, f"{split}_ndcg_rows").update(x.new_tensor(float(n)))
+
+    def _topn_log(self, split: str) -> torch.Tensor:
+        total, n = (getattr(self, f"{split}_ndcg{s}").compute() for s in ("", "_rows"))
+        ndcg = total / n.clamp(min=1)
+        self.log(f"{split}/ndcg@{TOPN_K}", ndcg, prog_bar=True)
+        for name in ("ndcg", "ndcg_rows"):
+            getattr(self, f"{split}_{name}").reset()
+        return ndcg
+
+    def _eval_log(self, split: str) -> torch.Tensor | None:
+        if not self.rates:
+            return None
         rmse = getattr(self, f"{split}_rmse").compute()
         self.log(f"{split}/rmse", rmse, prog_bar=True)
         self.log(f"{split}/mae", getattr(self, f"{split}_mae").compute())
@@ -200,19 +292,26 @@ class RatingsModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_rmse_best.reset()
+        self.val_ndcg_best.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)
 
     def on_validation_epoch_end(self) -> None:
         # the sanity-check value is dropped by the reset in on_train_start
-        self.val_rmse_best.update(self._eval_log("val"))
-        self.log("val/rmse_best", self.val_rmse_best.compute(), prog_bar=True)
+        if self.eval_topn:
+            self.val_ndcg_best.update(self._topn_log("val"))
+            self.log(f"val/ndcg@{TOPN_K}_best", self.val_ndcg_best.compute(), prog_bar=True)
+        if self.rates:
+            self.val_rmse_best.update(self._eval_log("val"))
+            self.log("val/rmse_best", self.val_rmse_best.compute(), prog_bar=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
+        if self.eval_topn:
+            self._topn_log("test")
         self._eval_log("test")
 
     # -- optimisation -----------------------------------------------------------------------

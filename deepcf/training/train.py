@@ -107,6 +107,7 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    check_ranking_monitors(cfg)
     dm = build(cfg.data, "data")
     dm.setup("fit")
     lo, hi = dm.rating_range
@@ -191,9 +192,33 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
     }
 
 
+def check_ranking_monitors(cfg: DictConfig) -> None:
+    """A callback monitoring a metric the run does not log is one line, before training: a
+    multinomial model logs no RMSE, and val/ndcg@10 needs model.eval_topn=true."""
+    from deepcf.training.loss import LOSSES
+
+    model = cfg.get("model") or {}
+    if model.get("loss", "mse") not in LOSSES:
+        raise ConfigError(f"model.loss={model.get('loss')!r} is not one of {', '.join(LOSSES)} "
+                          f"(the loss config group: loss=mse or loss=multinomial)")
+    logged = {"val/ndcg@10"} if model.get("eval_topn", False) else set()
+    if model.get("loss", "mse") == "mse":
+        logged.add("val/rmse")
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        monitor = conf.get("monitor") if isinstance(conf, DictConfig) else None
+        if monitor and monitor.startswith("val/") and monitor not in logged:
+            hint = ("callbacks=ranking model.eval_topn=true" if monitor == "val/rmse" else
+                    "model.eval_topn=true")
+            raise ConfigError(f"callbacks.{name}.monitor={monitor} is not logged by this run "
+                              f"(model.loss={model.get('loss', 'mse')}, model.eval_topn="
+                              f"{str(bool(model.get('eval_topn', False))).lower()}): use {hint}")
+
+
 def run_status(metrics: dict) -> str:
-    """"diverged" when the final score (test RMSE, else best val RMSE) is not finite."""
-    key = "test/rmse" if "test/rmse" in metrics else "val/rmse_best"
+    """"diverged" when the final score (test RMSE, else best val RMSE, else the NDCG@10 of a
+    ranking run) is not finite."""
+    key = next((k for k in ("test/rmse", "val/rmse_best", "test/ndcg@10", "val/ndcg@10_best")
+                if k in metrics), "test/rmse")
     value = metrics.get(key)
     return "diverged" if value is not None and not math.isfinite(value) else "ok"
 
@@ -207,7 +232,9 @@ def strict_json(summary: dict) -> str:
 
 # model options added after runs may have been written, at their defaults (the old behaviour)
 _MODEL_KEYS_ADDED = {("model", "residual"): "none", ("model", "row_bias_reg"): 5.0,
-                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0}
+                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0,
+                     ("data", "implicit"): None, ("model", "loss"): "mse",
+                     ("model", "eval_topn"): False}
 _DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
 
 
@@ -294,18 +321,26 @@ def _fmt(x) -> str:
 
 
 def _print_summary(s: dict) -> None:
+    # a net whose outputs only rank (EDLAE) still logs an RMSE; it means nothing
+    rates = ("test/rmse" in s or "val/rmse_best" in s) and s.get("scores", "ratings") == "ratings"
+    tested = any(k.startswith("test/") for k in s)  # test=false (a search) scores no test
     lines = [
         f"deepcf: {s['experiment']} on {s['data']} ({s['shape'][0]} users x {s['shape'][1]} "
         f"movies, rows={s['orientation']}s), {s['epochs']} epochs",
-        f"  test RMSE {_fmt(s.get('test/rmse'))}  MAE {_fmt(s.get('test/mae'))}  "
-        f"({int(s.get('test/n_ratings', 0))} ratings, {int(s.get('test/n_fallback', 0))} "
-        f"scored by the training-mean fallback)",
-        f"  best val RMSE {_fmt(s.get('val/rmse_best'))}",
-        *([f"  ranking scores, not ratings: the RMSE above means nothing here; rank with "
-           f"python -m deepcf.evaluate {s['run_dir']} --protocol topn"]
-          if s.get("scores") == "ranking" else []),
+        *([f"  test RMSE {_fmt(s.get('test/rmse'))}  MAE {_fmt(s.get('test/mae'))}  "
+           f"({int(s.get('test/n_ratings', 0))} ratings, {int(s.get('test/n_fallback', 0))} "
+           f"scored by the training-mean fallback)"] if rates and tested else []),
+        *([f"  best val RMSE {_fmt(s.get('val/rmse_best'))}"] if rates else
+          ["  no RMSE: a ranking model's outputs are scores, not ratings"]),
+        *([(f"  test NDCG@10 {_fmt(s.get('test/ndcg@10'))}  " if tested else "  ") +
+           f"best val NDCG@10 {_fmt(s.get('val/ndcg@10_best'))} (each row's unseen movies "
+           "ranked)"]
+          if "val/ndcg@10_best" in s or "test/ndcg@10" in s else []),
+        *([] if tested else ["  test split not scored (test=false)"]),
+        *([f"  rank with python -m deepcf.evaluate {s['run_dir']} --protocol topn"]
+          if not rates and "run_dir" in s else []),
         *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
-          if not math.isfinite(s.get("test/rmse", 0.0)) else []),
+          if run_status(s) == "diverged" else []),
         f"  run dir: {s['run_dir']}",
         f"  ONNX:    {s['onnx'] or 'not exported'}",
     ]
