@@ -62,6 +62,9 @@ bench: install
 	$(PY) -m deepcf.bench.scoring --threads 2 --out outputs/bench_scoring.md
 	printf '\n## Scoring: onnxruntime vs PyTorch eager\n\n' >> BENCHMARKS.md
 	cat outputs/bench_scoring.md >> BENCHMARKS.md
+	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench.multinomial --scale movies_full --batches 10 --out outputs/bench_multinomial.md
+	printf '\n' >> BENCHMARKS.md
+	cat outputs/bench_multinomial.md >> BENCHMARKS.md
 
 # re-run every <!-- transcript: ... --> block of README.md (make train, evaluate, recommend, the
 # full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed
