@@ -400,6 +400,10 @@ def _standardised(S: np.ndarray) -> np.ndarray:
 
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 1.0)
+# the EASE + Mult-DAE row's carve coverage@10 floor: 0, the best carve NDCG@10. With the target's
+# 0.30 every split of ML-100K chose w = 1 (Mult-DAE alone: carve coverage@10 runs below test
+# coverage, 0.29 vs 0.32 at w = 0.9 on split 0), a copy of the Mult-DAE row.
+BLEND_MIN_COVERAGE = 0.0
 
 
 def blend_weight(score_a, score_b, fit, val, weights=BLEND_WEIGHTS,
@@ -424,7 +428,7 @@ def _ease_dae_blend(train, val, params, task):
     dae = ranker(MULT_DAE)(train, val, params, task)
     ease = _ease(train, val, {"lam": lam}, task)
     if val is not None:
-        w = blend_weight(ease, dae, train, val)
+        w = blend_weight(ease, dae, train, val, min_coverage=BLEND_MIN_COVERAGE)
     info = {"epochs": dae.info["epochs"], "w": float(w)}
     return _Fitted(lambda users: (1 - w) * _standardised(ease(users))
                    + w * _standardised(dae(users)), info)
@@ -438,18 +442,21 @@ register(Row("Mult-DAE", "topn", ranker(MULT_DAE), kind="contender", select_epoc
                   "epochs. Batch 64/128 and latent 100/200 were tried on split 0's carve: batch "
                   "128 was better (0.259 vs 0.251); latent 100 had the higher carve NDCG (0.266) "
                   "at a lower carve coverage@10 (0.347 vs 0.370): Liang's 200 kept"))
-register(Row("Mult-VAE", "topn", ranker(MULT_VAE), kind="contender", select_epochs=True,
-             note="`experiment=mult_vae`: Mult-DAE's shape with the Gaussian code (mean at "
-                  "inference), KL annealed to beta 0.2 over 200 steps (~25 epochs); otherwise "
-                  "as the Mult-DAE row"))
+register(Row("Mult-VAE", "topn",
+             ranker([*MULT_VAE, "callbacks.early_stopping.patience=10"]), kind="contender",
+             select_epochs=True,
+             note="`experiment=mult_vae callbacks.early_stopping.patience=10`: Mult-DAE's shape "
+                  "with the Gaussian code (mean at inference), KL annealed to beta 0.2 over 200 "
+                  "steps (~25 epochs); otherwise as the Mult-DAE row, with early stopping "
+                  "patience 10 (not 20) to keep `make accuracy` short"))
 register(Row("ensemble: EASE + Mult-DAE", "topn", _ease_dae_blend, grid=[{"lam": 400.0}],
              kind="ensemble", select_epochs=True,
              note="an ensemble, never counted as a single model: (1 - w) * EASE + w * Mult-DAE "
                   "on each user's standardised scores (mean 0, std 1 over the movies); EASE at "
                   "the EASE row's default lam 400, Mult-DAE as its row; w from "
-                  f"{'/'.join(f'{w:g}' for w in BLEND_WEIGHTS)} by the rule: the best carve "
-                  f"NDCG@10 among weights whose carve coverage@10 >= {COVERAGE_TARGET:.2f} (the "
-                  "best carve NDCG@10 if none); the refit keeps w and the DAE's epochs"))
+                  f"{'/'.join(f'{w:g}' for w in BLEND_WEIGHTS)} by the best carve NDCG@10 "
+                  "(no coverage floor: with a carve coverage@10 >= 0.30 floor every split chose "
+                  "w = 1, Mult-DAE alone); the refit keeps w and the DAE's epochs"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +642,7 @@ def targets(rating: list[RowResult], topn: list[RowResult]) -> list[dict]:
                 "best": best.row.name if best else "–",
                 "value": f"RMSE {rmse:.4f}" if best else "–",
                 "met": bool(best) and rmse <= RATING_TARGET})
-    ok = [r for r in topn if not r.error]
+    ok = [r for r in topn if not r.error and r.row.kind != "ensemble"]
     best = max(ok, key=lambda r: np.nan_to_num(_mean(r, "ndcg@10"), nan=-np.inf), default=None)
     qualifying = [r for r in ok if _mean(r, "ndcg@10") >= NDCG_TARGET
                   and _mean(r, "coverage@10") >= COVERAGE_TARGET]
