@@ -28,21 +28,22 @@ def _rows(seed=0, n_rows=N_ROWS, width=WIDTH, density=0.3) -> sp.csr_matrix:
     return sp.csr_matrix(X)
 
 
-def _residual_net(train: sp.csr_matrix, **options) -> AutoEncoder:
+def _residual_net(train: sp.csr_matrix, residual="bias", **options) -> AutoEncoder:
     torch.manual_seed(0)
-    net = AutoEncoder.build(train.shape[1], hidden=[6, 4], residual="bias", row_bias_reg=3.0,
+    net = AutoEncoder.build(train.shape[1], hidden=[6, 4], residual=residual, row_bias_reg=3.0,
                             col_bias_reg=2.0, **options).double()
     net.fit_data(train)
     return net
 
 
 def _brute_force(net: AutoEncoder, train: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
-    """mu + b_j + b_row + AE(residual input), with the biases computed in numpy."""
+    """mu + b_j + b_row + AE(input), with the biases computed in numpy; the input is the
+    residual (residual=bias) or the raw ratings (residual=target)."""
     mu, _, b_col = fit_biases(train, reg_u=3.0, reg_i=2.0)
     mask = X != 0
     r = np.where(mask, X - mu - b_col[None, :], 0.0)
     b_row = r.sum(1) / (3.0 + mask.sum(1))
-    inp = np.where(mask, r - b_row[:, None], 0.0)
+    inp = np.where(mask, r - b_row[:, None], 0.0) if net.config.residual == "bias" else X
     plain = AutoEncoder.build(X.shape[1], hidden=[6, 4]).double()
     plain.load_state_dict({k: v for k, v in net.state_dict().items()
                            if k not in ("mu", "col_bias")})
@@ -51,9 +52,10 @@ def _brute_force(net: AutoEncoder, train: sp.csr_matrix, X: np.ndarray) -> np.nd
     return mu + b_col[None, :] + b_row[:, None] + core
 
 
-def test_residual_forward_equals_the_brute_force_computation():
+@pytest.mark.parametrize("residual", ["bias", "target"])
+def test_residual_forward_equals_the_brute_force_computation(residual):
     train = _rows()
-    net = _residual_net(train)
+    net = _residual_net(train, residual)
     mu, _, b_col = fit_biases(train, reg_u=3.0, reg_i=2.0)
     assert float(net.mu) == pytest.approx(mu)
     np.testing.assert_allclose(net.col_bias.numpy(), b_col)
@@ -70,15 +72,16 @@ def test_residual_forward_equals_the_brute_force_computation():
     assert b_row[3] == 0.0
 
 
+@pytest.mark.parametrize("residual", ["bias", "target"])
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3}])
-def test_residual_sparse_and_dense_training_steps_agree(tied, noise):
+def test_residual_sparse_and_dense_training_steps_agree(tied, noise, residual):
     train = _rows()
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = RatingsModule(WIDTH, hidden=[6, 4], residual="bias", tied=tied, noise=noise,
+    a = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
                       optimizer=opt, train_path="sparse", train_rows=train)
-    b = RatingsModule(WIDTH, hidden=[6, 4], residual="bias", tied=tied, noise=noise,
+    b = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
                       optimizer=opt, train_path="dense", train_rows=train)
     b.load_state_dict(a.state_dict())
     a, b = a.double(), b.double()
@@ -96,11 +99,12 @@ def test_residual_sparse_and_dense_training_steps_agree(tied, noise):
     torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
 
 
-def test_residual_net_exports_to_onnx_with_parity(tmp_path):
+@pytest.mark.parametrize("residual", ["bias", "target"])
+def test_residual_net_exports_to_onnx_with_parity(tmp_path, residual):
     from deepcf.serving.export import export_onnx, parity
 
     train = _rows()
-    net = _residual_net(train).float().eval()
+    net = _residual_net(train, residual).float().eval()
     rows = _rows(seed=1).toarray().astype(np.float32)
     path = tmp_path / "res.onnx"
     export_onnx(net, path, torch.from_numpy(rows[:4]), {})
