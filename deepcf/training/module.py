@@ -18,6 +18,8 @@
   the step adds lambda/2 * ||W||^2 / N (N: training ratings): with a full batch that is the
   paper's objective divided by N (same minimiser, same lambda), and the batch means of an epoch
   keep that ratio. Its gradient is dense, so l2 > 0 means dense gradients.
+- the net's own regulariser (`net.penalty()`, e.g. the kernel net's sparsity) is added in the
+  same units, divided by N.
 - `train_rows` (not a config key): the training rows (a rows x width CSR) for nets that fit
   something from them (`net.fit_data`, e.g. the bias residual) and for N above.
 - val/test follow the held-out protocol of deepcf.data.heldout (inputs are training rows,
@@ -56,12 +58,13 @@ def _plain(conf: Any) -> Any:
     return conf
 
 
-def weight_norm2(net: torch.nn.Module) -> torch.Tensor:
-    """||W||^2 over the weights only: every parameter with 2+ dimensions (a tied weight once)."""
-    return sum(p.pow(2).sum() for p in net.parameters() if p.dim() >= 2)
+def weight_norm2(net) -> torch.Tensor:
+    """||W||^2 over the net's weights (`l2_weights`: every parameter with 2+ dimensions unless
+    the net says otherwise; a tied weight once)."""
+    return sum(p.pow(2).sum() for p in net.l2_weights())
 
 
-def l2_penalty(net: torch.nn.Module, lam: float) -> torch.Tensor:
+def l2_penalty(net, lam: float) -> torch.Tensor:
     """lambda/2 * ||W||^2, AutoRec's regulariser (biases excluded)."""
     return lam / 2.0 * weight_norm2(net)
 
@@ -120,9 +123,9 @@ class RatingsModule(pl.LightningModule):
                               f"rows: pass train_rows to the module (deepcf.train does)")
         if train_rows is not None:
             self.net.fit_data(train_rows)
-        if l2 > 0 and train_rows is None:
-            raise ConfigError("model.l2 needs the training rows (N, its scale): pass train_rows "
-                              "to the module (deepcf.train does)")
+        if (l2 > 0 or self.net.penalty() is not None) and train_rows is None:
+            raise ConfigError("model.l2 (or the net's own penalty) needs the training rows (N, "
+                              "its scale): pass train_rows to the module (deepcf.train does)")
         self.l2 = l2
         self.n_train = max(int(train_rows.nnz), 1) if train_rows is not None else 1
         self.noise = noise
@@ -158,6 +161,11 @@ class RatingsModule(pl.LightningModule):
             penalty = l2_penalty(self.net, self.l2) / self.n_train
             self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=len(idx))
             loss = loss + penalty
+        own = self.net.penalty()  # e.g. the kernel net's sparsity, same units as l2
+        if own is not None:
+            own = own / self.n_train
+            self.log("train/penalty", own, on_step=False, on_epoch=True, batch_size=len(idx))
+            loss = loss + own
         return loss
 
     # -- held-out scoring -------------------------------------------------------------------
