@@ -13,6 +13,7 @@ import torch
 from deepcf.errors import ConfigError
 from deepcf.models.kernel import KernelNet
 from deepcf.training.module import RatingsModule, l2_penalty
+from tests.helpers import assert_same_training_step
 
 WIDTH = 12
 
@@ -83,6 +84,31 @@ def test_kernel_starts_near_one_and_the_step_adds_its_penalty():
     assert float(loss.detach()) == pytest.approx(mse + own / train.nnz, rel=1e-10)
     with pytest.raises(ConfigError, match="train_rows"):
         RatingsModule(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[4])
+
+
+@pytest.mark.parametrize("residual", ["none", "target"])
+@pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3}])
+def test_kernel_sparse_and_dense_training_steps_agree(residual, noise):
+    train = sp.csr_matrix(_rows(seed=1, n=8))
+    kw = dict(net="deepcf.models.kernel.KernelNet", hidden=[5, 4], dim=3, residual=residual,
+              noise=noise, l2=1.0, train_rows=train, optimizer={"_target_": "torch.optim.Rprop"})
+    a = RatingsModule(WIDTH, train_path="sparse", **kw)
+    b = RatingsModule(WIDTH, train_path="dense", **kw)
+    with torch.no_grad():
+        for p in [*a.net.u, *a.net.v]:
+            p.normal_(0.0, 0.5)
+    b.load_state_dict(a.state_dict())
+    a, b = a.double(), b.double()
+    batch = {"in_idx": torch.from_numpy(train.indices.astype(np.int64)),
+             "in_val": torch.from_numpy(train.data),
+             "in_off": torch.from_numpy(train.indptr[:-1].astype(np.int64))}
+    assert_same_training_step(a, b, batch, atol=1e-10, rtol=1e-8)
+    rows, cols = np.nonzero(_rows(seed=5, n=8))
+    with torch.no_grad():  # held-out scoring reads the dense forward at the targets
+        dense = a.net(torch.from_numpy(train.toarray()))[rows, cols]
+        at = a.net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
+                              torch.from_numpy(rows), torch.from_numpy(cols))
+    torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("residual", ["none", "target"])

@@ -17,9 +17,12 @@ GLocal-K's tf code writes 0.5 * sum sq err + lambda_2/2 ||W||^2 + lambda_s/2 ||K
 deepcf's scale: its ML-100K values (lambda_2 20, lambda_s 0.006) are l2=40, sparsity=0.012 here.
 GLocal-K's global-kernel fine-tuning (a convolution of the rating matrix) is not part of this net.
 
-The net is dense (the contract's densifying `predict_observed`/`predict_at`): meant for the item
-orientation, rows = movies of width = users, trained full-batch (experiment=glocal_k). The bias
-residual of deepcf.models.residual is an option (`residual`), as for the autoencoder.
+`forward` is the dense computation (ONNX, ranking). Training and held-out scoring take the
+autoencoder's sparse path: the effective weights W * K are formed once per step (small:
+units x width), then the first layer is a sparse product over the batch's ratings and the last
+is evaluated at the target entries only (deepcf.models.sparse_ops; gradients dense). Meant for
+the item orientation, rows = movies of width = users, trained full-batch (experiment=glocal_k).
+The bias residual of deepcf.models.residual is an option (`residual`), as for the autoencoder.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import ACTIVATIONS
 from deepcf.models.contract import RatingNet, check_init, init_matrix
 from deepcf.models.residual import BiasResidual
+from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
 
 
 @dataclass
@@ -87,15 +91,48 @@ class KernelNet(BiasResidual, RatingNet):
     def kernels(self) -> list[torch.Tensor]:
         return [local_kernel(u, v) for u, v in zip(self.u, self.v)]
 
+    def effective_weights(self) -> list[torch.Tensor]:
+        """W_l * K_l, (out, in) per layer."""
+        return [w * k for w, k in zip(self.weight, self.kernels())]
+
+    def _middle(self, z: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """From the first layer's pre-activation to the last hidden layer."""
+        z = self.act(z)
+        for w, b in zip(weights[1:-1], self.bias[1:-1]):
+            z = self.act(F.linear(z, w, b))
+        return z
+
+    def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
+                         sparse_grad: bool = False) -> torch.Tensor:
+        """Training outputs at the targets: the first layer over the batch's ratings, the last
+        at the target entries only; the same numbers as the dense forward (tests/test_kernel)."""
+        if self.residual:
+            values, b_row = self.residual_entries(inputs.idx, values, inputs.off)
+        weights = self.effective_weights()
+        z = sparse_encode(weights[0].t(), values, inputs, False) + self.bias[0]
+        out = sampled_decode(self._middle(z, weights), weights[-1], self.bias[-1], targets,
+                             False)
+        if self.residual:
+            out = out + self.base_at(b_row, entry_rows(targets.off, len(targets.idx)),
+                                     targets.idx)
+        return out
+
+    def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
+        if self.residual:
+            val, b_row = self.residual_entries(idx, val, off)
+        weights = self.effective_weights()
+        z = F.embedding_bag(idx, weights[0].t(), off, mode="sum", per_sample_weights=val)
+        h = self._middle(z + self.bias[0], weights)
+        out = torch.einsum("nk,nk->n", h[tgt_row], weights[-1][tgt_idx]) + self.bias[-1][tgt_idx]
+        return out + self.base_at(b_row, tgt_row, tgt_idx) if self.residual else out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense rows (batch, width) -> predicted ratings for every column (batch, width)."""
-        h, base = self.dense_residual(x)  # base: mu + b_col + b_row, or None
-        layers = list(zip(self.weight, self.kernels(), self.bias))
-        for k, (w, kern, b) in enumerate(layers):
-            h = F.linear(h, w * kern, b)
-            if k < len(layers) - 1:
-                h = self.act(h)
-        return h if base is None else h + base
+        x, base = self.dense_residual(x)  # base: mu + b_col + b_row, or None
+        weights = self.effective_weights()
+        h = self._middle(F.linear(x, weights[0], self.bias[0]), weights)
+        out = F.linear(h, weights[-1], self.bias[-1])
+        return out if base is None else out + base
 
     # -- the objective's terms -----------------------------------------------------------------
     def l2_weights(self) -> list[torch.Tensor]:
