@@ -203,7 +203,8 @@ def strict_json(summary: dict) -> str:
 
 # model options added after runs may have been written, at their defaults (the old behaviour)
 _MODEL_KEYS_ADDED = {("model", "residual"): "none", ("model", "row_bias_reg"): 5.0,
-                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0}
+                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0,
+                     ("model", "refeed"): False}
 _DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
 
 
