@@ -13,7 +13,11 @@ import torch
 from deepcf.errors import ConfigError
 from deepcf.models.kernel import KernelNet
 from deepcf.training.module import RatingsModule, l2_penalty
-from tests.helpers import assert_same_training_step
+from tests.helpers import (
+    assert_predict_at_reads_the_dense_forward,
+    assert_same_training_step,
+    flat_batch,
+)
 
 WIDTH = 12
 
@@ -72,10 +76,7 @@ def test_kernel_starts_near_one_and_the_step_adds_its_penalty():
     m = RatingsModule(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[5, 4], dim=3,
                       sparsity=0.3, l2=2.0, train_rows=train,
                       optimizer={"_target_": "torch.optim.Rprop"}).double()
-    batch = {"in_idx": torch.from_numpy(train.indices.astype(np.int64)),
-             "in_val": torch.from_numpy(train.data),
-             "in_off": torch.from_numpy(train.indptr[:-1].astype(np.int64))}
-    loss = m.training_step(batch, 0)
+    loss = m.training_step(flat_batch(train), 0)
     with torch.no_grad():
         pred = m.net(torch.from_numpy(train.toarray())).numpy()
         r, c = train.nonzero()
@@ -99,16 +100,8 @@ def test_kernel_sparse_and_dense_training_steps_agree(residual, noise):
             p.normal_(0.0, 0.5)
     b.load_state_dict(a.state_dict())
     a, b = a.double(), b.double()
-    batch = {"in_idx": torch.from_numpy(train.indices.astype(np.int64)),
-             "in_val": torch.from_numpy(train.data),
-             "in_off": torch.from_numpy(train.indptr[:-1].astype(np.int64))}
-    assert_same_training_step(a, b, batch, atol=1e-10, rtol=1e-8)
-    rows, cols = np.nonzero(_rows(seed=5, n=8))
-    with torch.no_grad():  # held-out scoring reads the dense forward at the targets
-        dense = a.net(torch.from_numpy(train.toarray()))[rows, cols]
-        at = a.net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
-                              torch.from_numpy(rows), torch.from_numpy(cols))
-    torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
+    assert_same_training_step(a, b, flat_batch(train), atol=1e-10, rtol=1e-8)
+    assert_predict_at_reads_the_dense_forward(a.net, train, _rows(seed=5, n=8))
 
 
 @pytest.mark.parametrize("residual", ["none", "target"])

@@ -14,7 +14,11 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.study.baselines import fit_biases
 from deepcf.training.module import RatingsModule, l2_penalty
-from tests.helpers import assert_same_training_step
+from tests.helpers import (
+    assert_predict_at_reads_the_dense_forward,
+    assert_same_training_step,
+    flat_batch,
+)
 
 N_ROWS, WIDTH = 9, 40
 
@@ -85,18 +89,9 @@ def test_residual_sparse_and_dense_training_steps_agree(tied, noise, residual):
                       optimizer=opt, train_path="dense", train_rows=train)
     b.load_state_dict(a.state_dict())
     a, b = a.double(), b.double()
-    X = train
-    batch = {"in_idx": torch.from_numpy(X.indices.astype(np.int64)),
-             "in_val": torch.from_numpy(X.data),
-             "in_off": torch.from_numpy(X.indptr[:-1].astype(np.int64))}
-    assert_same_training_step(a, b, batch, atol=1e-10, rtol=1e-8)
+    assert_same_training_step(a, b, flat_batch(train), atol=1e-10, rtol=1e-8)
     # held-out scoring (predict_at) reads the dense forward at the targets
-    rows, cols = np.nonzero(_rows(seed=2).toarray())
-    with torch.no_grad():
-        dense = a.net(torch.from_numpy(X.toarray()))[rows, cols]
-        at = a.net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
-                              torch.from_numpy(rows), torch.from_numpy(cols))
-    torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
+    assert_predict_at_reads_the_dense_forward(a.net, train, _rows(seed=2).toarray())
 
 
 @pytest.mark.parametrize("residual", ["bias", "target"])
