@@ -369,7 +369,8 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
     # the autoencoder contenders and the blend trained, chose their epochs, and were refitted
     for name in ("I-AutoRec (published: L2 on weights, full-batch Rprop)",
                  "I-AutoRec + residual target", "I-AutoRec + bias residual",
-                 "U-AutoRec + bias residual", "I-AutoRec with GLocal-K's local kernel",
+                 "U-AutoRec + bias residual", "U-AutoRec + dense re-feeding",
+                 "I-AutoRec with GLocal-K's local kernel",
                  "blend: I-AutoRec + residual target, kernelised I-AutoRec, biased MF"):
         assert rating[name].error is None, rating[name].error
         assert all(1 <= i[k] <= 4 for i in rating[name].info for k in i

@@ -230,6 +230,17 @@ register(Row("U-AutoRec + bias residual", "rating",
              grid=[{"model.l2": 50.0}], kind="contender", select_epochs=True,
              note="`experiment=i_autorec data.orientation=user model.residual=bias`: rows are "
                   "users, otherwise as the I-AutoRec rows"))
+U_AUTOREC_ADAM = [*I_AUTOREC, "data.orientation=user", "optimizer=adam",
+                  "model.optimizer.lr=0.001", "data.batch_size=128", "trainer.max_epochs=100",
+                  "callbacks.early_stopping.patience=10"]
+register(Row("U-AutoRec + dense re-feeding", "rating",
+             contender([*U_AUTOREC_ADAM, "model.refeed=true"]), grid=[{"model.l2": 100.0}],
+             kind="contender", select_epochs=True,
+             note="`experiment=i_autorec data.orientation=user optimizer=adam "
+                  "model.optimizer.lr=0.001 data.batch_size=128 model.refeed=true`: rows are "
+                  "users, batches of 128 with Adam, and after each masked step a second step "
+                  "feeding the dense output y = f(x) back with target y (DeepRecommender); "
+                  "early stopping on the carve (patience 10, up to 100 epochs)"))
 KERNEL = ["experiment=glocal_k", "model.hidden=[500]"]
 register(Row("I-AutoRec with GLocal-K's local kernel", "rating", contender(KERNEL),
              grid=[{"model.l2": v} for v in (100.0, 200.0)], defaults={"model.l2": 100.0},
