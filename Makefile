@@ -64,9 +64,10 @@ bench: install
 	cat outputs/bench_scoring.md >> BENCHMARKS.md
 
 # re-run every <!-- transcript: ... --> block of README.md (make train, evaluate, recommend, the
-# full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed
+# full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed;
+# MATCH=TEXT re-runs only the blocks whose command contains TEXT
 readme: install
-	$(PY) -m deepcf.study.transcripts README.md
+	$(PY) -m deepcf.study.transcripts README.md $(if $(MATCH),--match '$(MATCH)')
 # issue 9: every registered row (baselines now, autoencoder contenders later) on the rating and
 # top-N protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (a few minutes on 2 cores)
 .PHONY: accuracy accuracy-quick

@@ -21,7 +21,8 @@ PROG = "deepcf.evaluate"
 def parser() -> argparse.ArgumentParser:
     p = serving_parser(PROG, __doc__, [
         "python -m deepcf.evaluate outputs/train/runs/2026-01-01_12-00-00",
-        "python -m deepcf.evaluate --model model.onnx --input train.npz --target test.npz"],
+        "python -m deepcf.evaluate --model model.onnx --input train.npz --target test.npz",
+        "python -m deepcf.evaluate logs/edlae/runs/2026-01-01_12-00-00 --protocol topn"],
         "a training run dir: its model.onnx on its own test split, re-created from "
         "config_resolved.yaml")
     p.add_argument("--input", help="without RUN_DIR: the training ratings (ratings file with "
@@ -30,6 +31,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--k", type=int, nargs="+", default=[10, 20], help="ranking cutoffs")
     p.add_argument("--threshold", type=float, default=4.0,
                    help="relevant = held-out rating >= this (default 4)")
+    p.add_argument("--protocol", choices=["rating", "topn"], default="rating",
+                   help="rating (default): RMSE/MAE and ranking with relevance >= --threshold; "
+                        "topn: the top-N protocol of make accuracy on the same holdout (every "
+                        "held-out rating relevant, capped recall, coverage, Gini; for ranking "
+                        "models such as experiment=edlae)")
     p.add_argument("--out", help="write the metrics as JSON here "
                    "(default RUN_DIR/eval_metrics.json with a run dir)")
     p.add_argument("--wandb", action="store_true",
@@ -54,11 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:
             r = evaluate_run(args.run_dir, args.model, args.k, args.threshold, args.chunk,
-                             args.cache_dir)
+                             args.cache_dir, args.protocol, args.pop_beta)
             out = args.out or str(Path(args.run_dir) / "eval_metrics.json")
         elif args.model and args.input and args.target:
             r = evaluate_files(args.model, args.input, args.target, args.k, args.threshold,
-                               args.chunk)
+                               args.chunk, args.protocol, args.pop_beta)
             out = args.out
         else:
             raise DeepCFError("give a RUN_DIR, or --model with --input and --target")

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                           args.cache_dir)
         users = data.user_ids if args.all else parse_ids(args.user)
         data.rows_of(users)  # every unknown id is reported before any scoring
-        stream = recommend(scorer, card, data, users, args.n, args.chunk)
+        stream = recommend(scorer, card, data, users, args.n, args.chunk, args.pop_beta)
         shown: list[dict] = []
         with ExitStack() as stack:
             writer = None
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if len(users) <= args.show:
                     shown.append(rec)
         if shown:
-            print(format_table(shown), flush=True)
+            print(format_table(shown, card.scores, args.pop_beta), flush=True)
         else:
             print(f"{len(users)} users (more than --show {args.show}; not printed)")
         if args.csv:

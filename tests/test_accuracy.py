@@ -423,3 +423,51 @@ def test_a_row_that_fails_or_diverges_is_reported_not_fatal(cache_dir):
     unstable = next(r for r in report["rating"] if r.row.name == "unstable")
     assert unstable.params == [{"reg": 0.5}]  # the diverged setting is never chosen
     assert report["targets"][0]["best"] == "unstable"
+
+
+def test_itemknn_matches_brute_force():
+    from deepcf.study.baselines import fit_itemknn
+
+    rng = np.random.default_rng(4)
+    X = (rng.random((30, 10)) < 0.4).astype(np.float64)
+    S = fit_itemknn(sp.csr_matrix(X * 3.0), k=3)
+    for j in range(10):
+        cos = {i: X[:, i] @ X[:, j] / max(np.linalg.norm(X[:, i]) * np.linalg.norm(X[:, j]),
+                                          1e-300) for i in range(10) if i != j}
+        keep = sorted(cos, key=cos.get, reverse=True)[:3]
+        for i in range(10):
+            want = cos[i] if i in keep else 0.0
+            assert S[i, j] == pytest.approx(want, abs=1e-12) or (
+                i != j and cos[i] == cos[keep[-1]])  # a tie at the k-th neighbour: either
+
+
+def test_popularity_correction_divides_scores_by_popularity():
+    X = random_ratings(seed=5)
+    ease = acc.popularity_corrected(acc._ease)
+    got = ease(X, None, {"lam": 10.0, "pop_beta": 0.3}, acc.Task(1, 5, 0))(np.arange(5))
+    plain = acc._ease(X, None, {"lam": 10.0}, acc.Task(1, 5, 0))(np.arange(5))
+    pop = np.maximum(np.bincount(X.indices, minlength=X.shape[1]), 1)
+    np.testing.assert_allclose(got, plain / pop**0.3)
+
+
+def test_min_coverage_selects_the_best_ndcg_among_covering_settings():
+    """Setting 'narrow' ranks better on the carve but recommends few movies; with
+    min_coverage it is not eligible; with none eligible the best NDCG is kept."""
+    X = random_ratings(n_users=60, n_items=40, density=0.3, seed=6)
+    s = topn_split(X, 0)
+
+    def fit(train, val, params, task):
+        pop = np.bincount(train.indices, minlength=train.shape[1]).astype(float)
+        noise = np.random.default_rng(0).random((train.shape[0], train.shape[1]))
+        return acc._Fitted(lambda users: pop + (0.0 if params["narrow"] else 100.0)
+                           * noise[users])
+
+    vals = {n: topn_metrics(fit(s.fit, None, {"narrow": n}, None), s.fit, s.val)
+            for n in (True, False)}
+    assert vals[True]["coverage@10"] < vals[False]["coverage@10"]
+    assert vals[True]["ndcg@10"] > vals[False]["ndcg@10"]
+    grid = [{"narrow": True}, {"narrow": False}]
+    for floor, want in ((None, True), (vals[False]["coverage@10"], False), (2.0, True)):
+        row = acc.Row("r", "topn", fit, grid=grid, min_coverage=floor)
+        _, chosen, _, _ = acc.run_row(row, s, acc.Task(1.0, 5.0, 0))
+        assert chosen["narrow"] is want, floor

@@ -202,3 +202,37 @@ def test_item_oriented_run_evaluates_and_ranks(tmp_path, train_run):
     for rec in recommend(scorer, card, data, users, n=5):
         row = data.rows_of([rec["user_id"]])[0]
         assert col[rec["movie_id"]] not in set(data.X[row].indices)
+
+
+@pytest.mark.parametrize("pop_beta", [0.0, 0.5])
+def test_evaluate_topn_protocol_matches_brute_force(tiny_run, tmp_path, pop_beta):
+    """--protocol topn: the run's test split scored by the top-N protocol's definitions; the
+    brute force ranks, per user, the movies with a training interaction the user has not rated
+    in training or validation (validation movies get -inf: never in a top K here)."""
+    from deepcf.evaluate import main
+    from deepcf.serving.runs import load_model, run_datamodule
+    from tests.test_accuracy import brute_topn
+
+    scorer, card = load_model(tiny_run / "model.onnx")
+    s = run_datamodule(tiny_run).split
+    train, val = s.train.toarray() != 0, s.val.toarray() != 0
+    scores = scorer(s.train.toarray().astype(np.float32)).astype(np.float64)
+    scores /= np.maximum(card.item_train_count, 1) ** pop_beta  # the popularity correction
+    scores[val] = -np.inf
+    assert (train.any(0) & ~train & ~val).sum(1).min() > 10  # enough candidates for every K
+    want = brute_topn(scores, train, s.test.toarray() != 0, (5, 10))
+    r = main([str(tiny_run), "--protocol", "topn", "-k", "5", "10", "--pop-beta", str(pop_beta),
+              "--out", str(tmp_path / "topn.json")])
+    assert r["protocol"] == "topn" and "rating" not in r
+    for name, value in want.items():
+        assert r["topn"][name] == pytest.approx(value, abs=1e-9), name
+    assert json.loads((tmp_path / "topn.json").read_text())["topn"]["n_users"] > 0
+
+
+def test_pop_beta_needs_the_topn_protocol(tiny_run, capsys):
+    from deepcf.evaluate import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tiny_run), "--pop-beta", "0.3"])
+    assert e.value.code == 2
+    assert "--pop-beta corrects a ranking: use it with --protocol topn" in capsys.readouterr().err

@@ -116,6 +116,9 @@ def test_transcripts_are_what_the_commands_print(tmp_path):
                    "<!-- /transcript -->\nmiddle\n<!-- transcript: echo $PWD/x -->\n```\n"
                    "$ echo $PWD/x\nx\n```\n<!-- /transcript -->\n")
     assert rewrite(got, tmp_path) == got  # same output, same file
+    (tmp_path / "f.txt").write_text("changed\n")
+    only = rewrite(got.replace("\nx\n", "\nold\n"), tmp_path, match="cat ")
+    assert "$ cat f.txt\nchanged\n" in only and "$ echo $PWD/x\nold\n" in only
     saved = []
     with pytest.raises(DeepCFError, match="`exit 3` exited with 3"):
         rewrite("<!-- transcript: echo a -->\n<!-- /transcript -->\n"

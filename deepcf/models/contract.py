@@ -22,6 +22,10 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `l2_weights()`: what `model.l2` penalises (default: every parameter with 2+ dims);
   `penalty()`: a term the net adds to the objective, in the summed-error units of l2 (default:
   None, nothing); the kernelised net's kernel sparsity.
+- `closed_form`: True when `fit_data` sets every weight (EDLAE): nothing is learned by
+  gradient; the training module runs no optimizer steps, only validation and checkpointing.
+- `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or
+  "ranking" (outputs only order the movies, e.g. EDLAE's; `recommend` shows no predicted rating).
 - `supports_sparse_grad`: True when `predict_observed` can give row-sparse gradients of the
   width-indexed weights (what LazyAdam and plain SGD update lazily).
 
@@ -51,6 +55,8 @@ class RatingNet(nn.Module):
     Config: ClassVar[type]
     supports_sparse_grad: ClassVar[bool] = False
     needs_train_rows: bool = False  # fit_data must see the training rows before training
+    closed_form: ClassVar[bool] = False  # fit_data sets the weights: no gradient steps
+    scores: ClassVar[str] = "ratings"  # or "ranking": outputs that only order the movies
 
     def __init__(self, config):
         super().__init__()

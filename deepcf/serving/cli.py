@@ -24,6 +24,10 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=256,
                    help="users scored at a time (default 256, see deepcf.bench.scoring)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
+    p.add_argument("--pop-beta", type=float, default=0.0, metavar="B",
+                   help="popularity correction of the ranking: scores / popularity^B "
+                        "(popularity: the movie's training ratings, from the sidecar; on top "
+                        "of a model's own model.pop_beta); default 0, none")
 
 
 def add_allow_target(p: argparse.ArgumentParser) -> None:

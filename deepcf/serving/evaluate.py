@@ -10,6 +10,18 @@ Top-K ranking on the same holdout (see deepcf.serving.metrics for the definition
 the user rated outside the holdout (training, and for a run dir validation too, as RecBole's
 test phase) is set to -inf before the top K; users with no training ratings get the popularity
 ranking.
+
+`protocol="topn"` (`--protocol topn`): the metrics of the top-N protocol of
+deepcf.study.protocols (`topn_metrics`, the code `make accuracy` uses) on the same holdout. A run
+was trained on its own split, so its test part is the only honest holdout: every held-out rating
+is an interaction (binary relevance, no threshold); every movie with a training interaction that
+the user has not rated (in training, or for a run dir in validation) is ranked; Recall@K =
+hits / min(K, |held-out|), NDCG@K binary with the ideal over min(K, |held-out|), coverage@K and
+Gini@K over the catalog. Users with no training rating are not ranked by popularity here: the
+model scores them from an empty row, as the protocol does. It is not the per-user 20% holdout
+of `make accuracy` (the run's split is its datamodule's: a random share of all ratings), so its
+numbers compare runs with each other, not with ACCURACY.md. No RMSE: it is the protocol for
+ranking models (EDLAE's scores are not ratings).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import scipy.sparse as sp
 
 from deepcf.data.heldout import clip_or_fallback
 from deepcf.data.orientation import rows_are_items
-from deepcf.errors import ModelDataMismatch
+from deepcf.errors import DeepCFError, ModelDataMismatch
 from deepcf.serving.metrics import RankingAccumulator
 from deepcf.serving.runs import (
     Ratings,
@@ -38,9 +50,12 @@ from deepcf.serving.scoring import (
     UserScores,
     densify_flat,
     popular_unseen,
+    popularity_weights,
     top_k_unseen,
 )
 from deepcf.serving.sidecar import ModelCard
+
+PROTOCOLS = ("rating", "topn")
 
 
 def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[str, float]:
@@ -101,19 +116,50 @@ def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_
     return out
 
 
+def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
+                  test: sp.csr_matrix, ks=(10, 20), chunk: int = 1024,
+                  pop_beta: float = 0.0) -> dict[str, float]:
+    """The top-N protocol's metrics (deepcf.study.protocols.topn_metrics) of the model on
+    `test`, its inputs the `train` rows; movies in `seen` (a superset of train's pattern, e.g.
+    train + validation) are never ranked; scores / popularity^pop_beta when pop_beta > 0; all
+    matrices users x movies in the model's id space."""
+    from deepcf.study.protocols import topn_metrics
+
+    rows = UserScores(scorer, train, card.orientation, chunk)
+    w = popularity_weights(card.item_train_count, pop_beta)
+    known = sp.csr_matrix(seen, dtype=np.float32, copy=True)
+    known.data[:] = 1.0
+
+    def score(users: np.ndarray) -> np.ndarray:
+        out = rows.block(users).astype(np.float64) * w
+        part = known[users]
+        out[np.repeat(np.arange(len(users)), np.diff(part.indptr)), part.indices] = -np.inf
+        return out
+
+    return topn_metrics(score, train, test, ks, chunk)
+
+
 def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                       test: sp.csr_matrix, batches=None, ks=(10, 20), threshold: float = 4.0,
-                      chunk: int = 1024) -> dict:
+                      chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
+    if protocol not in PROTOCOLS:
+        raise DeepCFError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if pop_beta and protocol != "topn":
+        raise DeepCFError("--pop-beta corrects a ranking: use it with --protocol topn")
+    if protocol == "topn":
+        return {"protocol": "topn", "ks": list(ks), "pop_beta": float(pop_beta),
+                "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk, pop_beta)}
     if batches is None:
         batches = heldout_batches(train, test, card.orientation)
     out = {"rating": heldout_errors(scorer, batches, card, chunk),
            "ranking": ranking_metrics(scorer, card, train, seen, test, ks, threshold, chunk),
-           "threshold": threshold, "ks": list(ks)}
+           "threshold": threshold, "ks": list(ks), "protocol": "rating"}
     return out
 
 
 def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk: int = 1024,
-                 cache_dir: str | None = None) -> dict:
+                 cache_dir: str | None = None, protocol: str = "rating",
+                 pop_beta: float = 0.0) -> dict:
     """Re-create the run's split and evaluate its model (or `model`) on the test ratings."""
     model = Path(model) if model else run_model_path(run_dir)
     check_run_dir(run_dir)
@@ -123,7 +169,8 @@ def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk
                       f"the data of {run_dir}")
     s = dm.split
     out = evaluate_matrices(scorer, card, s.train, (s.train + s.val).tocsr(), s.test,
-                            dm.dataset("test"), ks, threshold, chunk)
+                            dm.dataset("test") if protocol == "rating" else None, ks,
+                            threshold, chunk, protocol, pop_beta)
     out.update(model=str(model), data=dm.matrix.source, run_dir=str(run_dir),
                shape=list(dm.matrix.shape), excluded="training and validation ratings")
     trained = best_metrics(run_dir).get("test/rmse")
@@ -143,7 +190,7 @@ def _aligned(r: Ratings, user_ids: np.ndarray) -> sp.csr_matrix:
 
 
 def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float = 4.0,
-                   chunk: int = 1024) -> dict:
+                   chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
     """Evaluate with explicit inputs (training rows) and targets (held-out ratings)."""
     scorer, card = load_model(model)
     inp = read_ratings_source(input_path, card)
@@ -158,20 +205,34 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
     if rows_are_items(card.orientation) and train.shape[0] != len(card.user_ids):
         raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
                                 f"are its {len(card.user_ids)} training users")
-    out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk)
+    out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk,
+                            protocol, pop_beta)
     out.update(model=str(model), input=str(input_path), target=str(target_path),
                shape=list(train.shape), excluded="input ratings")
     return out
 
 
 def format_report(r: dict) -> str:
-    rt, rk = r["rating"], r["ranking"]
     lines = [f"model: {r['model']}"]
     if "run_dir" in r:
         lines.append(f"data:  {r['data']} ({r['shape'][0]} users x {r['shape'][1]} movies), "
                      f"the run's test split")
     else:
         lines.append(f"data:  input {r['input']}, held out {r['target']}")
+    if r.get("protocol") == "topn":
+        t = r["topn"]
+        lines.append(f"top-N protocol: {t['n_users']} users with a held-out interaction (every "
+                     f"held-out rating relevant; {r['excluded']} excluded; all other movies "
+                     f"with a training interaction ranked"
+                     + (f"; scores / popularity^{r['pop_beta']:g}" if r.get("pop_beta") else "")
+                     + ")")
+        lines.append("| K | Recall (capped) | NDCG | coverage | Gini |")
+        lines.append("|---|---|---|---|---|")
+        for k in r["ks"]:
+            lines.append(f"| {k} | {t[f'recall@{k}']:.4f} | {t[f'ndcg@{k}']:.4f} | "
+                         f"{t[f'coverage@{k}']:.4f} | {t[f'gini@{k}']:.4f} |")
+        return "\n".join(lines)
+    rt, rk = r["rating"], r["ranking"]
     lines.append(f"held-out ratings: RMSE {rt['rmse']:.4f}  MAE {rt['mae']:.4f}  "
                  f"({rt['n_ratings']} ratings, {rt['n_fallback']} by the training-mean fallback)")
     if "training_test_rmse" in r:

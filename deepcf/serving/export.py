@@ -14,6 +14,7 @@ sidecar together; the training callback and `python -m deepcf.export` both call 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -96,6 +97,7 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
         # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
         raise DivergedModel(f"{path}: not exported: the model's outputs are NaN or inf "
                             f"(training diverged)")
+    card = dataclasses.replace(card, scores=getattr(net, "scores", "ratings"))
     meta = {"deepcf.width": net.width, "deepcf.rating_min": card.rating_min,
             "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,

@@ -3,9 +3,12 @@
 A user's known ratings (every rating of the run's data, or of --ratings) are the model input, and
 those movies are set to -inf before the top N (as RecBole), so a recommendation is never a movie
 the user rated. Movies are ranked by the model's raw output (`score`); the predicted rating is
-that output clipped to the rating range. A user known to the model but with no ratings in the
-data gets the N most popular movies (training rating count), labelled `popularity` instead of
-`model`.
+that output clipped to the rating range, or blank for a ranking model (sidecar `scores:
+ranking`, e.g. EDLAE), whose output only orders the movies. With `pop_beta` (`--pop-beta B`)
+movies are ranked by score / popularity^B (deepcf.serving.scoring.popularity_weights), `score`
+is that corrected score and the predicted rating still the model's output. A user known to the
+model but with no ratings in the data gets the N most popular movies (training rating count),
+labelled `popularity` instead of `model`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from deepcf.serving.runs import (
     run_datamodule,
     run_model_path,
 )
-from deepcf.serving.scoring import UserScores, popular_unseen, top_k_unseen
+from deepcf.serving.scoring import (
+    UserScores,
+    popular_unseen,
+    popularity_weights,
+    top_k_unseen,
+)
 from deepcf.serving.sidecar import ModelCard
 
 FIELDS = ["user_id", "n_ratings", "rank", "movie_id", "title", "predicted_rating", "score",
@@ -49,11 +57,15 @@ def load_ratings(run_dir=None, model=None, ratings=None,
 
 
 def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int = 10,
-              chunk: int = 1024) -> Iterator[dict]:
+              chunk: int = 1024, pop_beta: float = 0.0) -> Iterator[dict]:
     """One dict per (user, rank), users in the given order (raw ids)."""
     rows = data.rows_of(users)
     counts = np.diff(data.X.indptr)
+    w = popularity_weights(card.item_train_count, pop_beta) if pop_beta else None
     for part, scores in UserScores(scorer, data.X, card.orientation, chunk).chunks(rows):
+        output = scores
+        if w is not None:
+            scores = scores * w
         seen = data.X[part]
         top, vals = top_k_unseen(scores, seen, n)
         for j, row in enumerate(part):
@@ -64,23 +76,28 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
             else:
                 keep = top[j] >= 0
                 picks, preds, basis = top[j][keep], vals[j][keep], "model"
+                rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
             for r, movie in enumerate(picks):
                 raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None else round(
-                    float(np.clip(preds[r], card.rating_min, card.rating_max)), 3)
+                pred = "" if preds is None or card.scores == "ranking" else round(
+                    float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
                 yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
                        "title": "" if card.titles is None else str(card.titles[movie]),
                        "predicted_rating": pred, "score": raw, "basis": basis}
 
 
-def format_table(recs: list[dict]) -> str:
+def format_table(recs: list[dict], scores: str = "ratings", pop_beta: float = 0.0) -> str:
     """A block per user: header line, then rank / movie id / predicted rating / title."""
     lines: list[str] = []
     for uid in dict.fromkeys(r["user_id"] for r in recs):
         mine = [r for r in recs if r["user_id"] == uid]
         head = mine[0]
-        how = ("predicted by the model" if head["basis"] == "model" else
+        how = ("predicted by the model" if head["basis"] == "model" and scores == "ratings"
+               else "ranked by the ranking model's score (no predicted rating)"
+               if head["basis"] == "model" else
                "POPULARITY FALLBACK: the user has no ratings, most-rated movies shown")
+        if pop_beta and head["basis"] == "model":
+            how += f", scores / popularity^{pop_beta:g}"
         lines.append(f"user {uid} ({head['n_ratings']} ratings): top {len(mine)} unseen movies, "
                      f"{how}")
         lines.append(f"{'rank':>4}  {'movie':>7}  {'rating':>6}  {'score':>6}  title")

@@ -2,7 +2,9 @@
 
 `model.onnx` -> `model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw
 user and movie ids of the training matrix, titles when the source has them, rating range,
-training mean, orientation, and each movie's training rating count (popularity).
+training mean, orientation, each movie's training rating count (popularity), and what the
+outputs are (`scores`: "ratings", or "ranking" for a ranking model such as EDLAE; a sidecar
+without it is "ratings").
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ModelCard:
     train_mean: float
     orientation: str  # "user": model rows are users; "item": model rows are movies
     item_train_count: np.ndarray  # training ratings per movie (popularity)
+    scores: str = "ratings"  # "ratings" or "ranking" (the net's `scores`, set at export)
 
     @property
     def width(self) -> int:
@@ -63,6 +66,7 @@ def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
         "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
         "train_mean": np.array(card.train_mean, np.float64),
         "orientation": np.array(card.orientation), "item_train_count": card.item_train_count,
+        "scores": np.array(card.scores),
     }
     if card.titles is not None:
         arrays["titles"] = np.asarray(card.titles, dtype=str)
@@ -84,6 +88,7 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
                 titles=z.get("titles"), rating_min=lo, rating_max=hi,
                 train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
                 item_train_count=z["item_train_count"],
+                scores=str(z["scores"]) if "scores" in z else "ratings",
             )
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DeepCFError(f"{path}: not a deepcf sidecar, truncated or corrupt ({e}); recreate "

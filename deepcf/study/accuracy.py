@@ -70,6 +70,9 @@ class Row:
     # predictor's info (its "epochs", a blend's weights) is added to the refit's params
     select_epochs: bool = False
     fallback: bool = True  # rating rows: cold ratings by the protocol's declared fallback
+    # top-N rows: only settings whose carve coverage@10 reaches this are eligible (the target
+    # is joint: NDCG@10 with coverage@10); none eligible: the best carve NDCG@10 of all
+    min_coverage: float | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ def rows_of(protocol: str, rows: dict[str, Row] | None = None) -> list[Row]:
 
 # ---------------------------------------------------------------------------------------------
 # The baselines
+
+COVERAGE_TARGET_CARVE = 0.30  # the coverage@10 a popularity-corrected row must reach on the carve
 
 
 class _Fitted:
@@ -175,6 +180,50 @@ register(Row("EASE", "topn", _ease, grid=[{"lam": v} for v in (100.0, 200.0, 400
 register(Row("biased MF, ranked by predicted rating", "topn", _mf_rank, grid=[MF_DEFAULTS],
              note="the rating row's model fitted on the training ratings, movies ranked by "
                   "predicted rating; fixed at the rating row's defaults"))
+
+
+def _itemknn(train, val, params, task):
+    S = bl.fit_itemknn(train, **params)
+    X = train.copy()
+    X.data = np.ones_like(X.data, dtype=np.float64)
+    return _Fitted(lambda users: np.asarray(X[users] @ S))
+
+
+def popularity_corrected(fit: Callable) -> Callable:
+    """The fit function of `fit`'s row with the popularity correction of
+    deepcf.serving.scoring.popularity_weights: scores / max(popularity, 1)^pop_beta, the
+    popularity a movie's training interactions; `pop_beta` is a grid key."""
+
+    def wrapped(train, val, params, task):
+        from deepcf.serving.scoring import popularity_weights
+
+        params = dict(params)
+        w = popularity_weights(bl.item_popularity(train), float(params.pop("pop_beta")))
+        pred = fit(train, val, params, task)
+        return _Fitted(lambda users: pred(users) * w, pred.info)
+
+    return wrapped
+
+
+def _grid(**axes) -> list[dict]:
+    """Every combination of the axes' values, as grid entries."""
+    import itertools
+
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+POP_RULE = ("selection: the highest carve NDCG@10 among the settings whose carve coverage@10 "
+            ">= 0.30 (the target is joint)")
+register(Row("ItemKNN (cosine)", "topn", _itemknn, grid=_grid(k=[20, 50, 100, 200]),
+             defaults={"k": 100},
+             note="item-based kNN: cosine similarity of the movies' binary interaction columns, "
+                  "each movie's k most similar movies as its neighbourhood, scores summed over "
+                  "the user's movies (deepcf.study.baselines.fit_itemknn)"))
+register(Row("EASE + popularity correction", "topn", popularity_corrected(_ease),
+             grid=_grid(lam=[100.0, 300.0, 800.0], pop_beta=[0.2, 0.3, 0.4]),
+             defaults={"lam": 300.0, "pop_beta": 0.3}, min_coverage=COVERAGE_TARGET_CARVE,
+             note="the EASE row's scores divided by popularity^pop_beta (popularity: training "
+                  "interactions of the movie); " + POP_RULE))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +349,74 @@ register(Row("blend: I-AutoRec + residual target, kernelised I-AutoRec, biased M
                   "weights and epochs"))
 
 
+def _edlae(train, val, params, task):
+    """deepcf's EDLAE net (deepcf.models.edlae) fitted in closed form on the training rows;
+    a user's scores are its forward on the user's training row, as served."""
+    from deepcf.models.edlae import EDLAE
+    from deepcf.serving.scoring import TorchScorer, densify
+
+    net = EDLAE.build(train.shape[1], **params)
+    net.fit_data(train)
+    scorer = TorchScorer(net)
+    return _Fitted(lambda users: scorer(densify(train, users)))
+
+
+EDLAE_NOTE = ("`experiment=edlae`: deepcf's closed-form linear autoencoder (Steck 2020) on the "
+              "binary interactions, Lambda = p/(1-p) diag(G) + lam I")
+register(Row("EDLAE", "topn", _edlae,
+             grid=_grid(dropout=[0.33, 0.5, 0.7, 0.85], lam=[100.0, 300.0]),
+             defaults={"dropout": 0.7, "lam": 100.0}, kind="contender",
+             note=EDLAE_NOTE + ", zero diagonal (dropout 0 is EASE)"))
+register(Row("EDLAE + popularity correction", "topn", _edlae,
+             grid=_grid(dropout=[0.5, 0.7, 0.85], lam=[50.0, 100.0, 200.0],
+                        pop_beta=[0.2, 0.25, 0.3]),
+             defaults={"dropout": 0.7, "lam": 100.0, "pop_beta": 0.25}, kind="contender",
+             min_coverage=COVERAGE_TARGET_CARVE,
+             note=EDLAE_NOTE + ", zero diagonal; `model.pop_beta`: scores / "
+                  "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
+
+
+def shipped_model(experiment: str) -> dict:
+    """The net options of `conf/experiment/<experiment>.yaml` over its model group's defaults
+    (the keys the net takes; the module's own keys dropped)."""
+    from omegaconf import OmegaConf
+
+    from deepcf.models.contract import net_class
+    from deepcf.study.contenders import compose_train_cfg
+
+    model = OmegaConf.to_container(compose_train_cfg([f"experiment={experiment}"]).model)
+    fields = net_class(model["net"]).Config.__dataclass_fields__
+    return {k: v for k, v in model.items() if k in fields and k != "width"}
+
+
+def _edlae_shipped(train, val, params, task):
+    shipped = shipped_model("edlae")
+    pred = _edlae(train, val, shipped, task)
+    pred.info = shipped
+    return pred
+
+
+register(Row("EDLAE + popularity correction, experiment=edlae as shipped", "topn",
+             _edlae_shipped, kind="contender",
+             note="`python -m deepcf.train experiment=edlae`'s settings, read from "
+                  "conf/experiment/edlae.yaml (fixed; chosen beforehand: the highest mean carve "
+                  "NDCG@10 over the three carves among the settings of the row above whose carve "
+                  "coverage@10 >= 0.30 on every carve)"))
+register(Row("DLAE", "topn", _edlae,
+             grid=_grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
+                        emphasis=[False]),
+             defaults={"dropout": 0.5, "lam": 300.0, "emphasis": False}, kind="contender",
+             note=EDLAE_NOTE + ", no diagonal constraint (`model.emphasis=false`): B = "
+                  "(G + Lambda)^-1 G"))
+register(Row("DLAE + popularity correction", "topn", _edlae,
+             grid=_grid(dropout=[0.33, 0.5], lam=[100.0, 300.0], pop_beta=[0.1, 0.2, 0.3],
+                        emphasis=[False]),
+             defaults={"dropout": 0.5, "lam": 100.0, "pop_beta": 0.2, "emphasis": False},
+             kind="contender", min_coverage=COVERAGE_TARGET_CARVE,
+             note=EDLAE_NOTE + ", no diagonal constraint, scores / popularity^pop_beta; "
+                  + POP_RULE))
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the rows
 
@@ -316,25 +433,28 @@ class RowResult:
 
 
 def _val_score(row: Row, predictor, fit: sp.csr_matrix, val: sp.csr_matrix, task: Task
-               ) -> float:
+               ) -> tuple[float, bool]:
+    """(the carve's score, whether the setting is eligible under the row's min_coverage)."""
     if row.protocol == "rating":
         return rating_errors(predictor, fit, val, task.rating_min, task.rating_max,
-                             row.fallback)["rmse"]
-    return topn_metrics(predictor, fit, val, KS)["ndcg@10"]
+                             row.fallback)["rmse"], True
+    m = topn_metrics(predictor, fit, val, KS)
+    return m["ndcg@10"], row.min_coverage is None or m["coverage@10"] >= row.min_coverage
 
 
 def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict, dict, float]:
     """(test metrics, chosen params, predictor info, val score of the choice) on one split."""
     better = (lambda a, b: a < b) if row.protocol == "rating" else (lambda a, b: a > b)
     grid = row.grid if tune else [row.default_params]
-    best, best_val, best_pred = dict(grid[0]), float("nan"), None
+    best, best_val, best_ok, best_pred = dict(grid[0]), float("nan"), False, None
     if row.fits_on_carve(tune):
         for params in grid:
             pred = row.fit(split.fit, split.val, dict(params), task)
-            v = _val_score(row, pred, split.fit, split.val, task)
-            if best_pred is None or (math.isfinite(v) and (not math.isfinite(best_val)
-                                                           or better(v, best_val))):
-                best, best_val, best_pred = dict(params), v, pred
+            v, ok = _val_score(row, pred, split.fit, split.val, task)
+            if best_pred is None or (ok and not best_ok) or (
+                    ok == best_ok and math.isfinite(v)
+                    and (not math.isfinite(best_val) or better(v, best_val))):
+                best, best_val, best_ok, best_pred = dict(params), v, ok, pred
     if row.refit:
         params = dict(best)
         if row.select_epochs:  # the epochs (and what else the carve fit chose, e.g. blend

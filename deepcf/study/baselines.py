@@ -61,17 +61,32 @@ def item_popularity(train: sp.csr_matrix) -> np.ndarray:
 
 def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): the item-item weights B = I - P diag(1 / diag(P)), with
-    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B."""
+    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B. It is
+    EDLAE at dropout 0 (deepcf.models.edlae), which computes it."""
+    from deepcf.models.edlae import binary_gram, edlae_weights
+
     if lam <= 0:
         raise ValueError(f"EASE needs lam > 0, got {lam}")
-    X = train.copy()
-    X.data = np.ones_like(X.data, dtype=np.float64)
-    G = (X.T @ X).toarray().astype(np.float64)
-    G[np.diag_indices_from(G)] += lam
-    P = np.linalg.inv(G)
-    B = -P / np.diag(P)[None, :]
-    B[np.diag_indices_from(B)] = 0.0
-    return B
+    return edlae_weights(binary_gram(train), 0.0, lam)
+
+
+def fit_itemknn(train: sp.csr_matrix, k: int) -> np.ndarray:
+    """Item-based kNN (cosine on the binary interactions): S[i, j] = cos(movie i, movie j),
+    each column j keeping its k most similar other movies (its neighbourhood), the rest 0; a
+    user's scores are x_u S (the summed similarity of the user's movies in j's neighbourhood)."""
+    from deepcf.models.edlae import binary_gram
+
+    if k < 1:
+        raise ValueError(f"ItemKNN needs k >= 1, got {k}")
+    G = binary_gram(train)
+    norm = np.sqrt(np.diag(G))
+    norm[norm == 0] = 1.0
+    S = G / norm[:, None] / norm[None, :]
+    S[np.diag_indices_from(S)] = 0.0
+    if k < S.shape[0]:
+        drop = np.argpartition(-S, k, axis=0)[k:]  # per column, all but its k largest
+        np.put_along_axis(S, drop, 0.0, axis=0)
+    return S
 
 
 @dataclass

@@ -6,7 +6,8 @@ Every block
     ...anything...
     <!-- /transcript -->
 
-is replaced by a fenced block holding `$ COMMAND` and what the command printed, run now with
+is replaced by a fenced block holding `$ COMMAND` and what the command printed (`--match TEXT`:
+only the blocks whose command contains TEXT), run now with
 bash in the repository root (in file order, so a later command can use what an earlier one
 made, e.g. `make train` then `make evaluate`). Absolute paths under the repository are shown
 relative to it. The file is written after each block, so a command that fails stops the run
@@ -47,10 +48,14 @@ def _block(cmd: str, output: str) -> str:
     return f"<!-- transcript: {cmd} -->\n```\n$ {cmd}\n{output}\n```\n<!-- /transcript -->"
 
 
-def rewrite(text: str, root: Path, timeout: int = 900, save=None) -> str:
-    """`text` with every transcript block run again; `save(text)` after each block."""
+def rewrite(text: str, root: Path, timeout: int = 900, save=None, match: str | None = None) -> str:
+    """`text` with every transcript block run again (only those whose command contains `match`,
+    when given); `save(text)` after each block."""
     pos = 0
     while (m := BLOCK.search(text, pos)) is not None:
+        if match is not None and match not in m.group("cmd"):
+            pos = m.end()
+            continue
         new = _block(m.group("cmd"), run(m.group("cmd"), root, timeout))
         text = text[: m.start()] + new + text[m.end():]
         pos = m.start() + len(new)
@@ -65,14 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="+", type=Path, help="markdown files to rewrite in place")
     p.add_argument("--root", type=Path, default=Path.cwd(), help="where commands run")
     p.add_argument("--timeout", type=int, default=900, help="seconds per command")
+    p.add_argument("--match", help="re-run only the blocks whose command contains this text "
+                                   "(a new block, or one whose output a change affects)")
     args = p.parse_args(argv)
     with one_line_errors("deepcf.study.transcripts"):
         for f in args.files:
             if not f.is_file():
                 raise DeepCFError(f"{f}: no such file")
             text = f.read_text()
-            rewrite(text, args.root, args.timeout, save=f.write_text)
-            print(f"{f}: {len(BLOCK.findall(text))} transcript(s) written", flush=True)
+            rewrite(text, args.root, args.timeout, save=f.write_text, match=args.match)
+            n = sum(args.match is None or args.match in c for c in BLOCK.findall(text))
+            print(f"{f}: {n} transcript(s) written", flush=True)
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def log_eval_run(run_dir: Path, result: dict, mode: str = "auto") -> str:
                          "ks": result.get("ks"), "threshold": result.get("threshold"),
                          "excluded": result.get("excluded")})
     try:
-        run.summary.update({f"test/{key}": value for part in ("rating", "ranking")
+        run.summary.update({f"test/{key}": value for part in ("rating", "ranking", "topn")
                             for key, value in (result.get(part) or {}).items()})
         return run.id
     finally:

@@ -29,6 +29,10 @@
   scheduler and no closure optimizer (L-BFGS), and dense gradients.
 - `train_rows` (not a config key): the training rows (a rows x width CSR) for nets that fit
   something from them (`net.fit_data`, e.g. the bias residual) and for N above.
+- closed-form nets (`net.closed_form`, e.g. EDLAE): `fit_data` has set the weights when the
+  module is built; there is no optimizer and `training_step` does nothing, so an epoch is a
+  validation pass and a checkpoint (their experiments run one epoch), and the ONNX export,
+  evaluate and recommend follow as for any net.
 - val/test follow the held-out protocol of deepcf.data.heldout (inputs are training rows,
   clipped predictions, the training-mean fallback where cold, counted as `*/n_fallback`); RMSE is
   accumulated over the whole split and across devices (not a mean of batch RMSEs).
@@ -135,6 +139,12 @@ class RatingsModule(pl.LightningModule):
                  "dense masked" if self.dense_train else "sparse",
                  "row-sparse" if self.sparse_grad else "dense",
                  "dense path" if self.dense_train else why)
+        if net_cls.closed_form and l2 > 0:
+            raise ConfigError(f"model.l2={l2} does nothing for {net_cls.__name__}, which is "
+                              f"fitted in closed form (its own regularisation: model.lam)")
+        if net_cls.closed_form and noise.get("kind", "none") != "none":
+            raise ConfigError(f"noise.kind={noise['kind']} does nothing for {net_cls.__name__}, "
+                              f"which is fitted in closed form (its dropout: model.dropout)")
         self.net = net_cls.build(width, **{k: _plain(v) for k, v in net_options.items()})
         self.net.init_weights(**init)
         if self.net.needs_train_rows and train_rows is None:
@@ -167,7 +177,9 @@ class RatingsModule(pl.LightningModule):
         self.val_rmse_best = MinMetric()
 
     # -- training ---------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.net.closed_form:
+            return None  # fitted in closed form by fit_data; nothing to step
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
         targets = Pattern.from_offsets(off, idx, self.net.width)
         c_idx, c_val, c_off = corrupt(idx, val, off, **self.noise)
@@ -271,6 +283,8 @@ class RatingsModule(pl.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self):
+        if self.net.closed_form:
+            return None  # no optimizer: Lightning runs the (empty) epoch without one
         opt_cfg = self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
         # plain lists (Rprop's etas): the optimizer's state goes into weights_only checkpoints
         optimizer = instantiate(opt_cfg, params=self.parameters(), _convert_="all")

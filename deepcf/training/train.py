@@ -40,6 +40,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # closed-form nets (EDLAE) train without an optimizer and without steps, on purpose
+    warnings.filterwarnings("ignore", ".*configure_optimizers` returned `None`.*")
+    warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
     # held-out metrics are torchmetrics objects, synced across DDP ranks by compute()
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
     # run dirs are unique, so a non-empty one is a resume: its checkpoints are wanted, and its
@@ -177,6 +180,7 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
         "status": run_status(metrics),
         "data": dm.matrix.source,
         "orientation": dm.orientation,
+        "scores": getattr(model.net, "scores", "ratings"),
         "shape": list(dm.matrix.shape),
         "seed": cfg.get("seed"),
         "epochs": trainer.current_epoch,
@@ -298,6 +302,9 @@ def _print_summary(s: dict) -> None:
         f"({int(s.get('test/n_ratings', 0))} ratings, {int(s.get('test/n_fallback', 0))} "
         f"scored by the training-mean fallback)",
         f"  best val RMSE {_fmt(s.get('val/rmse_best'))}",
+        *([f"  ranking scores, not ratings: the RMSE above means nothing here; rank with "
+           f"python -m deepcf.evaluate {s['run_dir']} --protocol topn"]
+          if s.get("scores") == "ranking" else []),
         *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
           if not math.isfinite(s.get("test/rmse", 0.0)) else []),
         f"  run dir: {s['run_dir']}",

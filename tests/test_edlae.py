@@ -1,0 +1,168 @@
+"""EDLAE / DLAE (deepcf.models.edlae): the closed form against brute force, the net's forward,
+ONNX parity, and the whole train -> checkpoint -> ONNX -> evaluate -> recommend path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from deepcf.errors import ConfigError
+from deepcf.models.contract import net_from_checkpoint
+from deepcf.models.edlae import EDLAE, binary_gram, edlae_weights
+from deepcf.serving.scoring import popularity_weights
+from deepcf.study.baselines import fit_ease
+
+
+def tiny_binary(seed=0, n_users=40, n_movies=6, density=0.45) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = (rng.random((n_users, n_movies)) < density).astype(np.float64)
+    X[0] = 1.0  # every movie has an interaction
+    return X
+
+
+@pytest.mark.parametrize("p,lam", [(0.0, 2.0), (0.25, 0.5), (0.5, 3.0)])
+def test_dlae_is_the_minimiser_of_the_expected_dropout_loss(p, lam):
+    """Brute force: every dropout mask of every row enumerated with its probability; the
+    expected loss E ||x - (m * x / (1 - p)) B||^2 + lam ||B||^2 is a least-squares problem in
+    B over the stacked (weighted) masked rows; its solution is DLAE's closed form."""
+    X = tiny_binary(1, n_users=12, n_movies=4)
+    n = X.shape[1]
+    inputs, targets, weights = [], [], []
+    for x in X:
+        for mask in itertools.product((0, 1), repeat=n):
+            m = np.array(mask, np.float64)
+            prob = np.prod(np.where(m == 1, 1 - p, p)) if p > 0 else float(m.all())
+            if prob == 0:
+                continue
+            inputs.append(m * x / (1 - p))
+            targets.append(x)
+            weights.append(math.sqrt(prob))
+    w = np.array(weights)[:, None]
+    A = np.vstack([np.array(inputs) * w, math.sqrt(lam) * np.eye(n)])
+    Y = np.vstack([np.array(targets) * w, np.zeros((n, n))])
+    brute = np.linalg.lstsq(A, Y, rcond=None)[0]
+    got = edlae_weights(binary_gram(sp.csr_matrix(X * 3.0)), p, lam, emphasis=False)
+    np.testing.assert_allclose(got, brute, atol=1e-9)
+
+
+@pytest.mark.parametrize("p,lam", [(0.0, 3.0), (0.33, 1.0), (0.7, 0.0)])
+def test_edlae_is_the_zero_diagonal_regression_with_dropout_penalty(p, lam):
+    """Brute force: column j regressed on the other columns with the penalty
+    Lambda = p/(1-p) diag(G) + lam (the zero-diagonal solution, one solve per column)."""
+    X = tiny_binary(2, n_users=30, n_movies=7)
+    G = X.T @ X
+    reg = p / (1 - p) * np.diag(G) + lam
+    B = edlae_weights(binary_gram(sp.csr_matrix(X * 5.0)), p, lam, emphasis=True)
+    for j in range(X.shape[1]):
+        o = [i for i in range(X.shape[1]) if i != j]
+        b = np.linalg.solve(G[np.ix_(o, o)] + np.diag(reg[o]), G[o, j])
+        assert B[j, j] == 0.0
+        np.testing.assert_allclose(B[o, j], b, atol=1e-9)
+
+
+def test_ease_is_edlae_at_p_zero():
+    X = sp.csr_matrix(tiny_binary(3, n_users=50, n_movies=9) * 4.0)
+    np.testing.assert_allclose(edlae_weights(binary_gram(X), 0.0, 7.0), fit_ease(X, 7.0),
+                               atol=1e-12)
+
+
+def test_bad_settings_are_one_line():
+    G = np.eye(3)
+    with pytest.raises(ConfigError, match="model.dropout=1.0"):
+        edlae_weights(G, 1.0, 1.0)
+    with pytest.raises(ConfigError, match="model.lam=-1"):
+        EDLAE.build(3, lam=-1.0)
+    with pytest.raises(ConfigError, match="model.pop_beta"):
+        EDLAE.build(3, pop_beta=-0.5)
+    with pytest.raises(ConfigError, match="use lam > 0"):  # a movie no one interacted with
+        edlae_weights(np.diag([1.0, 0.0, 2.0]), 0.5, 0.0)
+
+
+def test_net_binarises_and_applies_the_popularity_correction():
+    X = sp.csr_matrix(tiny_binary(4, n_users=30, n_movies=8) * np.arange(1, 9))
+    net = EDLAE.build(8, dropout=0.4, lam=2.0, pop_beta=0.3)
+    net.fit_data(X)
+    G = binary_gram(X)
+    B = edlae_weights(G, 0.4, 2.0)
+    s = popularity_weights(np.diag(G), 0.3)
+    np.testing.assert_allclose(s, np.maximum(np.asarray((X != 0).sum(0)).ravel(), 1) ** -0.3)
+    x = torch.tensor([[0, 4, 0, 1, 5, 0, 0, 2], [3, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    want = ((x.numpy() != 0) @ B) * s
+    np.testing.assert_allclose(net(x).numpy(), want, atol=1e-5)
+    # rebuilt from its checkpoint's spec and state (buffers), no refit
+    state = {"hyper_parameters": {"net": net.spec()},
+             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    torch.testing.assert_close(net_from_checkpoint(state)(x), net(x))
+
+
+def test_onnx_parity(tmp_path):
+    from deepcf.serving.export import export_onnx, parity
+
+    X = sp.csr_matrix(tiny_binary(5, n_users=60, n_movies=20, density=0.3) * 4.0)
+    net = EDLAE.build(20, dropout=0.5, lam=1.0, pop_beta=0.2)
+    net.fit_data(X)
+    rows = X.toarray().astype(np.float32)
+    path = export_onnx(net, tmp_path / "edlae.onnx", torch.from_numpy(rows[:4]))
+    assert parity(path, net, rows) <= 1e-5
+
+
+def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
+    """Closed form through deepcf.train: one epoch with no optimizer steps, the checkpoint holds
+    the fitted weights, the ONNX model is exported, evaluate --protocol topn and recommend
+    serve it."""
+    from deepcf.serving.evaluate import evaluate_run
+    from deepcf.serving.recommend import load_ratings, recommend
+    from deepcf.serving.runs import load_net
+    from deepcf.training.train import train
+
+    run = tmp_path / "run"
+    cfg = make_cfg("experiment=edlae", "data=synthetic", "model.pop_beta=0.2",
+                   "logger=none", output_dir=run)
+    m = train(cfg)
+    assert m["onnx"] and m["epochs"] == 1 and m["scores"] == "ranking"
+    net = load_net(Path(m["best_checkpoint"]))
+    assert isinstance(net, EDLAE) and net.weight.abs().sum() > 0  # the fitted weights
+    np.testing.assert_array_equal(torch.diagonal(net.weight).numpy(), 0.0)
+    r = evaluate_run(run, ks=(10,), protocol="topn")
+    assert r["protocol"] == "topn" and r["topn"]["n_users"] > 0
+    assert 0.0 < r["topn"]["ndcg@10"] <= 1.0
+    scorer, card, data = load_ratings(run)
+    recs = list(recommend(scorer, card, data, data.user_ids[:3], n=5))
+    assert len(recs) == 15 and {x["basis"] for x in recs} == {"model"}
+    # a ranking model: the sidecar says so, and no predicted rating is made up from its scores
+    assert card.scores == "ranking" and {x["predicted_rating"] for x in recs} == {""}
+    assert all(isinstance(x["score"], float) for x in recs)
+    # --pop-beta: the top 5 of score / popularity^0.5 among the unseen movies, brute force
+    from deepcf.serving.scoring import densify
+
+    row = data.rows_of(data.user_ids[:1])
+    raw = scorer(densify(data.X, row))[0].astype(np.float64)
+    corrected = raw / np.maximum(card.item_train_count, 1) ** 0.5
+    corrected[data.X[row].indices] = -np.inf
+    recs = list(recommend(scorer, card, data, data.user_ids[:1], n=5, pop_beta=0.5))
+    assert [card.item_ids.tolist().index(x["movie_id"]) for x in recs] == \
+        np.argsort(-corrected, kind="stable")[:5].tolist()
+
+
+def test_the_shipped_row_measures_the_experiment_as_configured():
+    from deepcf.study.accuracy import shipped_model
+    from deepcf.study.contenders import compose_train_cfg
+
+    model = compose_train_cfg(["experiment=edlae"]).model
+    assert shipped_model("edlae") == {"dropout": model.dropout, "lam": model.lam,
+                                      "emphasis": model.emphasis, "pop_beta": model.pop_beta}
+
+
+@pytest.mark.parametrize("override,key", [("model.l2=1.0", "model.l2=1.0"),
+                                          ("noise=dropout", "noise.kind=dropout")])
+def test_options_a_closed_form_net_ignores_are_refused(make_cfg, override, key):
+    from deepcf.training.train import train
+
+    with pytest.raises(ConfigError, match=key):
+        train(make_cfg("experiment=edlae", "data=synthetic", "logger=none", override))
