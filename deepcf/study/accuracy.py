@@ -231,7 +231,8 @@ register(Row("EASE + popularity correction", "topn", popularity_corrected(_ease)
 # by deepcf's own RatingsModule; a grid entry's keys are Hydra overrides.
 
 
-# appended to every contender's overrides (the tests shrink the nets and epochs with it)
+# appended to every contender's overrides, after its params (the tests shrink the nets and
+# epochs with it)
 CONTENDER_EXTRA: list[str] = []
 
 
@@ -244,7 +245,7 @@ def contender(overrides: list[str]) -> Callable:
         params = dict(params)
         epochs = params.pop("epochs", None)
         net, orientation, info = fit_contender(
-            [*overrides, *CONTENDER_EXTRA, *(f"{k}={v}" for k, v in params.items())], train,
+            [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA], train,
             val,
             (task.rating_min, task.rating_max), task.seed, epochs)
         return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols),
@@ -284,12 +285,15 @@ U_AUTOREC_ADAM = [*I_AUTOREC, "data.orientation=user", "optimizer=adam",
                   "callbacks.early_stopping.patience=10"]
 register(Row("U-AutoRec + dense re-feeding", "rating",
              contender([*U_AUTOREC_ADAM, "model.refeed=true"]), grid=[{"model.l2": 100.0}],
+             # untuned elsewhere at most 20 epochs: a refeed step on 9K-movie rows is dense
+             defaults={"model.l2": 100.0, "trainer.max_epochs": 20},
              kind="contender", select_epochs=True,
              note="`experiment=i_autorec data.orientation=user optimizer=adam "
                   "model.optimizer.lr=0.001 data.batch_size=128 model.refeed=true`: rows are "
                   "users, batches of 128 with Adam, and after each masked step a second step "
                   "feeding the dense output y = f(x) back with target y (DeepRecommender); "
-                  "early stopping on the carve (patience 10, up to 100 epochs)"))
+                  "early stopping on the carve (patience 10, up to 100 epochs; up to 20 in the "
+                  "untuned defaults, where the dense refeed step over 9K movies is costly)"))
 KERNEL = ["experiment=glocal_k", "model.hidden=[500]"]
 register(Row("I-AutoRec with GLocal-K's local kernel", "rating", contender(KERNEL),
              grid=[{"model.l2": v} for v in (100.0, 200.0)], defaults={"model.l2": 100.0},
