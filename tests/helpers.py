@@ -108,3 +108,22 @@ def assert_same_training_step(a, b, batch: dict, atol: float, rtol: float, seed:
     for pa, pb in zip(a.parameters(), b.parameters()):
         ga = pa.grad.to_dense() if pa.grad.is_sparse else pa.grad
         torch.testing.assert_close(ga, pb.grad, atol=atol, rtol=rtol)
+
+
+def flat_batch(X: sp.csr_matrix) -> dict:
+    """A training batch (in_idx, in_val, in_off) of the rows of X, in X's dtype."""
+    return {"in_idx": torch.from_numpy(X.indices.astype(np.int64)),
+            "in_val": torch.from_numpy(X.data),
+            "in_off": torch.from_numpy(X.indptr[:-1].astype(np.int64))}
+
+
+def assert_predict_at_reads_the_dense_forward(net, X: sp.csr_matrix, targets: np.ndarray):
+    """Held-out scoring (`predict_at` on X's rows) equals the dense forward at the non-zero
+    positions of `targets` (a dense array of X's shape)."""
+    rows, cols = np.nonzero(targets)
+    batch = flat_batch(X)
+    with torch.no_grad():
+        dense = net(torch.from_numpy(X.toarray()))[rows, cols]
+        at = net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
+                            torch.from_numpy(rows), torch.from_numpy(cols))
+    torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)

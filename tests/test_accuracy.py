@@ -274,6 +274,46 @@ def test_run_row_selects_on_the_carve_and_refits_on_the_training_part():
     assert info == {"epochs": 7} and metrics["n_ratings"] == s.test.nnz
 
 
+def test_blend_fits_least_squares_weights_on_the_carve_and_keeps_them_in_the_refit():
+    X = random_ratings(n_users=60, n_items=40, density=0.4)
+    s = rating_split(X, 0, (1.0, 5.0))
+    seen = []
+
+    def member(train, val, params, task):
+        seen.append((train.nnz, params))
+        return _contender(train, val, params, task)
+
+    fit = acc.blend({"a": (member, {"reg": 1.0}), "b": (member, {"reg": 50.0})})
+    task = acc.Task(1.0, 5.0, 0)
+    carve = fit(s.fit, s.val, {}, task)
+    # brute force: the clipped member predictions on the carve, least squares with an intercept
+    V = s.val.tocoo()
+    cols = [np.ones(V.nnz)]
+    for reg in (1.0, 50.0):
+        b = fit_biases(s.fit, reg, reg)
+        cols.append(np.clip(predict_biases(*b, V.row, V.col), 1.0, 5.0))
+    w = np.linalg.lstsq(np.column_stack(cols), V.data, rcond=None)[0]
+    info = carve.info
+    np.testing.assert_allclose([info["w0"], info["w_a"], info["w_b"]], w, atol=1e-10)
+    assert info["a:epochs"] == 7 and info["b:epochs"] == 7
+    refit = fit(s.train, None, dict(info), task)
+    assert seen[-2:] == [(s.train.nnz, {"reg": 1.0, "epochs": 7}),
+                         (s.train.nnz, {"reg": 50.0, "epochs": 7})]
+    assert refit.info["w_b"] == info["w_b"]
+    r, c = np.array([0, 3]), np.array([1, 2])
+    feats = [np.ones(2)] + [np.clip(predict_biases(*fit_biases(s.train, g, g), r, c), 1.0, 5.0)
+                            for g in (1.0, 50.0)]
+    np.testing.assert_allclose(refit(r, c), np.column_stack(feats) @ w, atol=1e-10)
+
+
+def test_the_carve_score_is_shown_whenever_the_row_fitted_on_the_carve():
+    res = acc.RowResult(acc.Row("c", "rating", _contender, grid=[{"reg": 1.0}],
+                                select_epochs=True), val=[0.9, 0.91])
+    assert acc._val(res) == acc.ms([0.9, 0.91])
+    res.row = acc.Row("c", "rating", _contender, grid=[{"reg": 1.0}])
+    assert acc._val(res) == "–"
+
+
 def test_register_refuses_a_second_row_of_the_same_name():
     with pytest.raises(ConfigError):
         acc.register(acc.Row("EASE", "topn", lambda *a: None))
@@ -328,10 +368,13 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
     assert len(rating["user+item bias"].metrics) == 2
     # the autoencoder contenders and the blend trained, chose their epochs, and were refitted
     for name in ("I-AutoRec (published: L2 on weights, full-batch Rprop)",
-                 "I-AutoRec + bias residual", "U-AutoRec + bias residual",
-                 "blend: I-AutoRec + bias residual, biased MF"):
+                 "I-AutoRec + residual target", "I-AutoRec + bias residual",
+                 "U-AutoRec + bias residual", "U-AutoRec + dense re-feeding",
+                 "I-AutoRec with GLocal-K's local kernel",
+                 "blend: I-AutoRec + residual target, kernelised I-AutoRec, biased MF"):
         assert rating[name].error is None, rating[name].error
-        assert all(1 <= i["epochs"] <= 4 for i in rating[name].info)
+        assert all(1 <= i[k] <= 4 for i in rating[name].info for k in i
+                   if k.endswith("epochs")), rating[name].info
         assert all(np.isfinite(m["rmse"]) for m in rating[name].metrics)
     # the rating target is the best single model: ensembles never count
     best = report["targets"][0]["best"]

@@ -12,6 +12,7 @@ import torch
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.contract import build_net, dense_observed, net_from_checkpoint
+from deepcf.models.kernel import KernelNet
 from deepcf.models.linear import ItemLinear
 from deepcf.models.sparse_ops import Pattern, entry_rows
 
@@ -38,7 +39,8 @@ def test_a_second_net_trains_exports_and_evaluates_from_config_only(make_cfg, tm
 
 
 @pytest.mark.parametrize("make", [lambda: AutoEncoder.build(30, hidden=[8, 4], tied=True),
-                                  lambda: ItemLinear.build(30)])
+                                  lambda: ItemLinear.build(30),
+                                  lambda: KernelNet.build(30, hidden=[4], residual="target")])
 def test_spec_rebuilds_the_same_net(make):
     torch.manual_seed(0)
     net = make()

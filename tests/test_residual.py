@@ -14,7 +14,11 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.study.baselines import fit_biases
 from deepcf.training.module import RatingsModule, l2_penalty
-from tests.helpers import assert_same_training_step
+from tests.helpers import (
+    assert_predict_at_reads_the_dense_forward,
+    assert_same_training_step,
+    flat_batch,
+)
 
 N_ROWS, WIDTH = 9, 40
 
@@ -28,21 +32,22 @@ def _rows(seed=0, n_rows=N_ROWS, width=WIDTH, density=0.3) -> sp.csr_matrix:
     return sp.csr_matrix(X)
 
 
-def _residual_net(train: sp.csr_matrix, **options) -> AutoEncoder:
+def _residual_net(train: sp.csr_matrix, residual="bias", **options) -> AutoEncoder:
     torch.manual_seed(0)
-    net = AutoEncoder.build(train.shape[1], hidden=[6, 4], residual="bias", row_bias_reg=3.0,
+    net = AutoEncoder.build(train.shape[1], hidden=[6, 4], residual=residual, row_bias_reg=3.0,
                             col_bias_reg=2.0, **options).double()
     net.fit_data(train)
     return net
 
 
 def _brute_force(net: AutoEncoder, train: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
-    """mu + b_j + b_row + AE(residual input), with the biases computed in numpy."""
+    """mu + b_j + b_row + AE(input), with the biases computed in numpy; the input is the
+    residual (residual=bias) or the raw ratings (residual=target)."""
     mu, _, b_col = fit_biases(train, reg_u=3.0, reg_i=2.0)
     mask = X != 0
     r = np.where(mask, X - mu - b_col[None, :], 0.0)
     b_row = r.sum(1) / (3.0 + mask.sum(1))
-    inp = np.where(mask, r - b_row[:, None], 0.0)
+    inp = np.where(mask, r - b_row[:, None], 0.0) if net.config.residual == "bias" else X
     plain = AutoEncoder.build(X.shape[1], hidden=[6, 4]).double()
     plain.load_state_dict({k: v for k, v in net.state_dict().items()
                            if k not in ("mu", "col_bias")})
@@ -51,9 +56,10 @@ def _brute_force(net: AutoEncoder, train: sp.csr_matrix, X: np.ndarray) -> np.nd
     return mu + b_col[None, :] + b_row[:, None] + core
 
 
-def test_residual_forward_equals_the_brute_force_computation():
+@pytest.mark.parametrize("residual", ["bias", "target"])
+def test_residual_forward_equals_the_brute_force_computation(residual):
     train = _rows()
-    net = _residual_net(train)
+    net = _residual_net(train, residual)
     mu, _, b_col = fit_biases(train, reg_u=3.0, reg_i=2.0)
     assert float(net.mu) == pytest.approx(mu)
     np.testing.assert_allclose(net.col_bias.numpy(), b_col)
@@ -70,37 +76,30 @@ def test_residual_forward_equals_the_brute_force_computation():
     assert b_row[3] == 0.0
 
 
+@pytest.mark.parametrize("residual", ["bias", "target"])
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("noise", [{"kind": "none"}, {"kind": "dropout", "p": 0.3}])
-def test_residual_sparse_and_dense_training_steps_agree(tied, noise):
+def test_residual_sparse_and_dense_training_steps_agree(tied, noise, residual):
     train = _rows()
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = RatingsModule(WIDTH, hidden=[6, 4], residual="bias", tied=tied, noise=noise,
+    a = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
                       optimizer=opt, train_path="sparse", train_rows=train)
-    b = RatingsModule(WIDTH, hidden=[6, 4], residual="bias", tied=tied, noise=noise,
+    b = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
                       optimizer=opt, train_path="dense", train_rows=train)
     b.load_state_dict(a.state_dict())
     a, b = a.double(), b.double()
-    X = train
-    batch = {"in_idx": torch.from_numpy(X.indices.astype(np.int64)),
-             "in_val": torch.from_numpy(X.data),
-             "in_off": torch.from_numpy(X.indptr[:-1].astype(np.int64))}
-    assert_same_training_step(a, b, batch, atol=1e-10, rtol=1e-8)
+    assert_same_training_step(a, b, flat_batch(train), atol=1e-10, rtol=1e-8)
     # held-out scoring (predict_at) reads the dense forward at the targets
-    rows, cols = np.nonzero(_rows(seed=2).toarray())
-    with torch.no_grad():
-        dense = a.net(torch.from_numpy(X.toarray()))[rows, cols]
-        at = a.net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
-                              torch.from_numpy(rows), torch.from_numpy(cols))
-    torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
+    assert_predict_at_reads_the_dense_forward(a.net, train, _rows(seed=2).toarray())
 
 
-def test_residual_net_exports_to_onnx_with_parity(tmp_path):
+@pytest.mark.parametrize("residual", ["bias", "target"])
+def test_residual_net_exports_to_onnx_with_parity(tmp_path, residual):
     from deepcf.serving.export import export_onnx, parity
 
     train = _rows()
-    net = _residual_net(train).float().eval()
+    net = _residual_net(train, residual).float().eval()
     rows = _rows(seed=1).toarray().astype(np.float32)
     path = tmp_path / "res.onnx"
     export_onnx(net, path, torch.from_numpy(rows[:4]), {})

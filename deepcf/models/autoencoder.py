@@ -16,14 +16,10 @@ The movie-indexed weights are stored movie-major, `(width, hidden[0])`, so that
 
 `forward(x)` is the plain dense computation over all movies, for ONNX export and full ranking.
 
-Bias residual (`residual="bias"`): the net predicts deviations from a user+item bias, so it
-starts where the bias baseline ends. mu and the column biases b_j are buffers fitted on the
-training rows by `fit_data` (deepcf.study.baselines.fit_biases: regularised ALS); the row's own
-bias is computed from the row itself, b_row = sum_j (x_j - mu - b_j) / (row_bias_reg + n_row)
-over its observed (non-zero) entries, so a new user (or movie) needs no refit. The input is the
-residual x_j - mu - b_j - b_row at observed entries (0 elsewhere); the output is
-mu + b_j + b_row + the autoencoder's output. Everything lives in `forward`, hence in the ONNX
-graph; the sparse path computes the same numbers from the batch's entries (tests/test_residual).
+Bias residual (`residual="bias"` or `"target"`, deepcf.models.residual): the output is
+mu + b_j + b_row + the autoencoder's output, fed the residuals (bias) or the raw ratings (target).
+Everything lives in `forward`, hence in the ONNX graph; the sparse path computes the same numbers
+from the batch's entries (tests/test_residual).
 """
 
 from __future__ import annotations
@@ -37,6 +33,7 @@ from torch import nn
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet, check_init, init_matrix
+from deepcf.models.residual import BiasResidual
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
 
 ACTIVATIONS = {
@@ -59,15 +56,14 @@ class AutoEncoderConfig:
     tied: bool = False
     dropout: float = 0.0  # on the code layer
     linear_last: bool = True  # no activation on the output layer
-    residual: str = "none"  # none | bias: predict deviations from mu + b_row + b_col
-    row_bias_reg: float = 5.0  # the row bias' shrinkage (residual=bias)
-    col_bias_reg: float = 5.0  # the column biases' shrinkage when fitted (residual=bias)
+    # none | bias: predict deviations from mu + b_row + b_col, fed the residuals | target: the
+    # same output, fed the raw ratings (deepcf.models.residual)
+    residual: str = "none"
+    row_bias_reg: float = 5.0  # the row bias' shrinkage (residual=bias/target)
+    col_bias_reg: float = 5.0  # the column biases' shrinkage when fitted (residual=bias/target)
 
 
-RESIDUALS = ("none", "bias")
-
-
-class AutoEncoder(RatingNet):
+class AutoEncoder(BiasResidual, RatingNet):
     Config = AutoEncoderConfig
     supports_sparse_grad = True
 
@@ -83,19 +79,8 @@ class AutoEncoder(RatingNet):
                               f"{', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
-        if config.residual not in RESIDUALS:
-            raise ConfigError(f"model.residual={config.residual!r} is not one of "
-                              f"{', '.join(RESIDUALS)}")
-        for key in ("row_bias_reg", "col_bias_reg"):
-            if not float(getattr(config, key)) >= 0:
-                raise ConfigError(f"model.{key}={getattr(config, key)} must be >= 0")
         config.hidden, config.dropout = hidden, dropout
-        config.row_bias_reg, config.col_bias_reg = (float(config.row_bias_reg),
-                                                    float(config.col_bias_reg))
-        self.residual = config.residual == "bias"
-        if self.residual:  # fitted by fit_data, saved with the weights
-            self.register_buffer("mu", torch.zeros(()))
-            self.register_buffer("col_bias", torch.zeros(width))
+        self.setup_residual(config)
         self.hidden, self.tied = hidden, tied
         self.activation, self.linear_last = activation, linear_last
         self.act = ACTIVATIONS[activation]
@@ -155,41 +140,12 @@ class AutoEncoder(RatingNet):
         out = torch.einsum("nk,nk->n", h[row], self.item_decoder[idx]) + self.out_b[idx]
         return out if self.linear_last else self.act(out)
 
-    # -- bias residual --------------------------------------------------------------------
-    needs_train_rows = property(lambda self: self.residual)
-
-    @torch.no_grad()
-    def fit_data(self, train_rows) -> None:
-        """Fit mu and the column biases on the training rows (a rows x width CSR), by the same
-        regularised ALS as the bias baseline; a no-op without the residual."""
-        if not self.residual:
-            return
-        from deepcf.study.baselines import fit_biases
-
-        mu, _, b_col = fit_biases(train_rows, reg_u=self.config.row_bias_reg,
-                                  reg_i=self.config.col_bias_reg)
-        self.mu.fill_(mu)
-        self.col_bias.copy_(torch.as_tensor(b_col, dtype=self.col_bias.dtype))
-
-    def _residual_entries(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(residual input values at the entries, bias of each row) of a flat batch."""
-        rows = entry_rows(off, len(idx))
-        r = val - self.mu - self.col_bias[idx]
-        n = torch.zeros(len(off), dtype=val.dtype, device=val.device)
-        n = n.index_add(0, rows, torch.ones_like(r))
-        b_row = torch.zeros_like(n).index_add(0, rows, r) / (self.config.row_bias_reg + n)
-        return r - b_row[rows], b_row
-
-    def _base_at(self, b_row: torch.Tensor, row: torch.Tensor, idx: torch.Tensor):
-        return self.mu + self.col_bias[idx] + b_row[row]
-
     def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
         if self.residual:
-            val, b_row = self._residual_entries(idx, val, off)
+            val, b_row = self.residual_entries(idx, val, off)
         out = self.decode_at(self.decode_hidden(self.encode_sparse(idx, val, off)),
                              tgt_row, tgt_idx)
-        return out + self._base_at(b_row, tgt_row, tgt_idx) if self.residual else out
+        return out + self.base_at(b_row, tgt_row, tgt_idx) if self.residual else out
 
     def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                          sparse_grad: bool = True) -> torch.Tensor:
@@ -202,7 +158,7 @@ class AutoEncoder(RatingNet):
         """
         tied = self.tied and inputs is targets  # one weight, one pattern: grads add compactly
         if self.residual:
-            values, b_row = self._residual_entries(inputs.idx, values, inputs.off)
+            values, b_row = self.residual_entries(inputs.idx, values, inputs.off)
         z = self.act(sparse_encode(self.item_in, values, inputs, sparse_grad, tied)
                      + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
@@ -211,8 +167,8 @@ class AutoEncoder(RatingNet):
                              sparse_grad, tied)
         out = out if self.linear_last else self.act(out)
         if self.residual:
-            out = out + self._base_at(b_row, entry_rows(targets.off, len(targets.idx)),
-                                      targets.idx)
+            out = out + self.base_at(b_row, entry_rows(targets.off, len(targets.idx)),
+                                     targets.idx)
         return out
 
     def train_logits(self, inputs: Pattern, values: torch.Tensor, step: int = 0):
@@ -227,17 +183,13 @@ class AutoEncoder(RatingNet):
     # -- dense path (export, ranking all movies) --------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense rows (batch, width) -> predicted ratings for every column (batch, width)."""
-        if self.residual:  # 0 = unrated; the row's bias from its own observed entries
-            m = (x != 0).to(x.dtype)
-            r = (x - self.mu - self.col_bias) * m
-            b_row = r.sum(1, keepdim=True) / (self.config.row_bias_reg + m.sum(1, keepdim=True))
-            x = r - b_row * m
+        x, base = self.dense_residual(x)  # base: mu + b_col + b_row, or None
         z = self.act(x @ self.item_in + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
         out = F.linear(self.decode_hidden(z), self.item_decoder, self.out_b)
         out = out if self.linear_last else self.act(out)
-        return out + self.mu + self.col_bias + b_row if self.residual else out
+        return out if base is None else out + base
 
     @torch.no_grad()
     def init_weights(self, scheme: str = "default", bias: float | None = None,

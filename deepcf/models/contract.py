@@ -23,6 +23,9 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
+- `l2_weights()`: what `model.l2` penalises (default: every parameter with 2+ dims);
+  `penalty()`: a term the net adds to the objective, in the summed-error units of l2 (default:
+  None, nothing); the kernelised net's kernel sparsity.
 - `closed_form`: True when `fit_data` sets every weight (EDLAE): nothing is learned by
   gradient; the training module runs no optimizer steps, only validation and checkpointing.
 - `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or
@@ -87,6 +90,15 @@ class RatingNet(nn.Module):
         """Fit whatever the net takes from the training rows (a rows x width CSR) rather than
         learns, e.g. the biases of a bias residual; stored as buffers. Default: nothing."""
     # forward(x): each net defines it (nn.Module refuses to run without one)
+
+    def l2_weights(self) -> list[torch.Tensor]:
+        """The weights `model.l2` penalises: every parameter with 2+ dimensions."""
+        return [p for p in self.parameters() if p.dim() >= 2]
+
+    def penalty(self) -> torch.Tensor | None:
+        """A regulariser of the net's own, in the summed objective's units (the module divides
+        it by the number of training ratings, as l2); None: none."""
+        return None
 
     def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                          sparse_grad: bool = False) -> torch.Tensor:

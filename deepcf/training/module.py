@@ -28,6 +28,15 @@
   the step adds lambda/2 * ||W||^2 / N (N: training ratings): with a full batch that is the
   paper's objective divided by N (same minimiser, same lambda), and the batch means of an epoch
   keep that ratio. Its gradient is dense, so l2 > 0 means dense gradients.
+- the net's own regulariser (`net.penalty()`, e.g. the kernel net's sparsity) is added in the
+  same units, divided by N.
+- `model.refeed` (DeepRecommender's dense re-feeding, Kuchaiev & Ginsburg 2017): after the
+  masked step on the batch x, a second optimizer step feeds the dense output y = f(x) (computed
+  after the first step, no gradient) back as input with target y at every entry. The noise group
+  corrupts y's input as it corrupts x (target y stays whole: deepcf's denoising convention;
+  DeepRecommender's masked loss on the dropped-out y differs there). The refeed step is dense by
+  nature (y has every entry), whatever `train_path`; it needs manual optimisation, hence no
+  scheduler and no closure optimizer (L-BFGS), and dense gradients.
 - `train_rows` (not a config key): the training rows (a rows x width CSR) for nets that fit
   something from them (`net.fit_data`, e.g. the bias residual) and for N above.
 - closed-form nets (`net.closed_form`, e.g. EDLAE): `fit_data` has set the weights when the
@@ -47,6 +56,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanAbsoluteError, MeanSquaredError, MinMetric, SumMetric
@@ -95,12 +105,13 @@ def _plain(conf: Any) -> Any:
     return conf
 
 
-def weight_norm2(net: torch.nn.Module) -> torch.Tensor:
-    """||W||^2 over the weights only: every parameter with 2+ dimensions (a tied weight once)."""
-    return sum(p.pow(2).sum() for p in net.parameters() if p.dim() >= 2)
+def weight_norm2(net) -> torch.Tensor:
+    """||W||^2 over the net's weights (`l2_weights`: every parameter with 2+ dimensions unless
+    the net says otherwise; a tied weight once)."""
+    return sum(p.pow(2).sum() for p in net.l2_weights())
 
 
-def l2_penalty(net: torch.nn.Module, lam: float) -> torch.Tensor:
+def l2_penalty(net, lam: float) -> torch.Tensor:
     """lambda/2 * ||W||^2, AutoRec's regulariser (biases excluded)."""
     return lam / 2.0 * weight_norm2(net)
 
@@ -122,6 +133,7 @@ class RatingsModule(pl.LightningModule):
         l2: float = 0.0,
         loss: str = "mse",
         eval_topn: bool = False,
+        refeed: bool = False,
         train_rows: Any = None,
         **net_options: Any,
     ):
@@ -143,12 +155,22 @@ class RatingsModule(pl.LightningModule):
         l2 = float(l2)
         if not l2 >= 0:
             raise ConfigError(f"model.l2={l2} must be >= 0")
+        if refeed not in (True, False):
+            raise ConfigError(f"model.refeed={refeed!r} must be true or false")
+        if refeed and _plain(scheduler):
+            raise ConfigError("model.refeed=true takes two optimizer steps per batch by hand: "
+                              "use scheduler=none")
+        if refeed and "LBFGS" in str((optimizer or {}).get("_target_", "")):
+            raise ConfigError("model.refeed=true does not combine with optimizer=lbfgs (its "
+                              "closure steps): use another optimizer")
         can, why = takes_sparse_grads(optimizer)
         net_cls = net_class(net)
         if can and not net_cls.supports_sparse_grad:
             can, why = False, f"{net_cls.__name__} computes dense gradients"
         if can and l2 > 0:
             can, why = False, "model.l2 penalises every weight: its gradient is dense"
+        if can and refeed:
+            can, why = False, "model.refeed's step is dense"
         if sparse_grad is True and not can:
             raise ConfigError(f"model.sparse_grad=true needs a net and an optimizer that take "
                               f"row-sparse gradients ({why}); use optimizer=lazy_adam, or sgd "
@@ -174,9 +196,9 @@ class RatingsModule(pl.LightningModule):
                               f"rows: pass train_rows to the module (deepcf.train does)")
         if train_rows is not None:
             self.net.fit_data(train_rows)
-        if l2 > 0 and train_rows is None:
-            raise ConfigError("model.l2 needs the training rows (N, its scale): pass train_rows "
-                              "to the module (deepcf.train does)")
+        if (l2 > 0 or self.net.penalty() is not None) and train_rows is None:
+            raise ConfigError("model.l2 (or the net's own penalty) needs the training rows (N, "
+                              "its scale): pass train_rows to the module (deepcf.train does)")
         self.l2 = l2
         self.n_train = max(int(train_rows.nnz), 1) if train_rows is not None else 1
         self.loss_kind, self.eval_topn = loss, bool(eval_topn)
@@ -188,13 +210,15 @@ class RatingsModule(pl.LightningModule):
                                                 minlength=train_rows.shape[1]) > 0)
         self.register_buffer("candidate", cand, persistent=False)
         self.noise = noise
+        self.refeed = bool(refeed)
+        self.automatic_optimization = not self.refeed  # two steps per batch: by hand
         # plain containers only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             dict(net=self.net.spec(), init=init, noise=noise, optimizer=optimizer,
                  scheduler=_plain(scheduler), rating_min=float(rating_min),
                  rating_max=float(rating_max), train_mean=float(train_mean),
                  train_path=train_path, sparse_grad=sparse_grad, l2=l2, loss=loss,
-                 eval_topn=bool(eval_topn)),
+                 eval_topn=bool(eval_topn), refeed=self.refeed),
             logger=False,
         )
         for split in ("val", "test"):
@@ -236,7 +260,48 @@ class RatingsModule(pl.LightningModule):
             penalty = l2_penalty(self.net, self.l2) / self.n_train
             self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=len(idx))
             loss = loss + penalty
+        own = self.net.penalty()  # e.g. the kernel net's sparsity, same units as l2
+        if own is not None:
+            own = own / self.n_train
+            self.log("train/penalty", own, on_step=False, on_epoch=True, batch_size=len(idx))
+            loss = loss + own
+        if self.refeed:
+            self._refeed_steps(loss, targets, val)
         return loss
+
+    def _penalties(self) -> torch.Tensor | float:
+        """lambda/2 ||W||^2 + the net's own penalty, over N (the step's regulariser)."""
+        out = l2_penalty(self.net, self.l2) if self.l2 > 0 else 0.0
+        own = self.net.penalty()
+        return (out + (own if own is not None else 0.0)) / self.n_train
+
+    def refeed_loss(self, rows: Pattern, values: torch.Tensor) -> torch.Tensor:
+        """The refeed step's objective: y = f(x) of the batch's rows x (no gradient), fed back
+        (through the noise) with target y at every entry; plus the step's regularisers."""
+        x = values.new_zeros(rows.n_rows, self.net.width)
+        x[entry_rows(rows.off, len(rows.idx)), rows.idx] = values
+        with torch.no_grad():
+            y = self.net(x)
+        width, n = self.net.width, y.shape[0]
+        flat_idx = torch.arange(width, device=y.device).repeat(n)
+        flat_off = torch.arange(n, device=y.device) * width
+        c_idx, c_val, c_off = corrupt(flat_idx, y.reshape(-1), flat_off, **self.noise)
+        y_in = y.new_zeros(n, width)
+        y_in[entry_rows(c_off, len(c_idx)), c_idx] = c_val
+        return F.mse_loss(self.net(y_in), y) + self._penalties()
+
+    def _refeed_steps(self, loss: torch.Tensor, rows: Pattern, values: torch.Tensor) -> None:
+        """Manual optimisation: the masked step on x, then the refeed step."""
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad()
+        refeed = self.refeed_loss(rows, values)
+        self.manual_backward(refeed)
+        opt.step()
+        self.log("train/refeed_loss", refeed, on_step=False, on_epoch=True,
+                 batch_size=rows.n_rows * self.net.width)
 
     # -- held-out scoring -------------------------------------------------------------------
     def predict_targets(self, batch: dict) -> torch.Tensor:

@@ -234,7 +234,7 @@ def strict_json(summary: dict) -> str:
 _MODEL_KEYS_ADDED = {("model", "residual"): "none", ("model", "row_bias_reg"): 5.0,
                      ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0,
                      ("data", "implicit"): None, ("model", "loss"): "mse",
-                     ("model", "eval_topn"): False}
+                     ("model", "eval_topn"): False, ("model", "refeed"): False}
 _DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
 
 
