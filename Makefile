@@ -73,7 +73,7 @@ bench: install
 readme: install
 	$(PY) -m deepcf.study.transcripts README.md $(if $(MATCH),--match '$(MATCH)')
 # issue 9: every registered row (baselines now, autoencoder contenders later) on the rating and
-# top-N protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (a few minutes on 2 cores)
+# top-N protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (under an hour on 2 cores)
 .PHONY: accuracy accuracy-quick
 accuracy: install
 	$(PY) -m deepcf.study.accuracy --out ACCURACY.md

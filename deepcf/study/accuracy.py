@@ -27,6 +27,7 @@ import argparse
 import math
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -579,6 +580,9 @@ def run_protocol(protocol: str, data, seeds, rows: list[Row], tune: bool = True,
                 res.val.append(v)
         except DeepCFError as e:  # a row that cannot run is a measured failure, not a crash
             res.error = " ".join(str(e).split())
+        except Exception as e:  # a bug in one row: shown as its failure, the others still run
+            traceback.print_exc()
+            res.error = f"{type(e).__name__}: " + " ".join(str(e).split())
         res.seconds = time.perf_counter() - t0
         log(f"{protocol}: {res.row.name}: {_summary(res)} ({res.seconds:.1f} s)")
     return results
