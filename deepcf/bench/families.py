@@ -5,7 +5,9 @@ user trains), the synthetic scale it is timed at, and how many optimizer steps t
 builds the data module and the model from that config (deepcf.bench.runs, kind `family`), times
 `steps` training steps on the data module's real batches after a warm-up (the loop Lightning
 runs: zero_grad, training_step, backward, step) and reads the process's peak RSS. A new family
-(Mult-DAE/VAE, a kernel autoencoder, EDLAE, ...) adds one `register(Family(...))` here.
+adds one `register(Family(...))` here. Not timed here: EDLAE (closed form, no optimizer steps: its
+cost is one width x width solve, README "Which model to use") and `model.refeed=true` (two
+manual optimizer steps per batch inside training_step, not the loop above).
 """
 
 from __future__ import annotations
@@ -45,3 +47,8 @@ register(Family("linear net (dense W)", ("model=linear", "init=default"), scale=
                 dense_square=True))
 register(Family("linear net (dense W)", ("model=linear", "init=default"), dense_square=True))
 register(Family("Mult-DAE (multinomial: dense softmax over every movie)", ("experiment=mult_dae",)))
+register(Family("Mult-VAE (multinomial, Gaussian code)", ("experiment=mult_vae",)))
+register(Family("I-AutoRec + residual target", ("experiment=i_autorec_target",), steps=5,
+                note="one step = one epoch"))
+register(Family("GLocal-K local kernel (item rows, full-batch Rprop)", ("experiment=glocal_k",),
+                steps=5, note="one step = one epoch; W * K formed once per step"))
