@@ -28,6 +28,8 @@ def _net(**options) -> KernelNet:
     with torch.no_grad():  # vectors spread enough that some kernel entries are exactly 0
         for p in [*net.u, *net.v]:
             p.normal_(0.0, 0.5)
+        for p in (net.weight[-1], net.bias[-1]):  # zero with the residual until trained
+            p.normal_(0.0, 0.3)
     return net
 
 
@@ -151,3 +153,16 @@ def test_glocal_k_trains_from_config_only(make_cfg):
                    "callbacks.loss_curve=null")
     m = train(cfg)
     assert m["status"] == "ok" and math.isfinite(m["test/rmse"]) and m["epochs"] == 3
+
+
+def test_an_untrained_residual_kernel_net_predicts_the_bias_baseline():
+    from deepcf.study.baselines import fit_biases
+
+    train = sp.csr_matrix(_rows(seed=2, n=8))
+    net = KernelNet.build(WIDTH, hidden=[5, 4], dim=3, residual="target").double()
+    net.fit_data(train)
+    mu, b_row, b_col = fit_biases(train, reg_u=net.config.row_bias_reg,
+                                  reg_i=net.config.col_bias_reg)
+    with torch.no_grad():
+        out = net(torch.from_numpy(train.toarray())).numpy()
+    np.testing.assert_allclose(out, mu + b_col[None, :] + b_row[:, None], atol=1e-10)

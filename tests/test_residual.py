@@ -32,12 +32,34 @@ def _rows(seed=0, n_rows=N_ROWS, width=WIDTH, density=0.3) -> sp.csr_matrix:
     return sp.csr_matrix(X)
 
 
-def _residual_net(train: sp.csr_matrix, residual="bias", **options) -> AutoEncoder:
+def _residual_net(train: sp.csr_matrix, residual="bias", untrained=False,
+                  **options) -> AutoEncoder:
     torch.manual_seed(0)
     net = AutoEncoder.build(train.shape[1], hidden=[6, 4], residual=residual, row_bias_reg=3.0,
                             col_bias_reg=2.0, **options).double()
     net.fit_data(train)
+    if not untrained:  # the output layer starts at 0: give it weights, as training would
+        with torch.no_grad():
+            for p in (net.out_b, *([] if net.tied else [net.item_out])):
+                p.normal_(0.0, 0.3)
     return net
+
+
+@pytest.mark.parametrize("residual", ["bias", "target"])
+def test_an_untrained_residual_net_predicts_the_bias_baseline(residual):
+    """The output layer starts at zero: before any step the net is the bias baseline (mu + b_j
+    + the row's bias), so training starts where the baseline ends."""
+    train = _rows()
+    net = _residual_net(train, residual, untrained=True)
+    mu, b_row, b_col = fit_biases(train, reg_u=3.0, reg_i=2.0)
+    with torch.no_grad():
+        out = net(torch.from_numpy(train.toarray())).numpy()
+    np.testing.assert_allclose(out, mu + b_col[None, :] + b_row[:, None], atol=1e-10)
+    for init in ("xavier_uniform", "kaiming"):
+        net.init_weights(init, bias=0.01)
+        assert float(net.item_out.abs().sum()) == 0.0 and float(net.out_b.abs().sum()) == 0.0
+    plain = AutoEncoder.build(WIDTH, hidden=[6, 4])  # without the residual: nn.Linear's init
+    assert float(plain.item_out.abs().sum()) > 0.0
 
 
 def _brute_force(net: AutoEncoder, train: sp.csr_matrix, X: np.ndarray) -> np.ndarray:
@@ -87,6 +109,9 @@ def test_residual_sparse_and_dense_training_steps_agree(tied, noise, residual):
                       optimizer=opt, train_path="sparse", train_rows=train)
     b = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
                       optimizer=opt, train_path="dense", train_rows=train)
+    with torch.no_grad():  # the output layer starts at 0: give it weights, as training would
+        for p in (a.net.out_b, *([] if tied else [a.net.item_out])):
+            p.normal_(0.0, 0.3)
     b.load_state_dict(a.state_dict())
     a, b = a.double(), b.double()
     assert_same_training_step(a, b, flat_batch(train), atol=1e-10, rtol=1e-8)

@@ -199,7 +199,8 @@ class AutoEncoder(BiasResidual, RatingNet):
         default: PyTorch's nn.Linear init (kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in)));
         xavier_uniform / xavier_normal: Glorot, biases set to `bias` (0.01 in the original
         study); kaiming: He-normal for `nonlinearity` (use "linear" for LeCun-normal, the SELU
-        choice). Tied decoder weights are the encoder's and are initialised once.
+        choice). Tied decoder weights are the encoder's and are initialised once. With the
+        bias residual the output layer starts at zero (BiasResidual.start_at_baseline).
         """
         check_init(scheme)
         # (weight as (out, in) or None when tied, bias, fan_in)
@@ -216,3 +217,4 @@ class AutoEncoder(BiasResidual, RatingNet):
                 nn.init.uniform_(b, -bound, bound)
             else:
                 nn.init.constant_(b, 0.0 if bias is None else bias)
+        self.start_at_baseline(None if self.tied else self.item_out, self.out_b)

@@ -147,7 +147,8 @@ class KernelNet(BiasResidual, RatingNet):
     def init_weights(self, scheme: str = "default", bias: float | None = None,
                      nonlinearity: str = "relu") -> None:
         """The W_l and biases as nn.Linear under `scheme` (see AutoEncoder.init_weights); the
-        kernel vectors always N(0, kernel_init^2)."""
+        kernel vectors always N(0, kernel_init^2); with the bias residual the output layer
+        starts at zero (BiasResidual.start_at_baseline)."""
         check_init(scheme)
         for w, b in zip(self.weight, self.bias):
             init_matrix(w, scheme, nonlinearity)
@@ -158,3 +159,4 @@ class KernelNet(BiasResidual, RatingNet):
                 nn.init.constant_(b, 0.0 if bias is None else bias)
         for p in [*self.u, *self.v]:
             nn.init.normal_(p, 0.0, self.config.kernel_init)
+        self.start_at_baseline(self.weight[-1], self.bias[-1])

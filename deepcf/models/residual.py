@@ -9,6 +9,9 @@ entries, so a new user (or movie) needs no refit. Two kinds (`residual`):
 - `target`: the net is fed the raw ratings; only its output is a residual. Residual inputs hide
   which columns were rated behind values near 0; raw inputs keep that signal.
 
+The output layer starts at zero (`start_at_baseline`, called by the net's `init_weights`), so an
+untrained (untied) net predicts the bias baseline exactly.
+
 A net mixes `BiasResidual` in before `RatingNet`, calls `setup_residual(config)` in `__init__`,
 and reads `dense_residual(x)` in `forward` (and `residual_entries` / `base_at` on a sparse path),
 so the ONNX graph holds the whole computation.
@@ -56,6 +59,16 @@ class BiasResidual:
                                   reg_i=self.config.col_bias_reg)
         self.mu.fill_(mu)
         self.col_bias.copy_(torch.as_tensor(b_col, dtype=self.col_bias.dtype))
+
+    @torch.no_grad()
+    def start_at_baseline(self, weight: torch.Tensor | None, bias: torch.Tensor) -> None:
+        """With the residual, zero the output layer (`weight` None: tied to the encoder, left
+        as it is), so an untrained net predicts mu + b_col + b_row: training starts where the
+        bias baseline ends and early stopping can only keep what improves on it."""
+        if self.residual:
+            if weight is not None:
+                weight.zero_()
+            bias.zero_()
 
     def residual_entries(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
