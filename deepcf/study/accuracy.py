@@ -150,11 +150,16 @@ def _popularity(train, val, params, task):
     return _Fitted(lambda users: np.broadcast_to(pop, (len(users), len(pop))))
 
 
-def _ease(train, val, params, task):
-    B = bl.fit_ease(train, **params)
+def _item_item(train: sp.csr_matrix, W) -> _Fitted:
+    """The scores of an item-item model W (movies x movies): each user's binary training
+    interactions times W."""
     X = train.copy()
     X.data = np.ones_like(X.data, dtype=np.float64)
-    return _Fitted(lambda users: np.asarray(X[users] @ B))
+    return _Fitted(lambda users: np.asarray(X[users] @ W))
+
+
+def _ease(train, val, params, task):
+    return _item_item(train, bl.fit_ease(train, **params))
 
 
 SURPRISE_BIAS = {"reg_u": 15.0, "reg_i": 10.0}
@@ -184,10 +189,7 @@ register(Row("biased MF, ranked by predicted rating", "topn", _mf_rank, grid=[MF
 
 
 def _itemknn(train, val, params, task):
-    S = bl.fit_itemknn(train, **params)
-    X = train.copy()
-    X.data = np.ones_like(X.data, dtype=np.float64)
-    return _Fitted(lambda users: np.asarray(X[users] @ S))
+    return _item_item(train, bl.fit_itemknn(train, **params))
 
 
 def popularity_corrected(fit: Callable) -> Callable:
@@ -214,7 +216,7 @@ def _grid(**axes) -> list[dict]:
 
 
 POP_RULE = ("selection: the highest carve NDCG@10 among the settings whose carve coverage@10 "
-            ">= 0.30 (the target is joint)")
+            f">= {COVERAGE_TARGET:.2f} (the target is joint)")
 register(Row("ItemKNN (cosine)", "topn", _itemknn, grid=_grid(k=[20, 50, 100, 200]),
              defaults={"k": 100},
              note="item-based kNN: cosine similarity of the movies' binary interaction columns, "

@@ -18,9 +18,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepcf.errors import ConfigError
 from deepcf.models.sparse_ops import Pattern, entry_rows
 
 LOSSES = ("mse", "multinomial")
+
+
+def check_loss(loss) -> str:
+    """`model.loss`, or one line naming the choices."""
+    if loss not in LOSSES:
+        raise ConfigError(f"model.loss={loss!r} is not one of {', '.join(LOSSES)} "
+                          f"(the loss config group: loss=mse or loss=multinomial)")
+    return loss
 
 
 def masked_mse(pred_at_observed: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:

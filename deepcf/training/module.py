@@ -63,11 +63,11 @@ from torchmetrics import MaxMetric, MeanAbsoluteError, MeanSquaredError, MinMetr
 
 from deepcf.data.heldout import clip_or_fallback
 from deepcf.errors import ConfigError
-from deepcf.models.contract import dense_observed, net_class
+from deepcf.models.contract import dense_observed, dense_rows, net_class
 from deepcf.models.noise import check_noise, corrupt
 from deepcf.models.sparse_ops import Pattern, entry_rows
 from deepcf.serving.metrics import hits_matrix, ndcg_at
-from deepcf.training.loss import LOSSES, masked_mse, multinomial_nll
+from deepcf.training.loss import check_loss, masked_mse, multinomial_nll
 from deepcf.training.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,7 @@ class RatingsModule(pl.LightningModule):
                               f"{', '.join(TRAIN_PATHS)}{hint}")
         if sparse_grad not in ("auto", True, False):
             raise ConfigError(f"model.sparse_grad={sparse_grad!r} must be auto, true or false")
-        if loss not in LOSSES:
-            raise ConfigError(f"model.loss={loss!r} is not one of {', '.join(LOSSES)} "
-                              f"(the loss config group: loss=mse or loss=multinomial)")
+        check_loss(loss)
         if eval_topn not in (True, False):
             raise ConfigError(f"model.eval_topn={eval_topn!r} must be true or false")
         optimizer = _plain(optimizer)
@@ -256,39 +254,36 @@ class RatingsModule(pl.LightningModule):
             loss = masked_mse(pred, val)
             self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                      batch_size=len(idx))  # epoch value = sum sq err / number of ratings
-        if self.l2 > 0:
-            penalty = l2_penalty(self.net, self.l2) / self.n_train
-            self.log("train/l2", penalty, on_step=False, on_epoch=True, batch_size=len(idx))
-            loss = loss + penalty
-        own = self.net.penalty()  # e.g. the kernel net's sparsity, same units as l2
-        if own is not None:
-            own = own / self.n_train
-            self.log("train/penalty", own, on_step=False, on_epoch=True, batch_size=len(idx))
-            loss = loss + own
+        for name, term in self._regularisers().items():
+            self.log(f"train/{name}", term, on_step=False, on_epoch=True, batch_size=len(idx))
+            loss = loss + term
         if self.refeed:
             self._refeed_steps(loss, targets, val)
         return loss
 
-    def _penalties(self) -> torch.Tensor | float:
-        """lambda/2 ||W||^2 + the net's own penalty, over N (the step's regulariser)."""
-        out = l2_penalty(self.net, self.l2) if self.l2 > 0 else 0.0
+    def _regularisers(self) -> dict[str, torch.Tensor]:
+        """The step's regularisers over N, by name: "l2" (lambda/2 ||W||^2, when model.l2 > 0)
+        and "penalty" (the net's own, e.g. the kernel net's sparsity, same units)."""
+        out = {}
+        if self.l2 > 0:
+            out["l2"] = l2_penalty(self.net, self.l2) / self.n_train
         own = self.net.penalty()
-        return (out + (own if own is not None else 0.0)) / self.n_train
+        if own is not None:
+            out["penalty"] = own / self.n_train
+        return out
 
     def refeed_loss(self, rows: Pattern, values: torch.Tensor) -> torch.Tensor:
         """The refeed step's objective: y = f(x) of the batch's rows x (no gradient), fed back
         (through the noise) with target y at every entry; plus the step's regularisers."""
-        x = values.new_zeros(rows.n_rows, self.net.width)
-        x[entry_rows(rows.off, len(rows.idx)), rows.idx] = values
         with torch.no_grad():
-            y = self.net(x)
+            y = self.net(dense_rows(self.net.width, rows, values))
         width, n = self.net.width, y.shape[0]
         flat_idx = torch.arange(width, device=y.device).repeat(n)
         flat_off = torch.arange(n, device=y.device) * width
         c_idx, c_val, c_off = corrupt(flat_idx, y.reshape(-1), flat_off, **self.noise)
         y_in = y.new_zeros(n, width)
         y_in[entry_rows(c_off, len(c_idx)), c_idx] = c_val
-        return F.mse_loss(self.net(y_in), y) + self._penalties()
+        return F.mse_loss(self.net(y_in), y) + sum(self._regularisers().values())
 
     def _refeed_steps(self, loss: torch.Tensor, rows: Pattern, values: torch.Tensor) -> None:
         """Manual optimisation: the masked step on x, then the refeed step."""

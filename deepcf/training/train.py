@@ -195,12 +195,10 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
 def check_ranking_monitors(cfg: DictConfig) -> None:
     """A callback monitoring a metric the run does not log is one line, before training: a
     multinomial model logs no RMSE, and val/ndcg@10 needs model.eval_topn=true."""
-    from deepcf.training.loss import LOSSES
+    from deepcf.training.loss import check_loss
 
     model = cfg.get("model") or {}
-    if model.get("loss", "mse") not in LOSSES:
-        raise ConfigError(f"model.loss={model.get('loss')!r} is not one of {', '.join(LOSSES)} "
-                          f"(the loss config group: loss=mse or loss=multinomial)")
+    check_loss(model.get("loss", "mse"))
     logged = {"val/ndcg@10"} if model.get("eval_topn", False) else set()
     if model.get("loss", "mse") == "mse":
         logged.add("val/rmse")
