@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> float | None:
             raise SystemExit(EXIT_INTERRUPTED) from None
         if metrics.get("status") == "diverged":
             DIVERGED.append(str(metrics.get("run_dir")))
-        value = metrics.get(cfg.get("optimized_metric") or "")
+        value = metrics.get(metrics.get("optimized_metric") or "")
         return None if value is None else float(value)
 
 

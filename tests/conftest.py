@@ -11,12 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from deepcf.training.config import CONF_DIR
+from deepcf.training.config import compose
 from tests.helpers import TINY_RUN
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -25,9 +24,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def compose_cfg(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
     """The train config for `overrides`, writing into `output_dir`, on the CPU, quietly."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose(list(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)

@@ -10,7 +10,7 @@ import torch
 
 # the overrides of the session's tiny training run (conftest.py's tiny_run)
 TINY_RUN = ["data=synthetic", "data.source.scale=tiny", "trainer.max_epochs=3", "logger=csv",
-            "model.hidden=[32,16]", "data.batch_size=64"]
+            "model.net.hidden=[32,16]", "data.batch_size=64"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -127,3 +127,23 @@ def assert_predict_at_reads_the_dense_forward(net, X: sp.csr_matrix, targets: np
         at = net.predict_at(batch["in_idx"], batch["in_val"], batch["in_off"],
                             torch.from_numpy(rows), torch.from_numpy(cols))
     torch.testing.assert_close(at, dense, atol=1e-10, rtol=1e-10)
+
+
+OBJECTIVES = {"masked_mse": "deepcf.training.objectives.masked_mse.MaskedMSE",
+              "multinomial": "deepcf.training.objectives.multinomial.Multinomial",
+              "refeed": "deepcf.training.objectives.refeed.Refeed",
+              "closed_form": "deepcf.training.objectives.closed_form.ClosedForm"}
+
+
+def make_module(width: int, net: str = "deepcf.models.autoencoder.AutoEncoder",
+                objective: str = "masked_mse", objective_options: dict | None = None,
+                train_rows=None, optimizer=None, scheduler=None, init=None, noise=None,
+                l2: float = 0.0, metrics="auto", **net_options):
+    """A RatingsModule built as the run assembly builds one: the net `net` with
+    `net_options`, the objective `objective` (a name of conf/objective) with its options."""
+    from deepcf.data.datamodule import DataFacts
+    from deepcf.training.module import RatingsModule
+
+    return RatingsModule(DataFacts(width, rows=train_rows), {"_target_": net, **net_options},
+                         {"_target_": OBJECTIVES[objective], **(objective_options or {})},
+                         optimizer, scheduler, init, noise, l2, metrics)

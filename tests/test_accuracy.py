@@ -9,14 +9,15 @@ import pytest
 import scipy.sparse as sp
 
 from deepcf.errors import ConfigError
+from deepcf.serving.evaluate import topn_metrics
+from deepcf.stats import fit_biases
 from deepcf.study import accuracy as acc
-from deepcf.study.baselines import BiasedMF, fit_biases, fit_ease, fit_mf, predict_biases
+from deepcf.study.baselines import BiasedMF, fit_ease, fit_mf, predict_biases
 from deepcf.study.protocols import (
     bias_fallback,
     per_user_holdout,
     rating_errors,
     rating_split,
-    topn_metrics,
     topn_split,
 )
 
@@ -41,10 +42,11 @@ def entries(X: sp.spmatrix) -> set[tuple[int, int, float]]:
 # -- top-N metrics against brute force --------------------------------------------------------
 
 def brute_topn(scores: np.ndarray, train: np.ndarray, test: np.ndarray, ks) -> dict:
-    """Straight from the protocol's words, one user at a time, in plain Python."""
+    """Straight from the metrics' definitions, one user at a time, in plain Python."""
     n_users, n_movies = train.shape
     candidate_movies = {j for j in range(n_movies) if train[:, j].any()}
-    per = {f"{m}@{k}": [] for k in ks for m in ("recall", "ndcg")}
+    names = ("precision", "recall", "recall_capped", "ndcg", "map", "mrr", "hit")
+    per = {f"{m}@{k}": [] for k in ks for m in names}
     shown = {k: [] for k in ks}
     for u in range(n_users):
         held = {j for j in range(n_movies) if test[u, j]}
@@ -56,16 +58,25 @@ def brute_topn(scores: np.ndarray, train: np.ndarray, test: np.ndarray, ks) -> d
             top = ranked[:k]
             shown[k] += top
             hits = [j in held for j in top]
-            per[f"recall@{k}"].append(sum(hits) / min(k, len(held)))
+            per[f"precision@{k}"].append(sum(hits) / k)
+            per[f"recall@{k}"].append(sum(hits) / len(held))
+            per[f"recall_capped@{k}"].append(sum(hits) / min(k, len(held)))
             dcg = sum(1 / math.log2(r + 2) for r, h in enumerate(hits) if h)
             idcg = sum(1 / math.log2(r + 2) for r in range(min(k, len(held))))
             per[f"ndcg@{k}"].append(dcg / idcg)
+            precisions = [sum(hits[: r + 1]) / (r + 1) for r, h in enumerate(hits) if h]
+            per[f"map@{k}"].append(sum(precisions) / min(k, len(held)))
+            per[f"mrr@{k}"].append(next((1 / (r + 1) for r, h in enumerate(hits) if h), 0.0))
+            per[f"hit@{k}"].append(float(any(hits)))
     out = {name: float(np.mean(v)) for name, v in per.items()}
+    users_with = [u for u in range(n_users) if train[u].any()]
     for k in ks:
         counts = np.bincount(shown[k], minlength=n_movies).astype(float)
         out[f"coverage@{k}"] = (counts > 0).sum() / n_movies
         mean_abs_diff = np.abs(counts[:, None] - counts[None, :]).sum()
         out[f"gini@{k}"] = mean_abs_diff / (2 * n_movies**2 * counts.mean())
+        info = [-math.log2(max(train[:, j].sum(), 1) / len(users_with)) for j in shown[k]]
+        out[f"novelty@{k}"] = sum(info) / len(info)
     return out
 
 
@@ -324,7 +335,7 @@ def test_register_refuses_a_second_row_of_the_same_name():
 @pytest.fixture(scope="module", autouse=True)
 def small_contenders():
     """The autoencoder contenders with a small net and few epochs (the same code, faster)."""
-    acc.CONTENDER_EXTRA[:] = ["model.hidden=[16]", "trainer.max_epochs=4",
+    acc.CONTENDER_EXTRA[:] = ["model.net.hidden=[16]", "trainer.max_epochs=4",
                               "callbacks.early_stopping.patience=2"]
     yield
     acc.CONTENDER_EXTRA.clear()

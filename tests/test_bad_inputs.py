@@ -150,7 +150,7 @@ def test_one_user_or_identical_ratings_warn(make_cfg, tmp_path, caplog, case):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, train_run):
     return train_run(tmp_path_factory.mktemp("trained") / "run",
-                     ["data=synthetic", "trainer.max_epochs=2", "model.hidden=[16]",
+                     ["data=synthetic", "trainer.max_epochs=2", "model.net.hidden=[16]",
                       "logger=none"])
 
 
@@ -167,7 +167,7 @@ def test_truncated_sidecar_is_one_line(run_dir, tmp_path):
 
 
 def _resume_cfg(make_cfg, ckpt_path) -> object:
-    return make_cfg("data=synthetic", "trainer.max_epochs=3", "model.hidden=[16]",
+    return make_cfg("data=synthetic", "trainer.max_epochs=3", "model.net.hidden=[16]",
                     "logger=none", f"ckpt_path={ckpt_path}")
 
 
@@ -336,5 +336,6 @@ def test_too_few_ratings_for_a_validation_split_is_one_line(tmp_path, cache_dir)
     tiny = tmp_path / "three.csv"
     tiny.write_text("userId,movieId,rating\n1,2,4\n1,3,5\n2,2,3\n")
     dm = RatingsDataModule(RatingsFile(str(tiny)), cache_dir=str(cache_dir))
-    with pytest.raises(DataError, match="no val ratings: 3 rating.s. x data.val_fraction=0.1"):
+    with pytest.raises(DataError,
+                       match="no val ratings: 3 rating.s. x data.protocol.val_fraction=0.1"):
         dm.setup()

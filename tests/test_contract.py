@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcf.errors import ConfigError
+from deepcf.errors import CheckpointError, ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.contract import build_net, dense_observed, net_from_checkpoint
 from deepcf.models.kernel import KernelNet
@@ -76,19 +76,14 @@ def test_contract_defaults_equal_the_dense_forward():
 
 
 def test_unknown_options_and_nets_are_one_line():
-    with pytest.raises(ConfigError, match="model.hiden is not an option of AutoEncoder"):
+    with pytest.raises(ConfigError, match="model.net.hiden is not an option of AutoEncoder"):
         AutoEncoder.build(10, hiden=[4])
-    with pytest.raises(ConfigError, match="model.net='torch.nn.Linear' is not a"):
+    with pytest.raises(ConfigError, match="model.net._target_='torch.nn.Linear' is not a"):
         build_net({"target": "torch.nn.Linear", "config": {}})
     with pytest.raises(ConfigError, match="no such class"):
         build_net({"target": "deepcf.models.nope.Net", "config": {}})
 
 
-def test_checkpoints_from_before_the_contract_still_load():
-    torch.manual_seed(2)
-    net = AutoEncoder.build(20, hidden=[6], activation="sigmoid", linear_last=True)
-    legacy = {"hyper_parameters": {"n_items": 20, "hidden": [6], "activation": "sigmoid",
-                                   "tied": False, "dropout": 0.0, "linear_last": True},
-              "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
-    x = torch.rand(3, 20)
-    torch.testing.assert_close(net_from_checkpoint(legacy)(x), net.eval()(x))
+def test_a_checkpoint_without_a_net_spec_is_one_line():
+    with pytest.raises(CheckpointError, match="not a deepcf checkpoint"):
+        net_from_checkpoint({"hyper_parameters": {"n_items": 20}, "state_dict": {}})

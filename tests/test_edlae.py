@@ -14,8 +14,8 @@ import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import net_from_checkpoint
-from deepcf.models.edlae import EDLAE, binary_gram, edlae_weights
-from deepcf.serving.scoring import popularity_weights
+from deepcf.models.edlae import EDLAE, edlae_weights
+from deepcf.stats import binary_gram, popularity_weights
 from deepcf.study.baselines import fit_ease
 
 
@@ -74,11 +74,11 @@ def test_ease_is_edlae_at_p_zero():
 
 def test_bad_settings_are_one_line():
     G = np.eye(3)
-    with pytest.raises(ConfigError, match="model.dropout=1.0"):
+    with pytest.raises(ConfigError, match="model.net.dropout=1.0"):
         edlae_weights(G, 1.0, 1.0)
-    with pytest.raises(ConfigError, match="model.lam=-1"):
+    with pytest.raises(ConfigError, match="model.net.lam=-1"):
         EDLAE.build(3, lam=-1.0)
-    with pytest.raises(ConfigError, match="model.pop_beta"):
+    with pytest.raises(ConfigError, match="model.net.pop_beta"):
         EDLAE.build(3, pop_beta=-0.5)
     with pytest.raises(ConfigError, match="use lam > 0"):  # a movie no one interacted with
         edlae_weights(np.diag([1.0, 0.0, 2.0]), 0.5, 0.0)
@@ -87,7 +87,7 @@ def test_bad_settings_are_one_line():
 def test_net_binarises_and_applies_the_popularity_correction():
     X = sp.csr_matrix(tiny_binary(4, n_users=30, n_movies=8) * np.arange(1, 9))
     net = EDLAE.build(8, dropout=0.4, lam=2.0, pop_beta=0.3)
-    net.fit_data(X)
+    net.fit_closed_form(X)
     G = binary_gram(X)
     B = edlae_weights(G, 0.4, 2.0)
     s = popularity_weights(np.diag(G), 0.3)
@@ -106,14 +106,14 @@ def test_onnx_parity(tmp_path):
 
     X = sp.csr_matrix(tiny_binary(5, n_users=60, n_movies=20, density=0.3) * 4.0)
     net = EDLAE.build(20, dropout=0.5, lam=1.0, pop_beta=0.2)
-    net.fit_data(X)
+    net.fit_closed_form(X)
     rows = X.toarray().astype(np.float32)
     path = export_onnx(net, tmp_path / "edlae.onnx", torch.from_numpy(rows[:4]))
     assert parity(path, net, rows) <= 1e-5
 
 
 def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
-    """Closed form through deepcf.train: one epoch with no optimizer steps, the checkpoint holds
+    """Closed form through deepcf.train: one pass with no optimizer, the checkpoint holds
     the fitted weights, the ONNX model is exported, evaluate --protocol topn and recommend
     serve it."""
     from deepcf.serving.evaluate import evaluate_run
@@ -122,10 +122,11 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
     from deepcf.training.train import train
 
     run = tmp_path / "run"
-    cfg = make_cfg("experiment=edlae", "data=synthetic", "model.pop_beta=0.2",
+    cfg = make_cfg("experiment=edlae", "data=synthetic", "model.net.pop_beta=0.2",
                    "logger=none", output_dir=run)
     m = train(cfg)
     assert m["onnx"] and m["epochs"] == 1 and m["scores"] == "ranking"
+    assert m["monitor"] == "val/ndcg@10" and "val/rmse" not in m and "test/rmse" not in m
     net = load_net(Path(m["best_checkpoint"]))
     assert isinstance(net, EDLAE) and net.weight.abs().sum() > 0  # the fitted weights
     np.testing.assert_array_equal(torch.diagonal(net.weight).numpy(), 0.0)
@@ -153,11 +154,11 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
 
 def test_the_shipped_row_measures_the_experiment_as_configured():
     from deepcf.study.accuracy import shipped_model
-    from deepcf.study.contenders import compose_train_cfg
+    from deepcf.training.config import compose
 
-    model = compose_train_cfg(["experiment=edlae"]).model
-    assert shipped_model("edlae") == {"dropout": model.dropout, "lam": model.lam,
-                                      "emphasis": model.emphasis, "pop_beta": model.pop_beta}
+    net = compose(["experiment=edlae"]).model.net
+    assert shipped_model("edlae") == {"dropout": net.dropout, "lam": net.lam,
+                                      "emphasis": net.emphasis, "pop_beta": net.pop_beta}
 
 
 @pytest.mark.parametrize("override,key", [("model.l2=1.0", "model.l2=1.0"),

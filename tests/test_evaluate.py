@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from deepcf.errors import ConfigError
 from deepcf.serving.metrics import RankingAccumulator, gini, ndcg_at, recall_at, top_popular
 from deepcf.serving.scoring import top_k_unseen
 from tests.helpers import TINY_RUN
@@ -45,7 +46,8 @@ def test_ranking_metrics_match_brute_force(seed):
     rel_dense = rng.random((n_users, n_movies)) < 0.2
     rel_dense[3] = False  # a user with nothing relevant is left out
     counts = rng.integers(0, 50, n_movies)
-    acc = RankingAccumulator(n_movies, [3, kmax], counts)
+    acc = RankingAccumulator(n_movies, [f"{m}@{k}" for k in (3, kmax) for m in
+                                        ("recall", "ndcg", "coverage", "gini", "pop1%")], counts)
     acc.add(top[:5], rel_dense[:5])  # two chunks, as the scorer feeds it
     acc.add(top[5:], rel_dense[5:])
     out = acc.result()
@@ -74,16 +76,18 @@ def test_metric_edge_cases():
     assert top_popular(np.arange(250)).tolist() == [249, 248, 247]  # ceil(1% of 250)
 
 
-def test_recall_capped_is_an_option_and_the_default_is_unchanged():
+def test_recall_plain_and_capped_are_both_named_metrics():
     hits = np.array([[True, True, False], [True, False, False]])
     n_rel = np.array([10, 1])
     assert recall_at(hits, n_rel, 3).tolist() == pytest.approx([0.2, 1.0])
     assert recall_at(hits, n_rel, 3, capped=True).tolist() == pytest.approx([2 / 3, 1.0])
-    a = RankingAccumulator(3, [3], np.ones(3), recall="capped")
+    a = RankingAccumulator(3, ["recall@3", "recall_capped@2"], np.ones(3))
     a.add(np.array([[0, 1, 2]]), np.array([[True, True, True]]))
-    assert a.result()["recall@3"] == 1.0
-    with pytest.raises(ValueError):
-        RankingAccumulator(3, [3], np.ones(3), recall="other")
+    assert a.result()["recall@3"] == 1.0 and a.result()["recall_capped@2"] == 1.0
+    with pytest.raises(ConfigError, match="no ranking metric 'other'"):
+        RankingAccumulator(3, ["other@3"], np.ones(3))
+    with pytest.raises(ConfigError, match="NAME@K"):
+        RankingAccumulator(3, ["ndcg"], np.ones(3))
 
 
 def test_top_k_unseen_never_returns_a_seen_movie():

@@ -12,11 +12,12 @@ import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.kernel import KernelNet
-from deepcf.training.module import RatingsModule, l2_penalty
+from deepcf.training.objectives import l2_penalty
 from tests.helpers import (
     assert_predict_at_reads_the_dense_forward,
     assert_same_training_step,
     flat_batch,
+    make_module,
 )
 
 WIDTH = 12
@@ -75,9 +76,9 @@ def test_kernel_starts_near_one_and_the_step_adds_its_penalty():
     net = KernelNet.build(WIDTH, hidden=[4])
     assert all(float(k.detach().min()) > 0.99 for k in net.kernels())  # a plain autoencoder
     train = sp.csr_matrix(_rows(seed=1, n=8))
-    m = RatingsModule(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[5, 4], dim=3,
-                      sparsity=0.3, l2=2.0, train_rows=train,
-                      optimizer={"_target_": "torch.optim.Rprop"}).double()
+    m = make_module(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[5, 4], dim=3,
+                    sparsity=0.3, l2=2.0, train_rows=train,
+                    optimizer={"_target_": "torch.optim.Rprop"}).double()
     loss = m.training_step(flat_batch(train), 0)
     with torch.no_grad():
         pred = m.net(torch.from_numpy(train.toarray())).numpy()
@@ -85,8 +86,8 @@ def test_kernel_starts_near_one_and_the_step_adds_its_penalty():
         mse = float(np.mean((pred[r, c] - train.toarray()[r, c]) ** 2))
         own = float(m.net.penalty()) + float(l2_penalty(m.net, 2.0))
     assert float(loss.detach()) == pytest.approx(mse + own / train.nnz, rel=1e-10)
-    with pytest.raises(ConfigError, match="train_rows"):
-        RatingsModule(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[4])
+    with pytest.raises(ConfigError, match="needs the training rows"):
+        make_module(WIDTH, net="deepcf.models.kernel.KernelNet", hidden=[4])
 
 
 @pytest.mark.parametrize("residual", ["none", "target"])
@@ -95,8 +96,8 @@ def test_kernel_sparse_and_dense_training_steps_agree(residual, noise):
     train = sp.csr_matrix(_rows(seed=1, n=8))
     kw = dict(net="deepcf.models.kernel.KernelNet", hidden=[5, 4], dim=3, residual=residual,
               noise=noise, l2=1.0, train_rows=train, optimizer={"_target_": "torch.optim.Rprop"})
-    a = RatingsModule(WIDTH, train_path="sparse", **kw)
-    b = RatingsModule(WIDTH, train_path="dense", **kw)
+    a = make_module(WIDTH, **kw)
+    b = make_module(WIDTH, objective_options={"train_path": "dense"}, **kw)
     with torch.no_grad():
         for p in [*a.net.u, *a.net.v]:
             p.normal_(0.0, 0.5)
@@ -121,7 +122,7 @@ def test_kernel_net_exports_to_onnx_with_parity(tmp_path, residual):
 
 
 def test_kernel_residual_target_adds_the_biases_to_the_plain_net():
-    from deepcf.study.baselines import fit_biases
+    from deepcf.stats import fit_biases
 
     train = sp.csr_matrix(_rows(seed=2, n=8))
     net = _net(residual="target", row_bias_reg=3.0, col_bias_reg=2.0)
@@ -137,11 +138,11 @@ def test_kernel_residual_target_adds_the_biases_to_the_plain_net():
 
 
 def test_bad_kernel_options_are_one_line():
-    with pytest.raises(ConfigError, match="model.dim=0"):
+    with pytest.raises(ConfigError, match="model.net.dim=0"):
         KernelNet.build(WIDTH, dim=0)
-    with pytest.raises(ConfigError, match="model.sparsity=-1"):
+    with pytest.raises(ConfigError, match="model.net.sparsity=-1"):
         KernelNet.build(WIDTH, sparsity=-1.0)
-    with pytest.raises(ConfigError, match="model.residual='x'"):
+    with pytest.raises(ConfigError, match="model.net.residual='x'"):
         KernelNet.build(WIDTH, residual="x")
 
 
@@ -149,14 +150,14 @@ def test_glocal_k_trains_from_config_only(make_cfg):
     from deepcf.training.train import train
 
     cfg = make_cfg("data=synthetic", "data.source.scale=tiny", "experiment=glocal_k",
-                   "model.hidden=[16]", "trainer.max_epochs=3", "callbacks.onnx_export=null",
+                   "model.net.hidden=[16]", "trainer.max_epochs=3", "callbacks.onnx_export=null",
                    "callbacks.loss_curve=null")
     m = train(cfg)
     assert m["status"] == "ok" and math.isfinite(m["test/rmse"]) and m["epochs"] == 3
 
 
 def test_an_untrained_residual_kernel_net_predicts_the_bias_baseline():
-    from deepcf.study.baselines import fit_biases
+    from deepcf.stats import fit_biases
 
     train = sp.csr_matrix(_rows(seed=2, n=8))
     net = KernelNet.build(WIDTH, hidden=[5, 4], dim=3, residual="target").double()

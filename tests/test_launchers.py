@@ -9,13 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from deepcf.errors import ConfigError
-from deepcf.training.config import CONF_DIR, check_overrides
+from deepcf.training.config import check_overrides, compose
 
 
 class Submitted(Exception):
@@ -27,12 +25,8 @@ def sbatch_script(tmp_path, monkeypatch, *overrides: str) -> str:
     import submitit.slurm.slurm as slurm
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=["hydra/launcher=submitit_slurm",
-                                 f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = compose(["hydra/launcher=submitit_slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.job.name = "train"
     HydraConfig().set_config(cfg)
@@ -95,7 +89,7 @@ def test_launcher_overrides_are_checked_up_front():
 def test_submitit_local_runs_two_jobs_in_parallel(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "deepcf.train", "-m", "hydra/launcher=submitit_local",
-                        "data=synthetic", "trainer.max_epochs=1", "model.hidden=[16]",
+                        "data=synthetic", "trainer.max_epochs=1", "model.net.hidden=[16]",
                         "logger=csv", "seed=1,2", f"hydra.sweep.dir={sweep}",
                         f"paths.cache_dir={cache_dir}", "trainer.accelerator=cpu"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)

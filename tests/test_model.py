@@ -12,7 +12,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.noise import corrupt
 from deepcf.models.sparse_ops import entry_rows
-from deepcf.training.module import RatingsModule
+from tests.helpers import make_module
 
 
 def _sparse_batch(n_rows=6, n_items=40, density=0.2, seed=0):
@@ -80,8 +80,8 @@ def test_tied_weights_are_one_parameter():
 @pytest.mark.filterwarnings("ignore:You are trying to")
 def test_noise_applies_in_training_only():
     torch.manual_seed(0)
-    module = RatingsModule(40, hidden=[16, 8], noise={"kind": "dropout", "p": 0.5},
-                           optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
+    module = make_module(40, hidden=[16, 8], noise={"kind": "dropout", "p": 0.5},
+                         optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     _, _, idx, val, off = _sparse_batch()
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
     module.train()
@@ -125,9 +125,9 @@ def test_init_schemes():
         net.init_weights("glorot")
 
 
-@pytest.mark.parametrize("kwargs,key", [({"hidden": []}, "model.hidden"),
-                                        ({"activation": "gelu2"}, "model.activation"),
-                                        ({"dropout": 1.5}, "model.dropout")])
+@pytest.mark.parametrize("kwargs,key", [({"hidden": []}, "model.net.hidden"),
+                                        ({"activation": "gelu2"}, "model.net.activation"),
+                                        ({"dropout": 1.5}, "model.net.dropout")])
 def test_bad_model_options(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         AutoEncoder.build(10, **{"hidden": [4], **kwargs})

@@ -125,11 +125,11 @@ def test_onnx_parity_and_spec_rebuild(make, tmp_path):
 
 
 def test_bad_options_are_one_line():
-    with pytest.raises(ConfigError, match="model.input_dropout=1.0"):
+    with pytest.raises(ConfigError, match="model.net.input_dropout=1.0"):
         MultDAE.build(10, input_dropout=1.0)
-    with pytest.raises(ConfigError, match="model.anneal_steps=-1"):
+    with pytest.raises(ConfigError, match="model.net.anneal_steps=-1"):
         MultVAE.build(10, anneal_steps=-1)
-    with pytest.raises(ConfigError, match="model.anneal_cap is not an option of MultDAE"):
+    with pytest.raises(ConfigError, match="model.net.anneal_cap is not an option of MultDAE"):
         MultDAE.build(10, anneal_cap=0.2)
 
 
@@ -138,6 +138,6 @@ def test_experiments_train_on_ranking_and_export(exp, make_cfg):
     from deepcf.training.train import train
 
     m = train(make_cfg(f"experiment={exp}", "data=synthetic", "data.source.scale=tiny",
-                       "trainer.max_epochs=2", "model.hidden=[16]", "model.latent=8"))
+                       "trainer.max_epochs=2", "model.net.hidden=[16]", "model.net.latent=8"))
     assert math.isfinite(m["val/ndcg@10_best"]) and m["onnx"] and "test/rmse" not in m
     assert m["status"] == "ok"

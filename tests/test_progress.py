@@ -23,7 +23,7 @@ def test_the_line_format():
 
 
 def test_a_non_interactive_run_prints_one_line_per_epoch(make_cfg, capfd):
-    m = train(make_cfg("data=synthetic", "data.source.scale=tiny", "model.hidden=[16]",
+    m = train(make_cfg("data=synthetic", "data.source.scale=tiny", "model.net.hidden=[16]",
                        "trainer.max_epochs=3", "logger=none", "callbacks.onnx_export=null",
                        "callbacks.early_stopping=null"))
     out = capfd.readouterr()

@@ -1,4 +1,4 @@
-"""Ranking: implicit data, the multinomial loss, the validation NDCG@10 in training, against
+"""Ranking: implicit data, the multinomial objective, the validation NDCG@10 in training, against
 brute-force computations on small data."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import torch
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.sparse_ops import Pattern
-from deepcf.training.loss import multinomial_nll
-from deepcf.training.module import row_ndcg
+from deepcf.serving.metrics import RankingAccumulator
+from deepcf.serving.scoring import top_k_unseen
+from deepcf.training.objectives.multinomial import multinomial_nll
 
 
 def _batch(x: torch.Tensor):
@@ -107,35 +108,34 @@ def _ndcg_by_hand(scores, seen, relevant, candidate, k=10):
     return np.array(out)
 
 
-def test_row_ndcg_against_brute_force():
+def test_ranked_rows_ndcg_against_brute_force():
+    """Seen and non-candidate columns never ranked, rows without a relevant entry left out."""
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(6, 25))
     seen = rng.random((6, 25)) < 0.3
     relevant = (rng.random((6, 25)) < 0.2) & ~seen
     relevant[3] = False  # a row without relevant entries is left out
     candidate = rng.random(25) > 0.1
-    got, n = row_ndcg(torch.from_numpy(scores), tuple(torch.from_numpy(a) for a in
-                                                      np.nonzero(seen)),
-                      tuple(torch.from_numpy(a) for a in np.nonzero(relevant)),
-                      torch.from_numpy(candidate))
+    masked = np.where(candidate, scores, -np.inf)
+    top, _ = top_k_unseen(masked, sp.csr_matrix(seen), 10)
+    acc = RankingAccumulator(25, ["ndcg@10"], np.ones(25), per_user=True)
+    acc.add(top, relevant)
     want = _ndcg_by_hand(scores, seen, relevant, candidate)
-    assert n == len(want) == 5
-    np.testing.assert_allclose(got, want)
+    assert acc.result()["n_users"] == len(want) == 5
+    np.testing.assert_allclose(acc.per_user_values()["ndcg@10"], want)
+    assert acc.result()["ndcg@10"] == pytest.approx(want.mean())
 
 
 def test_val_ndcg_in_training_equals_the_topn_protocol(make_cfg):
     """The module's val/ndcg@10 on a split's carve is the protocol's NDCG@10 of the same net."""
     import pytorch_lightning as pl
 
-    from deepcf.study.protocols import topn_metrics
-    from deepcf.training.config import build
+    from deepcf.serving.evaluate import topn_metrics
+    from deepcf.training.assembly import assemble
 
     cfg = make_cfg("data=synthetic", "data.source.scale=tiny", "data.implicit=all",
-                   "loss=multinomial", "model.eval_topn=true", "model.hidden=[16]")
-    dm = build(cfg.data, "data")
-    dm.setup("fit")
-    model = build(cfg.model, "model", width=dm.width, rating_min=0.0, rating_max=1.0,
-                  train_mean=1.0, train_rows=dm.train_rows)
+                   "objective=multinomial", "model.metrics=[ndcg@10]", "model.net.hidden=[16]")
+    dm, model = assemble(cfg)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, use_distributed_sampler=False)
     got = trainer.validate(model, datamodule=dm, verbose=False)[0]
@@ -150,22 +150,26 @@ def test_val_ndcg_in_training_equals_the_topn_protocol(make_cfg):
 def test_ranking_run_early_stops_on_val_ndcg_and_returns_its_best(make_cfg):
     from deepcf.training.train import train
 
-    m = train(make_cfg("data=synthetic", "data.implicit=all", "loss=multinomial",
-                       "model.eval_topn=true", "callbacks=ranking", "trainer.max_epochs=2",
-                       "model.hidden=[16]", "optimized_metric=val/ndcg@10_best"))
+    m = train(make_cfg("data=synthetic", "data.implicit=all", "objective=multinomial",
+                       "model.metrics=[ndcg@10]", "trainer.max_epochs=2",
+                       "model.net.hidden=[16]", "optimized_metric=val/ndcg@10_best"))
     assert 0 < m["val/ndcg@10_best"] <= 1 and "test/ndcg@10" in m and "test/rmse" not in m
     assert m["status"] == "ok" and m["onnx"]
 
 
-def test_monitoring_a_metric_the_run_does_not_log_is_one_line(make_cfg):
+def test_the_monitor_follows_the_output_kind_and_a_metric_not_logged_is_one_line(make_cfg):
     from deepcf.training.train import train
 
+    m = train(make_cfg("data=synthetic", "objective=multinomial", "trainer.max_epochs=1",
+                       "model.net.hidden=[8]", "logger=none"))
+    assert m["monitor"] == "val/ndcg@10" and m["optimized_metric"] == "val/ndcg@10_best"
+    assert "val/rmse" not in m and "test/rmse" not in m
     with pytest.raises(ConfigError, match="callbacks.model_checkpoint.monitor=val/rmse"):
-        train(make_cfg("data=synthetic", "loss=multinomial", "trainer.max_epochs=1"))
-    with pytest.raises(ConfigError, match="model.eval_topn=true"):
-        train(make_cfg("data=synthetic", "callbacks=ranking", "trainer.max_epochs=1"))
-    with pytest.raises(ConfigError, match="model.loss='hinge'"):
-        train(make_cfg("data=synthetic", "model.loss=hinge", "trainer.max_epochs=1"))
+        train(make_cfg("data=synthetic", "objective=multinomial", "trainer.max_epochs=1",
+                       "callbacks.model_checkpoint.monitor=val/rmse"))
+    with pytest.raises(ConfigError, match="add the metric to model.metrics"):
+        train(make_cfg("data=synthetic", "trainer.max_epochs=1",
+                       "callbacks.early_stopping.monitor=val/ndcg@10"))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,7 @@ def ranking_run(train_run, tmp_path_factory):
     """A tiny Mult-DAE run (ranking scores, implicit data) with its ONNX model and sidecar."""
     return train_run(tmp_path_factory.mktemp("dae-run"),
                      ["experiment=mult_dae", "data=synthetic", "data.source.scale=tiny",
-                      "trainer.max_epochs=2", "model.hidden=[16]", "model.latent=8",
+                      "trainer.max_epochs=2", "model.net.hidden=[16]", "model.net.latent=8",
                       "logger=none"])
 
 
@@ -215,8 +219,9 @@ def test_rating_run_is_labelled_ranked_by_predicted_rating(tiny_run, capsys):
 def test_blend_weight_rule_against_brute_force():
     """The ensemble's weight: the best carve NDCG@10 among weights with carve coverage@10 >= the
     floor (else the best NDCG@10), over standardised scores."""
+    from deepcf.serving.evaluate import topn_metrics
     from deepcf.study import accuracy as acc
-    from deepcf.study.protocols import topn_metrics, topn_split
+    from deepcf.study.protocols import topn_split
 
     rng = np.random.default_rng(0)
     X = sp.csr_matrix((rng.random((60, 40)) < 0.3).astype(np.float32))

@@ -1,4 +1,4 @@
-"""DeepRecommender's dense re-feeding (model.refeed): two optimizer steps per batch, checked
+"""DeepRecommender's dense re-feeding (objective=refeed): two optimizer steps per batch, checked
 against the same two SGD steps computed by hand."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from deepcf.errors import ConfigError
-from deepcf.training.module import RatingsModule
+from tests.helpers import make_module
 
 WIDTH = 10
 
@@ -27,8 +27,9 @@ def _batch(seed=0, n=6):
 
 def _module(train, **kw):
     torch.manual_seed(0)
-    return RatingsModule(WIDTH, hidden=[4], activation="sigmoid", refeed=True, train_rows=train,
-                         optimizer={"_target_": "torch.optim.SGD", "lr": 0.5}, **kw)
+    return make_module(WIDTH, hidden=[4], activation="sigmoid", objective="refeed",
+                       train_rows=train, optimizer={"_target_": "torch.optim.SGD", "lr": 0.5},
+                       **kw)
 
 
 @pytest.mark.parametrize("l2", [0.0, 2.0])
@@ -63,7 +64,7 @@ def test_refeed_takes_the_masked_step_then_the_dense_step_as_by_hand(l2):
     trainer.fit(m, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, want[k], atol=1e-6, rtol=1e-5)
-    assert not m.sparse_grad
+    assert not m.objective.sparse_grad
 
 
 def test_bad_refeed_combinations_are_one_line():
@@ -71,16 +72,18 @@ def test_bad_refeed_combinations_are_one_line():
     with pytest.raises(ConfigError, match="scheduler=none"):
         _module(X, scheduler={"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 1})
     with pytest.raises(ConfigError, match="lbfgs"):
-        RatingsModule(WIDTH, hidden=[4], refeed=True, optimizer={"_target_": "torch.optim.LBFGS"})
-    with pytest.raises(ConfigError, match="model.refeed='yes'"):
-        RatingsModule(WIDTH, hidden=[4], refeed="yes")
+        make_module(WIDTH, hidden=[4], objective="refeed",
+                    optimizer={"_target_": "torch.optim.LBFGS"})
+    with pytest.raises(ConfigError, match="model.objective.train_path='fast'"):
+        make_module(WIDTH, hidden=[4], objective="refeed",
+                    objective_options={"train_path": "fast"})
 
 
 def test_refeed_with_input_dropout_trains_from_config_only(make_cfg):
     from deepcf.training.train import train
 
-    cfg = make_cfg("data=synthetic", "data.source.scale=tiny", "model.hidden=[16]",
-                   "model.refeed=true", "noise=dropout", "trainer.max_epochs=2",
+    cfg = make_cfg("data=synthetic", "data.source.scale=tiny", "model.net.hidden=[16]",
+                   "objective=refeed", "noise=dropout", "trainer.max_epochs=2",
                    "callbacks.onnx_export=null", "callbacks.loss_curve=null")
     m = train(cfg)
     assert m["status"] == "ok" and math.isfinite(m["test/rmse"]) and m["epochs"] == 2

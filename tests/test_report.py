@@ -21,7 +21,7 @@ def sweep(train_run, tmp_path_factory):
     """A sweep dir of 3 runs: hidden [16] with seeds 1 and 2, hidden [8] with seed 1."""
     root = tmp_path_factory.mktemp("sweep")
     for i, (hidden, seed) in enumerate([("[16]", 1), ("[16]", 2), ("[8]", 1)]):
-        ov = [*BASE, f"model.hidden={hidden}", f"seed={seed}"]
+        ov = [*BASE, f"model.net.hidden={hidden}", f"seed={seed}"]
         run = train_run(root / str(i), ov)
         (run / ".hydra").mkdir()
         OmegaConf.save(OmegaConf.create(ov), run / ".hydra" / "overrides.yaml")
@@ -35,8 +35,8 @@ def test_report_of_a_sweep(sweep, tmp_path, capsys):
     text = files["table"].read_text()
     assert text == (tmp_path / "rep" / "report.md").read_text()
     rows = [x for x in text.splitlines() if x.startswith("| `")]
-    assert [r.split("|")[1].strip() for r in rows] == ["`custom model.hidden=[16]`",
-                                                       "`custom model.hidden=[8]`"]
+    assert [r.split("|")[1].strip() for r in rows] == ["`custom model.net.hidden=[16]`",
+                                                       "`custom model.net.hidden=[8]`"]
     ms = [json.loads((sweep / i / "metrics.json").read_text()) for i in ("0", "1")]
     assert mean_std([m["test/rmse"] for m in ms]) in rows[0]  # mean ± std over the 2 seeds
     assert rows[0].rstrip().endswith("| 1/2 |")

@@ -12,12 +12,13 @@ import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
-from deepcf.study.baselines import fit_biases
-from deepcf.training.module import RatingsModule, l2_penalty
+from deepcf.stats import fit_biases
+from deepcf.training.objectives import l2_penalty
 from tests.helpers import (
     assert_predict_at_reads_the_dense_forward,
     assert_same_training_step,
     flat_batch,
+    make_module,
 )
 
 N_ROWS, WIDTH = 9, 40
@@ -105,10 +106,10 @@ def test_residual_sparse_and_dense_training_steps_agree(tied, noise, residual):
     train = _rows()
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
-                      optimizer=opt, train_path="sparse", train_rows=train)
-    b = RatingsModule(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
-                      optimizer=opt, train_path="dense", train_rows=train)
+    a = make_module(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
+                    optimizer=opt, train_rows=train)
+    b = make_module(WIDTH, hidden=[6, 4], residual=residual, tied=tied, noise=noise,
+                    optimizer=opt, objective_options={"train_path": "dense"}, train_rows=train)
     with torch.no_grad():  # the output layer starts at 0: give it weights, as training would
         for p in (a.net.out_b, *([] if tied else [a.net.item_out])):
             p.normal_(0.0, 0.3)
@@ -143,14 +144,14 @@ def test_residual_net_rebuilds_from_its_spec_with_its_biases():
 
 
 def test_bad_residual_options_are_one_line():
-    with pytest.raises(ConfigError, match="model.residual='user'"):
+    with pytest.raises(ConfigError, match="model.net.residual='user'"):
         AutoEncoder.build(10, hidden=[4], residual="user")
-    with pytest.raises(ConfigError, match="model.row_bias_reg=-1"):
+    with pytest.raises(ConfigError, match="model.net.row_bias_reg=-1"):
         AutoEncoder.build(10, hidden=[4], residual="bias", row_bias_reg=-1.0)
-    with pytest.raises(ConfigError, match="train_rows"):
-        RatingsModule(10, hidden=[4], residual="bias")
+    with pytest.raises(ConfigError, match="fits from the training rows"):
+        make_module(10, hidden=[4], residual="bias")
     with pytest.raises(ConfigError, match="model.l2=-1"):
-        RatingsModule(10, hidden=[4], l2=-1.0)
+        make_module(10, hidden=[4], l2=-1.0)
 
 
 def test_l2_is_half_lambda_times_the_squared_weights_only():
@@ -162,9 +163,9 @@ def test_l2_is_half_lambda_times_the_squared_weights_only():
         assert float(l2_penalty(net, 3.0).detach()) == pytest.approx(expected, rel=1e-6)
     # the step's objective: mean squared error + lambda/2 ||W||^2 / N (N training ratings)
     train = _rows()
-    m = RatingsModule(WIDTH, hidden=[6, 4], l2=3.0, train_rows=train,
-                      optimizer={"_target_": "deepcf.training.optim.LazyAdam", "lr": 1e-3})
-    assert not m.sparse_grad  # the penalty's gradient is dense
+    m = make_module(WIDTH, hidden=[6, 4], l2=3.0, train_rows=train,
+                    optimizer={"_target_": "deepcf.training.optim.LazyAdam", "lr": 1e-3})
+    assert not m.objective.sparse_grad  # the penalty's gradient is dense
     X = train
     batch = {"in_idx": torch.from_numpy(X.indices.astype(np.int64)),
              "in_val": torch.from_numpy(X.data).float(),
@@ -183,7 +184,7 @@ def test_full_batch_optimizers_train_from_config_only(make_cfg, optimizer):
     from deepcf.training.train import train
 
     cfg = make_cfg("data=synthetic", "data.source.scale=tiny", "experiment=i_autorec",
-                   f"optimizer={optimizer}", "model.hidden=[16]", "model.residual=bias",
+                   f"optimizer={optimizer}", "model.net.hidden=[16]", "model.net.residual=bias",
                    "trainer.max_epochs=3", "model.l2=1.0", "callbacks.onnx_export=null",
                    "callbacks.loss_curve=null")
     m = train(cfg)

@@ -16,7 +16,7 @@ import deepcf.training.module as module_mod
 from deepcf.errors import TrainingInterrupted
 from deepcf.training.train import train
 
-FAST = ("data=synthetic", "model.hidden=[16]", "callbacks.onnx_export=null")
+FAST = ("data=synthetic", "model.net.hidden=[16]", "callbacks.onnx_export=null")
 
 
 def _cli(*args: str, cwd: Path, cache_dir: Path) -> subprocess.Popen:
@@ -91,7 +91,7 @@ def test_resume_with_other_data_is_one_line(make_cfg, tmp_path):
 
     run = tmp_path / "run"
     train(make_cfg(*FAST, "logger=none", "trainer.max_epochs=1", output_dir=run))
-    with pytest.raises(ConfigError, match=r"data.split_seed is 5 here but 42 in the run being "
+    with pytest.raises(ConfigError, match=r"data.protocol.seed is 5 here but 42 in the run being "
                                           r"resumed"):
         train(make_cfg(*FAST, "logger=none", "seed=5", f"ckpt_path={run}"))
 
@@ -212,9 +212,9 @@ def test_ddp_on_cpu_rank_zero_writes_and_the_score_is_aggregated(tmp_path, cache
     from omegaconf import OmegaConf
 
     from deepcf.serving.runs import run_datamodule
-    from deepcf.training.config import build
+    from deepcf.training.assembly import build_module
 
-    p = _cli("data=synthetic", "model.hidden=[16]", "logger=none", "trainer=ddp_cpu",
+    p = _cli("data=synthetic", "model.net.hidden=[16]", "logger=none", "trainer=ddp_cpu",
              "trainer.devices=2", "trainer.max_epochs=2", "data.eval_batch_size=50",
              cwd=tmp_path, cache_dir=cache_dir)
     rc, out, err = _done(p)
@@ -227,8 +227,7 @@ def test_ddp_on_cpu_rank_zero_writes_and_the_score_is_aggregated(tmp_path, cache
     cfg = OmegaConf.load(run / "config_resolved.yaml")
     dm = run_datamodule(run, cache_dir=str(cache_dir))
     lo, hi = dm.rating_range
-    model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                  train_mean=dm.train_mean)
+    model = build_module(cfg, dm)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False)
     one = trainer.test(model, datamodule=dm, ckpt_path=m["best_checkpoint"], verbose=False,

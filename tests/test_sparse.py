@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from deepcf.errors import ConfigError
 from deepcf.models.autoencoder import AutoEncoder
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
-from deepcf.training.module import RatingsModule
 from deepcf.training.optim import LazyAdam, takes_sparse_grads
-from tests.helpers import assert_same_training_step
+from tests.helpers import assert_same_training_step, make_module
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks"),
               pytest.mark.filterwarnings("ignore:You are trying to")]
@@ -189,8 +188,8 @@ def test_lazy_adam_bad_options_name_the_key():
 ])
 def test_optimizers_get_sparse_grads_only_when_they_take_them(opt, sparse):
     assert takes_sparse_grads(opt)[0] == sparse
-    m = RatingsModule(3000, hidden=[8], optimizer=opt, train_path="sparse")
-    assert m.sparse_grad == sparse and not m.dense_train
+    m = make_module(3000, hidden=[8], optimizer=opt)
+    assert m.objective.sparse_grad == sparse and m.objective.train_path == "sparse"
     # every such optimizer trains a step through the sparse path, its grads as chosen
     x, mask, idx, val, off = _batch(n_items=3000, density=0.01)
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}
@@ -206,20 +205,21 @@ def test_optimizers_get_sparse_grads_only_when_they_take_them(opt, sparse):
 
 
 def test_sparse_grad_true_with_a_dense_optimizer_is_a_config_error():
-    with pytest.raises(ConfigError, match="model.sparse_grad=true"):
-        RatingsModule(100, hidden=[8], optimizer={"_target_": "torch.optim.RMSprop", "lr": 0.01},
-                      sparse_grad=True)
-    with pytest.raises(ConfigError, match="model.train_path='fast'"):
-        RatingsModule(100, hidden=[8], train_path="fast")
-    with pytest.raises(ConfigError, match="model.sparse_grad='yes'"):
-        RatingsModule(100, hidden=[8], sparse_grad="yes")
+    with pytest.raises(ConfigError, match="model.objective.sparse_grad=true"):
+        make_module(100, hidden=[8], optimizer={"_target_": "torch.optim.RMSprop", "lr": 0.01},
+                    objective_options={"sparse_grad": True})
+    with pytest.raises(ConfigError, match="model.objective.train_path='fast'"):
+        make_module(100, hidden=[8], objective_options={"train_path": "fast"})
+    with pytest.raises(ConfigError, match="model.objective.sparse_grad='yes'"):
+        make_module(100, hidden=[8], objective_options={"sparse_grad": "yes"})
 
 
 def test_sparse_is_the_default_path_and_dense_stays_selectable():
-    assert not RatingsModule(1682, hidden=[8]).dense_train
-    assert RatingsModule(1682, hidden=[8], train_path="dense").dense_train
+    assert make_module(1682, hidden=[8]).objective.train_path == "sparse"
+    dense = make_module(1682, hidden=[8], objective_options={"train_path": "dense"})
+    assert dense.objective.train_path == "dense" and not dense.objective.sparse_grad
     with pytest.raises(ConfigError, match="auto was sparse"):
-        RatingsModule(1682, hidden=[8], train_path="auto")
+        make_module(1682, hidden=[8], objective_options={"train_path": "auto"})
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -230,10 +230,9 @@ def test_sparse_and_dense_training_steps_agree(noise, tied):
     dropout: encoder and decoder see different entries, autograd adds their gradients."""
     opt = {"_target_": "torch.optim.SGD", "lr": 0.1}
     torch.manual_seed(0)
-    a = RatingsModule(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, train_path="sparse",
-                      tied=tied)
-    b = RatingsModule(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, train_path="dense",
-                      tied=tied)
+    a = make_module(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, tied=tied)
+    b = make_module(N_ITEMS, hidden=[16, 8], noise=noise, optimizer=opt, tied=tied,
+                    objective_options={"train_path": "dense"})
     b.load_state_dict(a.state_dict())
     x, mask, idx, val, off = _batch()
     batch = {"in_idx": idx, "in_val": val.float(), "in_off": off}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deepcf.study.baselines import baseline_scores, fit_biases
+from deepcf.stats import fit_biases
+from deepcf.study.baselines import baseline_scores
 from deepcf.study.experiments import BEGIN, END, baselines, collect, mean_std, table, update_readme
 
 
@@ -97,7 +98,8 @@ def test_baselines_use_the_runs_splits(cache_dir, monkeypatch):
     got = baselines([1, 2], ["data=synthetic"])
     assert set(got) == {"global mean", "user+item bias"}
     for seed, row in zip((1, 2), got["user+item bias"]):
-        dm = RatingsDataModule(Synthetic("tiny"), split_seed=seed, cache_dir=str(cache_dir))
+        dm = RatingsDataModule(Synthetic("tiny"), protocol={"seed": seed},
+                               cache_dir=str(cache_dir))
         dm.setup()
         want = baseline_scores(dm.split.train, dm.split.test, *dm.rating_range)
         assert row["test/rmse"] == pytest.approx(want["user+item bias"]["rmse"])

@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deepcf.models.contract import net_from_checkpoint
+from deepcf.training.assembly import build_module
 from deepcf.training.config import CONF_DIR, build
 from deepcf.training.train import train
 from tests.helpers import heldout_by_hand
@@ -52,22 +53,22 @@ def test_experiment_runs_under_fast_dev_run_with_onnx_parity(make_cfg, experimen
 def test_study_experiments_compose_as_described(make_cfg):
     c = {e: make_cfg(f"experiment={e}").model for e in STUDY}
     assert c["first_test_run"].optimizer._target_ == "torch.optim.SGD"
-    assert c["first_test_run"].init.scheme == "default" and not c["first_test_run"].tied
+    assert c["first_test_run"].init.scheme == "default" and not c["first_test_run"].net.tied
     assert c["RMSprop_test_tied"].optimizer._target_ == "torch.optim.RMSprop"
-    assert c["RMSprop_test_tied"].tied
+    assert c["RMSprop_test_tied"].net.tied
     assert c["better_init_tied"].init.scheme == "xavier_uniform"
-    assert c["better_init_tied"].init.bias == 0.01 and c["better_init_tied"].tied
+    assert c["better_init_tied"].init.bias == 0.01 and c["better_init_tied"].net.tied
     assert c["scheduler_lr"].scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
     assert (c["scheduler_lr"].scheduler.step_size, c["scheduler_lr"].scheduler.gamma) == (1, 0.1)
-    assert c["scheduler_lr"].optimizer._target_ == "torch.optim.SGD" and c["scheduler_lr"].tied
+    assert c["scheduler_lr"].optimizer._target_ == "torch.optim.SGD" and c["scheduler_lr"].net.tied
     assert c["denoising_test"].noise.kind == "dropout"
-    assert c["denoising_test"].scheduler.gamma == 0.1 and c["denoising_test"].tied
+    assert c["denoising_test"].scheduler.gamma == 0.1 and c["denoising_test"].net.tied
     for e in STUDY[:4]:
         assert c[e].noise.kind == "none"
 
 
 def test_a_short_run_writes_every_artifact_and_tests_the_best_checkpoint(make_cfg, tmp_path):
-    cfg = make_cfg("data=synthetic", "trainer.max_epochs=3", "model.hidden=[32,16]",
+    cfg = make_cfg("data=synthetic", "trainer.max_epochs=3", "model.net.hidden=[32,16]",
                    output_dir=tmp_path / "run")
     m = train(cfg)
     run = tmp_path / "run"
@@ -96,12 +97,11 @@ def test_rmse_is_aggregated_over_the_split_like_numpy(make_cfg):
     training-mean fallback included."""
     import pytorch_lightning as pl
 
-    cfg = make_cfg("data=synthetic", "data.eval_batch_size=7", "model.hidden=[16]")
+    cfg = make_cfg("data=synthetic", "data.eval_batch_size=7", "model.net.hidden=[16]")
     dm = build(cfg.data, "data")
     dm.setup()
     lo, hi = dm.rating_range
-    module = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                   train_mean=dm.train_mean)
+    module = build_module(cfg, dm)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False)
     got = trainer.validate(module, datamodule=dm, verbose=False)[0]
@@ -120,7 +120,7 @@ def test_wandb_logger_runs_offline_without_a_key(make_cfg, tmp_path, monkeypatch
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = make_cfg("data=synthetic", "logger=wandb", "debug=limit", "model.hidden=[8]",
+    cfg = make_cfg("data=synthetic", "logger=wandb", "debug=limit", "model.net.hidden=[8]",
                    "callbacks.onnx_export=null", output_dir=tmp_path / "run")
     m = train(cfg)
     assert math.isfinite(m["test/rmse"])
@@ -161,7 +161,10 @@ def test_cli_multirun_of_experiments_prints_each_summary(tmp_path, cache_dir):
     "args,message",
     [
         (["optimizer=adamw"], "Could not find 'optimizer/adamw'"),
-        (["model.hiden=[4]"], "Could not override 'model.hiden'"),
+        (["model.hiden=[4]"], "model.hiden is now model.net.hiden"),
+        (["model.net.hiden=[4]"], "Could not override 'model.net.hiden'"),
+        (["model.loss=multinomial"], "model.loss is gone: use objective=masked_mse or "),
+        (["data.split_seed=3"], "data.split_seed is now data.protocol.seed"),
         (["data=ratings_csv"], "missing value for data.source.path"),
         (["-m", "optimizer=sgd,adamw"], "Could not find 'optimizer/adamw'"),
     ],

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from deepcf.errors import ConfigError
 from deepcf.train import check_search_space
-from deepcf.training.config import CONF_DIR
+from deepcf.training.config import CONF_DIR, compose
 
 SPACES = sorted((Path(CONF_DIR) / "search_space").glob("*/*.yaml"))
 
@@ -27,7 +26,8 @@ def sweep(tmp_path: Path, cache_dir: Path, name: str, *overrides: str,
 
     out = tmp_path / name
     argv = ["deepcf.train", f"hparams_search={search}", "data=synthetic",
-            "data.source.scale=tiny", "trainer.max_epochs=1", "model.hidden=[16]", "logger=none",
+            "data.source.scale=tiny", "trainer.max_epochs=1", "model.net.hidden=[16]",
+            "logger=none",
             "callbacks.onnx_export=null", "callbacks.loss_curve=null",
             "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
             f"hydra.sweep.dir={out}", f"paths.cache_dir={cache_dir}", "trainer.accelerator=cpu",
@@ -48,7 +48,7 @@ def trials(out: Path) -> list[tuple[dict, dict]]:
     for job in sorted(out.glob("*/metrics.json"), key=lambda p: int(p.parent.name)):
         overrides = OmegaConf.load(job.parent / ".hydra" / "overrides.yaml")
         sampled = dict(o.split("=", 1) for o in overrides if o.startswith(
-            ("model.optimizer.", "model.dropout")))
+            ("model.optimizer.", "model.net.dropout")))
         rows.append((sampled, json.loads(job.read_text())))
     return rows
 
@@ -58,7 +58,7 @@ def test_a_seeded_search_samples_reproducibly_and_names_the_best_val_trial(tmp_p
     again = trials(sweep(tmp_path, cache_dir, "b"))
     assert len(first) == 3
     values = [s for s, _ in first]
-    assert all(set(s) == {"model.optimizer.lr", "model.optimizer.weight_decay", "model.dropout"}
+    assert all(set(s) == {"model.optimizer.lr", "model.optimizer.weight_decay", "model.net.dropout"}
                for s in values)
     assert len({tuple(sorted(s.items())) for s in values}) == 3  # every trial its own values
     assert [s for s, _ in again] == values  # the seeded sampler: the same values again
@@ -91,10 +91,7 @@ def test_every_search_space_names_keys_of_its_experiment(space):
         pytest.skip(f"experiment={experiment} is not on this branch yet")
     overrides = [f"hparams_search={search}"] + \
         ([] if experiment == "None" else [f"experiment={experiment}"])
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose(overrides, return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert dict(params) == yaml.safe_load(space.read_text())
     for key in params:
@@ -104,15 +101,11 @@ def test_every_search_space_names_keys_of_its_experiment(space):
 
 
 def test_other_sweeps_get_no_search_space():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        grid = compose(config_name="train", return_hydra_config=True,
-                       overrides=["experiment=item_autorec", "hparams_search=autorec_grid"])
-        plain = compose(config_name="train", return_hydra_config=True,
-                        overrides=["experiment=i_autorec"])
-    GlobalHydra.instance().clear()
-    assert set(grid.hydra.sweeper.params) == {"model.hidden", "model.optimizer.weight_decay",
-                                              "model.dropout"}
+    grid = compose(["experiment=item_autorec", "hparams_search=autorec_grid"],
+                   return_hydra_config=True)
+    plain = compose(["experiment=i_autorec"], return_hydra_config=True)
+    assert set(grid.hydra.sweeper.params) == {"model.net.hidden", "model.optimizer.weight_decay",
+                                              "model.net.dropout"}
     assert not plain.hydra.sweeper.params
 
 
@@ -120,5 +113,5 @@ def test_a_search_without_a_space_is_one_line():
     with pytest.raises(ConfigError, match="no search space for experiment=first_test_run"):
         check_search_space(["hparams_search=optuna_rating", "experiment=first_test_run"])
     check_search_space(["hparams_search=optuna_rating", "experiment=first_test_run",
-                        "model.dropout=interval(0, 0.5)"])
+                        "model.net.dropout=interval(0, 0.5)"])
     check_search_space(["hparams_search=optuna_rating", "experiment=i_autorec"])

@@ -25,7 +25,7 @@ def sweep(tmp_path_factory, cache_dir):
     env.update(HOME=str(tmp), WANDB_SILENT="true")  # no API key, no ~/.netrc: offline by default
     out = tmp / "sweep"
     r = subprocess.run([sys.executable, "-m", "deepcf.train", "-m", "data=synthetic",
-                        "model.hidden=[16]", "trainer.max_epochs=2", "logger=many",
+                        "model.net.hidden=[16]", "trainer.max_epochs=2", "logger=many",
                         "logger.wandb.log_model_artifact=true", "seed=1,2",
                         f"hydra.sweep.dir={out}", f"paths.cache_dir={cache_dir}",
                         "trainer.accelerator=cpu"],
@@ -44,7 +44,7 @@ def test_a_sweep_is_one_group_with_curves_summary_image_and_artifact(sweep):
         run = sweep / job
         m = json.loads((run / "metrics.json").read_text())
         # the resolved config
-        assert w["config"]["seed"] == m["seed"] and w["config"]["model"]["hidden"] == [16]
+        assert w["config"]["seed"] == m["seed"] and w["config"]["model"]["net"]["hidden"] == [16]
         # per-epoch val curve: what the CSV log holds
         csv = pd.read_csv(run / "csv" / "metrics.csv")
         want = csv["val/rmse"].dropna().tolist()
@@ -72,7 +72,7 @@ def test_no_artifact_unless_asked(make_cfg, monkeypatch, tmp_path):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
-    train(make_cfg("data=synthetic", "data.source.scale=tiny", "model.hidden=[8]",
+    train(make_cfg("data=synthetic", "data.source.scale=tiny", "model.net.hidden=[8]",
                    "trainer.max_epochs=1", "logger=wandb"))
     wandb.teardown()  # in this process: W&B's service writes the run log after finish()
     (w,) = wandb_offline_run(tmp_path / "run")["runs"]

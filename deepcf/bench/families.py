@@ -38,10 +38,10 @@ def register(family: Family) -> Family:
 
 
 register(Family("autoencoder (default, sparse path, Adam)", ()))
-register(Family("autoencoder + bias residual", ("model.residual=bias",)))
+register(Family("autoencoder + bias residual", ("model.net.residual=bias",)))
 register(Family("I-AutoRec (item rows, full-batch Rprop)", ("experiment=i_autorec",), steps=5,
                 note="one step = one epoch (every movie in one batch)"))
-register(Family("I-AutoRec + bias residual", ("experiment=i_autorec", "model.residual=bias"),
+register(Family("I-AutoRec + bias residual", ("experiment=i_autorec", "model.net.residual=bias"),
                 steps=5, note="one step = one epoch"))
 register(Family("linear net (dense W)", ("model=linear", "init=default"), scale="ml100k",
                 dense_square=True))

@@ -23,8 +23,7 @@ import torch
 
 from deepcf.bench.__main__ import ADAM, HIDDEN, run
 
-DAE = {"net": "deepcf.models.mult.MultDAE", "loss": "multinomial", "implicit": "all",
-       "net_options": {"hidden": [600], "latent": 200, "input_dropout": 0.5}}
+DAE = {"overrides": ["model=mult_dae", "init=default"], "implicit": "all"}
 MSE = {"hidden": HIDDEN, "train_path": "sparse"}
 
 

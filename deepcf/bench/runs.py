@@ -98,25 +98,32 @@ def _datamodule(spec: dict):
     from deepcf.data.datamodule import RatingsDataModule
 
     dm = RatingsDataModule(_source(spec), batch_size=spec["batch_size"],
-                           cache_dir=spec["cache_dir"], split_seed=42,
+                           cache_dir=spec["cache_dir"], protocol={"seed": 42},
                            implicit=spec.get("implicit"))
     dm.setup("fit")
     return dm
 
 
-def _module(spec: dict, dm):
-    from deepcf.training.module import RatingsModule
+# the autoencoder the training rows time: the study's shape, SELU, Glorot init (biases 0.01)
+AUTOENCODER = ["init=xavier_uniform", "model.net.activation=selu"]
 
-    lo, hi = dm.rating_range
-    if spec.get("net"):  # another net of the model contract, its options, its loss
-        return RatingsModule(dm.width, net=spec["net"], optimizer=spec["optimizer"],
-                             loss=spec.get("loss", "mse"), rating_min=lo, rating_max=hi,
-                             train_mean=dm.train_mean, **spec.get("net_options", {}))
-    return RatingsModule(dm.width, hidden=spec["hidden"], activation="selu",
-                         optimizer=spec["optimizer"], train_path=spec["train_path"],
-                         init={"scheme": "xavier_uniform", "bias": 0.01},
-                         rating_min=lo, rating_max=hi, train_mean=dm.train_mean,
-                         loss=spec.get("loss", "mse"))
+
+def _module(spec: dict, dm):
+    """The module of `spec`'s config (deepcf.train overrides: `overrides`, else the autoencoder
+    of `hidden` on `train_path`) through the run assembly, with `spec["optimizer"]` as the
+    optimizer node."""
+    from omegaconf import open_dict
+
+    from deepcf.training.assembly import build_module
+    from deepcf.training.config import compose
+
+    overrides = spec.get("overrides") or [
+        *AUTOENCODER, f"model.net.hidden=[{','.join(map(str, spec['hidden']))}]",
+        f"model.objective.train_path={spec['train_path']}"]
+    cfg = compose(overrides)
+    with open_dict(cfg):
+        cfg.model.optimizer = spec["optimizer"]
+    return build_module(cfg, dm)
 
 
 def _train(spec: dict) -> dict:
@@ -168,7 +175,8 @@ def _timed_steps(spec: dict, dm, module) -> dict:
            "nnz_per_batch": sum(nnz) / len(nnz), "n_items": dm.width,
            "movies_per_batch": sum(touched) / len(touched),
            "batch_size": dm.batch_size, "train_ratings": int(dm.split.train.nnz),
-           "sparse_grad": module.sparse_grad, "dense_path": module.dense_train,
+           "sparse_grad": module.objective.wants_sparse_grads(module.net),
+           "dense_path": getattr(module.objective, "train_path", "sparse") == "dense",
            "loss": float(loss), "forward_s": phases[0] / len(times),
            "backward_s": phases[1] / len(times), "step_s": phases[2] / len(times)}
     out["epoch_s"] = out["s_per_batch"] * n_batches
@@ -193,26 +201,21 @@ def _family(spec: dict) -> dict:
     """Timed steps of a model family composed from deepcf.train overrides (deepcf.bench.families)
     on synthetic data at `scale`: the data module and model a user's run would build."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from deepcf.training.config import CONF_DIR, build
+    from deepcf.training.assembly import assemble
+    from deepcf.training.config import compose
 
     overrides = [*spec["overrides"], "data=synthetic", f"data.source.scale={spec['scale']}",
                  f"paths.cache_dir={spec['cache_dir']}", "seed=0"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    cfg = compose(overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.data.cache = False
     torch.manual_seed(0)
     t = time.perf_counter()
-    dm = build(cfg.data, "data")
-    dm.setup("fit")
-    lo, hi = dm.rating_range
-    module = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                   train_mean=dm.train_mean, train_rows=dm.train_rows)
+    dm, module = assemble(cfg)
     setup_s = time.perf_counter() - t
     out = _timed_steps(spec, dm, module)
     out.update(setup_s=setup_s, shape=list(dm.matrix.shape), orientation=dm.orientation,
@@ -238,7 +241,7 @@ def _epoch(spec: dict) -> dict:
     return {"epoch_s": epoch_s, "setup_s": setup_s, "n_batches": trainer.num_training_batches,
             "train_ratings": int(dm.split.train.nnz), "peak_rss_gb": peak_rss_gb(),
             "loss": float(trainer.callback_metrics["train/loss"]),
-            "sparse_grad": module.sparse_grad}
+            "sparse_grad": module.objective.wants_sparse_grads(module.net)}
 
 
 def _gemm(spec: dict) -> dict:

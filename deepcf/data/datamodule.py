@@ -9,6 +9,7 @@ as targets (deepcf.data.heldout).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
@@ -25,7 +26,7 @@ from deepcf.data.heldout import heldout_set
 from deepcf.data.matrix import RatingMatrix, load_matrix
 from deepcf.data.orientation import check_orientation, input_width, orient
 from deepcf.data.sources import RatingsSource
-from deepcf.data.split import Split, implicit_split, parse_implicit, split_matrix
+from deepcf.data.split import Split, implicit_split, parse_implicit, parse_protocol
 from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -97,15 +98,27 @@ def data_warnings(m: RatingMatrix) -> list[str]:
     return out
 
 
+@dataclass
+class DataFacts:
+    """What the model needs of the data: the input width, the rating range, the training mean
+    and the oriented training rows (rows x width CSR; None when not at hand)."""
+
+    width: int
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    train_mean: float = 3.5
+    rows: sp.csr_matrix | None = None
+
+
 class RatingsDataModule(pl.LightningDataModule):
-    """Loads `source`, splits it, and serves sparse row batches.
+    """Loads `source`, splits it by `protocol` (deepcf.data.split), serves sparse row batches.
 
     `source` may also be a RatingMatrix given with its `split` (a deepcf.data.split.Split of
     users x movies CSRs): then nothing is read or split (the accuracy protocols' rows).
 
     `orientation="user"` makes rows users (U-AutoRec, as in the original study); `"item"` makes
     rows movies (I-AutoRec). `cache_dir` holds downloads and parsed matrices (`cache=False`
-    reads the source every time).
+    reads the source every time). `loader`: the DataLoader's `num_workers` and `pin_memory`.
 
     `implicit` (data.implicit) turns the ratings into interactions after the split, for every
     source: null keeps the ratings; `all` makes every rating a 1; a number t keeps the ratings
@@ -116,17 +129,14 @@ class RatingsDataModule(pl.LightningDataModule):
         self,
         source: RatingsSource,
         orientation: str = "user",
+        protocol: dict | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 256,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        split_seed: int = 42,
+        implicit: str | float | None = None,
         cache_dir: str = "~/.cache/deepcf",
         cache: bool = True,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        loader: dict | None = None,
         split: Split | None = None,
-        implicit: str | float | None = None,
     ):
         super().__init__()
         parse_implicit(implicit)  # a wrong value is one line now, not after loading
@@ -136,15 +146,20 @@ class RatingsDataModule(pl.LightningDataModule):
         elif not isinstance(source, RatingsSource):
             raise ConfigError(f"data.source must be a ratings source (a config with a _target_ "
                               f"from deepcf.data.sources), got {type(source).__name__}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{name}={value!r} must be an integer >= 1")
         self.source = source
         self.orientation = check_orientation(orientation)
+        self.protocol = parse_protocol(protocol)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.val_fraction, self.test_fraction, self.split_seed = (
-            val_fraction, test_fraction, split_seed)
         self.cache_dir, self.cache = cache_dir, cache
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        loader = dict(loader or {})
+        self.num_workers = loader.pop("num_workers", 0)
+        self.pin_memory = loader.pop("pin_memory", False)
+        if loader:
+            raise ConfigError(f"data.loader.{sorted(loader)[0]} is not an option (data.loader: "
+                              f"num_workers, pin_memory)")
         if source is not None:
             self.matrix: RatingMatrix | None = None
         self.split: Split | None = split
@@ -164,14 +179,14 @@ class RatingsDataModule(pl.LightningDataModule):
             self.prepare_data()
             for line in data_warnings(self.matrix):
                 log.warning(line)
-            self.split = split_matrix(self.matrix, self.val_fraction, self.test_fraction,
-                                      self.split_seed)
-            for name, frac in (("val", self.val_fraction), ("test", self.test_fraction)):
+            self.split = self.protocol.split(self.matrix)
+            for name in ("val", "test"):
                 if getattr(self.split, name).nnz == 0:  # nothing to select or report on
+                    frac = getattr(self.protocol, f"{name}_fraction", None)
                     raise DataError(
                         f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
-                        f"rating(s) x data.{name}_fraction={frac} leaves none; use more ratings "
-                        f"or a larger data.{name}_fraction")
+                        f"rating(s) x data.protocol.{name}_fraction={frac} leaves none; use more "
+                        f"ratings or a larger data.protocol.{name}_fraction")
         self.split = implicit_split(self.split, self.implicit)
         train, val, test = self.oriented(self.split)
         self.train_rows = train
@@ -204,6 +219,11 @@ class RatingsDataModule(pl.LightningDataModule):
             return 0.0, 1.0
         return self.matrix.rating_min, self.matrix.rating_max
 
+    def facts(self) -> DataFacts:
+        """What the model needs of this (set-up) data."""
+        lo, hi = self.rating_range
+        return DataFacts(self.width, lo, hi, self.train_mean, self.train_rows)
+
     def dataset(self, name: str) -> RowBatches:
         return self._sets[name]
 
@@ -224,7 +244,7 @@ class RatingsDataModule(pl.LightningDataModule):
         ds = self._sets[name]
         rank, world = self._shard()
         if world > 1 and shuffle:
-            batches = RankShare(len(ds), world, rank, batch_size, seed=self.split_seed)
+            batches = RankShare(len(ds), world, rank, batch_size, seed=self.protocol.seed)
         elif world > 1:
             base = np.array_split(np.arange(len(ds)), world)[rank].tolist()
             batches = EpochBatches(base, batch_size, drop_last=False)

@@ -139,36 +139,3 @@ class Synthetic(RatingsSource):
         from deepcf.data.synthetic import generate_ratings
 
         return SourceRatings(generate_ratings(**self.params, seed=self.seed))
-
-
-# Run dirs written before sources were objects hold `data.source: ml100k | file | synthetic`
-# with the source's parameters flat in `data`; this reads them as today's configs.
-LEGACY_SOURCE_KEYS = {
-    "file": ("deepcf.data.sources.RatingsFile",
-             {"path": "path", "titles_path": "titles_path", "test_path": "test_path",
-              "rating_min": "rating_min", "rating_max": "rating_max"}),
-    "synthetic": ("deepcf.data.sources.Synthetic",
-                  {"scale": "scale", "n_users": "n_users", "n_items": "n_items",
-                   "n_ratings": "n_ratings", "generator_seed": "seed"}),
-    "ml100k": ("deepcf.data.sources.MovieLens100K", {}),
-}
-# every key the DataModule took before, and where it is now (None: gone)
-LEGACY_DATA_KEYS = {"path": "source.path", "titles_path": "source.titles_path",
-                    "test_path": "source.test_path", "rating_min": "source.rating_min",
-                    "rating_max": "source.rating_max", "scale": "source.scale",
-                    "n_users": "source.n_users", "n_items": "source.n_items",
-                    "n_ratings": "source.n_ratings", "generator_seed": "source.seed"}
-
-
-def upgrade_data_config(data: dict) -> dict:
-    """A run dir's `data` section in today's form (unchanged when it already is)."""
-    source = data.get("source")
-    if not isinstance(source, str):
-        return data
-    if source not in LEGACY_SOURCE_KEYS:
-        raise ConfigError(f"data.source={source!r} is not one of {', '.join(LEGACY_SOURCE_KEYS)}")
-    target, keys = LEGACY_SOURCE_KEYS[source]
-    new = {k: v for k, v in data.items() if k not in LEGACY_DATA_KEYS and k != "source"}
-    new["source"] = {"_target_": target,
-                     **{new_k: data[old] for old, new_k in keys.items() if old in data}}
-    return new

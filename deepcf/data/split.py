@@ -1,11 +1,19 @@
-"""The split: a seeded random split of the ratings (not of users) into train/val/test.
+"""The split of a run's ratings into train/val/test, chosen by `data.protocol`.
 
-A pure function of (data, seed, fractions): the same run config always gives the same split, so
-evaluate and recommend re-create a run's split from its config.
+`data.protocol` is one config node, its kind and that kind's settings:
+
+    protocol: {kind: random, val_fraction: 0.1, test_fraction: 0.1, seed: ${seed}}
+
+- `random`: a seeded random split of the ratings (not of users); with a user-supplied test file
+  (`data.source.test_path`) the test part is that file and val is drawn from the rest.
+
+A split is a pure function of (data, protocol): the same run config always gives the same split,
+so evaluate and recommend re-create a run's split from its config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +73,46 @@ def implicit_split(split: Split, implicit) -> Split:
     return Split(*(implicit_matrix(m, implicit) for m in (split.train, split.val, split.test)))
 
 
+@dataclass(frozen=True)
+class RandomSplit:
+    """`data.protocol.kind=random`: a seeded random share of all ratings for val and test."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            frac = getattr(self, name)
+            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or \
+                    not 0.0 <= frac < 1.0:
+                raise ConfigError(f"data.protocol.{name}={frac!r} must be a number in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("data.protocol.val_fraction + data.protocol.test_fraction must be "
+                              "below 1")
+
+    def split(self, m: RatingMatrix) -> Split:
+        return split_matrix(m, self.val_fraction, self.test_fraction, self.seed)
+
+
+PROTOCOLS = {"random": RandomSplit}
+
+
+def parse_protocol(node) -> RandomSplit:
+    """The split protocol of a `data.protocol` node (a dict with `kind`); None: the default."""
+    node = dict(node or {})
+    kind = node.pop("kind", "random")
+    if kind not in PROTOCOLS:
+        raise ConfigError(f"data.protocol.kind={kind!r} is not one of {', '.join(PROTOCOLS)}")
+    cls = PROTOCOLS[kind]
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(node) - set(names))
+    if unknown:
+        raise ConfigError(f"data.protocol.{unknown[0]} is not an option of the {kind} protocol "
+                          f"(its options: {', '.join(names)})")
+    return cls(**node)
+
+
 def split_matrix(
     m: RatingMatrix, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> Split:
@@ -76,9 +124,10 @@ def split_matrix(
         test_fraction = 0.0
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= frac < 1.0:
-            raise ConfigError(f"data.{name}={frac} must be in [0, 1)")
+            raise ConfigError(f"data.protocol.{name}={frac} must be in [0, 1)")
     if val_fraction + test_fraction >= 1.0:
-        raise ConfigError("data.val_fraction + data.test_fraction must be below 1")
+        raise ConfigError("data.protocol.val_fraction + data.protocol.test_fraction must be "
+                          "below 1")
     X = m.ratings
     if not X.has_sorted_indices:
         X = X.sorted_indices()

@@ -73,12 +73,13 @@ class AutoEncoder(BiasResidual, RatingNet):
         activation, dropout = config.activation, float(config.dropout)
         tied, linear_last, width = bool(config.tied), bool(config.linear_last), self.width
         if not hidden or min(hidden) < 1:
-            raise ConfigError(f"model.hidden={hidden} must be a non-empty list of positive sizes")
+            raise ConfigError(f"model.net.hidden={hidden} must be a non-empty list of positive "
+                              f"sizes")
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation={activation!r} is not one of "
+            raise ConfigError(f"model.net.activation={activation!r} is not one of "
                               f"{', '.join(ACTIVATIONS)}")
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
+            raise ConfigError(f"model.net.dropout={dropout} must be in [0, 1)")
         config.hidden, config.dropout = hidden, dropout
         self.setup_residual(config)
         self.hidden, self.tied = hidden, tied

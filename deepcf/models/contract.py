@@ -17,24 +17,27 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `predict_at(idx, val, off, tgt_row, tgt_idx)`: predictions at given (row, column) positions for
   rows given as flat (column ids, ratings, offsets): held-out scoring. Default: densify + forward.
 - `train_logits(inputs, values, step)`: (dense logits (batch, width), penalty or None) of a
-  batch's (possibly corrupted) inputs, for the multinomial loss (`loss=multinomial`), whose
-  softmax is over every column; `step` is the optimizer step (Mult-VAE anneals its KL penalty
-  with it). Default: densify + forward, no penalty.
+  batch's (possibly corrupted) inputs, for the multinomial objective (`objective=multinomial`),
+  whose softmax is over every column; `step` is the optimizer step (Mult-VAE anneals its KL
+  penalty with it). Default: densify + forward, no penalty.
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
 - `l2_weights()`: what `model.l2` penalises (default: every parameter with 2+ dims);
   `penalty()`: a term the net adds to the objective, in the summed-error units of l2 (default:
   None, nothing); the kernelised net's kernel sparsity.
-- `closed_form`: True when `fit_data` sets every weight (EDLAE): nothing is learned by
-  gradient; the training module runs no optimizer steps, only validation and checkpointing.
+- `closed_form_stats(rows, values)` and `solve(stats)`: a net fitted in closed form (EDLAE) states
+  the sufficient statistics of a batch of rows (a dict of tensors that add up over batches and
+  processes) and sets its weights from their sums (`objective=closed_form`); `fits_closed_form`
+  says a net has them, `fit_closed_form(train_rows)` does both over a whole CSR.
 - `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or
   "ranking" (outputs only order the movies, e.g. EDLAE's; `recommend` shows no predicted rating).
+  The run's output kind follows from it and the objective (deepcf.training.objectives).
 - `supports_sparse_grad`: True when `predict_observed` can give row-sparse gradients of the
   width-indexed weights (what LazyAdam and plain SGD update lazily).
 
 Adding a net is one file (a `RatingNet` with its `Config` and `forward`) and one yaml in
-`conf/model/` naming it (`net: deepcf.models.mynet.MyNet`) with its options.
+`conf/model/` naming it (`net: {_target_: deepcf.models.mynet.MyNet, ...its options}`).
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ class RatingNet(nn.Module):
     Config: ClassVar[type]
     supports_sparse_grad: ClassVar[bool] = False
     needs_train_rows: bool = False  # fit_data must see the training rows before training
-    closed_form: ClassVar[bool] = False  # fit_data sets the weights: no gradient steps
     scores: ClassVar[str] = "ratings"  # or "ranking": outputs that only order the movies
 
     def __init__(self, config):
@@ -75,7 +77,7 @@ class RatingNet(nn.Module):
         names = [f.name for f in dataclasses.fields(cls.Config) if f.init]
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise ConfigError(f"model.{unknown[0]} is not an option of {cls.__name__} "
+            raise ConfigError(f"model.net.{unknown[0]} is not an option of {cls.__name__} "
                               f"(its options: {', '.join(n for n in names if n != 'width')})")
         return cls(cls.Config(width=int(width), **options))
 
@@ -99,6 +101,26 @@ class RatingNet(nn.Module):
         """A regulariser of the net's own, in the summed objective's units (the module divides
         it by the number of training ratings, as l2); None: none."""
         return None
+
+    # -- closed form (objective=closed_form) ----------------------------------------------------
+    @property
+    def fits_closed_form(self) -> bool:
+        return type(self).closed_form_stats is not RatingNet.closed_form_stats
+
+    def closed_form_stats(self, rows: Pattern, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sufficient statistics of a batch of rows, summed over batches by the objective."""
+        raise ConfigError(f"{type(self).__name__} has no closed form: train it by gradient")
+
+    def solve(self, stats: dict[str, torch.Tensor]) -> None:
+        """Set the weights from the summed statistics of every training row."""
+        raise ConfigError(f"{type(self).__name__} has no closed form: train it by gradient")
+
+    def fit_closed_form(self, train_rows) -> None:
+        """`solve` on the statistics of every row of a rows x width CSR."""
+        X = train_rows.tocsr()
+        rows = Pattern.from_offsets(torch.from_numpy(X.indptr[:-1].astype("int64")),
+                                    torch.from_numpy(X.indices.astype("int64")), self.width)
+        self.solve(self.closed_form_stats(rows, torch.from_numpy(X.data)))
 
     def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                          sparse_grad: bool = False) -> torch.Tensor:
@@ -167,9 +189,10 @@ def net_class(target: str) -> type[RatingNet]:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"model.net={target!r}: no such class") from None
+        raise ConfigError(f"model.net._target_={target!r}: no such class") from None
     if not (isinstance(cls, type) and issubclass(cls, RatingNet)):
-        raise ConfigError(f"model.net={target!r} is not a deepcf.models.contract.RatingNet")
+        raise ConfigError(f"model.net._target_={target!r} is not a "
+                          f"deepcf.models.contract.RatingNet")
     return cls
 
 
@@ -188,19 +211,9 @@ def net_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def net_from_checkpoint(state: dict, source: str = "checkpoint") -> RatingNet:
-    """The trained net of a loaded Lightning checkpoint dict, in eval mode.
-
-    Checkpoints written before the contract hold the autoencoder's options flat in their
-    hyper-parameters (`n_items`, `hidden`, ...): they still load."""
+    """The trained net of a loaded Lightning checkpoint dict, in eval mode."""
     try:
-        hp = state["hyper_parameters"]
-        spec = hp.get("net")
-        if not isinstance(spec, dict):  # before the model contract: the autoencoder
-            spec = {"target": "deepcf.models.autoencoder.AutoEncoder",
-                    "config": {"width": hp["n_items"], "hidden": hp["hidden"],
-                               "activation": hp["activation"], "tied": hp["tied"],
-                               "dropout": hp["dropout"], "linear_last": hp["linear_last"]}}
-        net = build_net(spec)
+        net = build_net(state["hyper_parameters"]["net"])
         net.load_state_dict(net_state(state["state_dict"]))
     except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{source}: not a deepcf checkpoint "

@@ -15,9 +15,9 @@ regularised harder, which is why it ranks better than EASE at equal lam.
 
 As a `RatingNet` (deepcf.models.contract): the input is binarised (any rating is an interaction),
 `forward(x) = (x != 0) @ B * s` with s = max(popularity, 1)^-pop_beta, the optional popularity
-correction of deepcf.serving.scoring.popularity_weights (1 at pop_beta = 0). B and s are
-buffers set by `fit_data` from the training rows, saved with the checkpoint, part of the ONNX
-graph. Nothing is learned by gradient (`closed_form`): the training module skips its steps.
+correction of deepcf.stats.popularity_weights (1 at pop_beta = 0). B and s are buffers set in
+closed form (`objective=closed_form`: the batches' Gram matrices summed, then `solve`), saved
+with the checkpoint, part of the ONNX graph. Nothing is learned by gradient.
 The scores are ranking scores, not ratings: their held-out RMSE means nothing; rank with them
 (`deepcf.evaluate --protocol topn`, `deepcf.recommend`).
 """
@@ -32,21 +32,15 @@ import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet
-
-
-def binary_gram(X: sp.spmatrix) -> np.ndarray:
-    """G = X^T X of the binarised X (every stored entry an interaction), dense float64."""
-    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
-    X.eliminate_zeros()
-    X.data[:] = 1.0
-    return (X.T @ X).toarray()
+from deepcf.models.sparse_ops import Pattern
+from deepcf.stats import binary_gram, popularity_weights
 
 
 def check_edlae(dropout: float, lam: float) -> None:
     if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
+        raise ConfigError(f"model.net.dropout={dropout} must be in [0, 1)")
     if not lam >= 0.0:
-        raise ConfigError(f"model.lam={lam} must be >= 0")
+        raise ConfigError(f"model.net.lam={lam} must be >= 0")
 
 
 def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = True
@@ -57,7 +51,7 @@ def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = Tr
     G = np.asarray(G, dtype=np.float64)
     reg = dropout / (1.0 - dropout) * np.diag(G) + lam
     if not (reg > 0).all():
-        raise ConfigError(f"model.lam={lam}, model.dropout={dropout}: a movie with no "
+        raise ConfigError(f"model.net.lam={lam}, model.net.dropout={dropout}: a movie with no "
                           f"interaction gets no penalty; use lam > 0")
     A = G.copy()
     A[np.diag_indices_from(A)] += reg
@@ -80,27 +74,29 @@ class EDLAEConfig:
 
 class EDLAE(RatingNet):
     Config = EDLAEConfig
-    needs_train_rows = True
-    closed_form = True
     scores = "ranking"
 
     def __init__(self, config: EDLAEConfig):
         super().__init__(config)
         check_edlae(float(config.dropout), float(config.lam))
         if not float(config.pop_beta) >= 0.0:
-            raise ConfigError(f"model.pop_beta={config.pop_beta} must be >= 0")
+            raise ConfigError(f"model.net.pop_beta={config.pop_beta} must be >= 0")
         self.register_buffer("weight", torch.zeros(self.width, self.width))
         self.register_buffer("col_scale", torch.ones(self.width))
 
-    def fit_data(self, train_rows) -> None:
-        from deepcf.serving.scoring import popularity_weights
-
-        X = sp.csr_matrix(train_rows)
-        if X.shape[1] != self.width:
+    def closed_form_stats(self, rows: Pattern, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch's binary Gram matrix X_b^T X_b (float64; they add up to X^T X)."""
+        if rows.width != self.width:
             raise ConfigError(f"EDLAE of width {self.width} fitted on rows of width "
-                              f"{X.shape[1]}")
+                              f"{rows.width}")
+        X = sp.csr_matrix((values.detach().cpu().numpy(), rows.idx.cpu().numpy(),
+                           rows.crow.cpu().numpy()), shape=(rows.n_rows, self.width))
+        return {"gram": torch.from_numpy(binary_gram(X)).to(values.device)}
+
+    @torch.no_grad()
+    def solve(self, stats: dict[str, torch.Tensor]) -> None:
         c = self.config
-        G = binary_gram(X)
+        G = stats["gram"].detach().cpu().double().numpy()
         B = edlae_weights(G, float(c.dropout), float(c.lam), bool(c.emphasis))
         self.weight.copy_(torch.from_numpy(B))
         self.col_scale.copy_(torch.from_numpy(popularity_weights(np.diag(G),

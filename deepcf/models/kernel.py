@@ -67,15 +67,16 @@ class KernelNet(BiasResidual, RatingNet):
         super().__init__(config)
         hidden = [int(h) for h in config.hidden]
         if not hidden or min(hidden) < 1:
-            raise ConfigError(f"model.hidden={hidden} must be a non-empty list of positive sizes")
+            raise ConfigError(f"model.net.hidden={hidden} must be a non-empty list of positive "
+                              f"sizes")
         if config.activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation={config.activation!r} is not one of "
+            raise ConfigError(f"model.net.activation={config.activation!r} is not one of "
                               f"{', '.join(ACTIVATIONS)}")
         if int(config.dim) < 1:
-            raise ConfigError(f"model.dim={config.dim} must be >= 1")
+            raise ConfigError(f"model.net.dim={config.dim} must be >= 1")
         for key in ("sparsity", "kernel_init"):
             if not float(getattr(config, key)) >= 0:
-                raise ConfigError(f"model.{key}={getattr(config, key)} must be >= 0")
+                raise ConfigError(f"model.net.{key}={getattr(config, key)} must be >= 0")
         config.hidden, config.dim = hidden, int(config.dim)
         config.sparsity, config.kernel_init = float(config.sparsity), float(config.kernel_init)
         self.setup_residual(config)

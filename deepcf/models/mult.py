@@ -61,12 +61,12 @@ class MultDAE(RatingNet):
         hidden = [int(h) for h in hidden]
         latent, p = int(config.latent), float(config.input_dropout)
         if not hidden or min(hidden) < 1:
-            raise ConfigError(f"model.hidden={config.hidden} must be a non-empty list of "
+            raise ConfigError(f"model.net.hidden={config.hidden} must be a non-empty list of "
                               f"positive sizes")
         if latent < 1:
-            raise ConfigError(f"model.latent={latent} must be >= 1")
+            raise ConfigError(f"model.net.latent={latent} must be >= 1")
         if not 0.0 <= p < 1.0:
-            raise ConfigError(f"model.input_dropout={p} must be in [0, 1)")
+            raise ConfigError(f"model.net.input_dropout={p} must be in [0, 1)")
         config.hidden, config.latent, config.input_dropout = hidden, latent, p
         code = 2 * latent if self.variational else latent
         # (in, out): movie-major, the first layer is a sum over a row's entries
@@ -154,9 +154,9 @@ class MultVAE(MultDAE):
     def __init__(self, config: MultVAEConfig):
         cap, steps = float(config.anneal_cap), int(config.anneal_steps)
         if not cap >= 0:
-            raise ConfigError(f"model.anneal_cap={config.anneal_cap} must be >= 0")
+            raise ConfigError(f"model.net.anneal_cap={config.anneal_cap} must be >= 0")
         if steps < 0:
-            raise ConfigError(f"model.anneal_steps={config.anneal_steps} must be >= 0")
+            raise ConfigError(f"model.net.anneal_steps={config.anneal_steps} must be >= 0")
         config.anneal_cap, config.anneal_steps = cap, steps
         super().__init__(config)
 

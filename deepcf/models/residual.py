@@ -1,7 +1,7 @@
 """The bias residual shared by deepcf's nets: the output is mu + b_col + b_row + the net's output.
 
 mu and the column biases b_j are buffers fitted on the training rows by `fit_data` (the bias
-baseline's regularised ALS, deepcf.study.baselines.fit_biases); the row's own bias comes from the
+baseline's regularised ALS, deepcf.stats.fit_biases); the row's own bias comes from the
 row itself, b_row = sum_j (x_j - mu - b_j) / (row_bias_reg + n_row) over its observed (non-zero)
 entries, so a new user (or movie) needs no refit. Two kinds (`residual`):
 
@@ -23,6 +23,7 @@ import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.sparse_ops import entry_rows
+from deepcf.stats import fit_biases
 
 RESIDUALS = ("none", "bias", "target")
 
@@ -32,11 +33,11 @@ class BiasResidual:
 
     def setup_residual(self, config) -> None:
         if config.residual not in RESIDUALS:
-            raise ConfigError(f"model.residual={config.residual!r} is not one of "
+            raise ConfigError(f"model.net.residual={config.residual!r} is not one of "
                               f"{', '.join(RESIDUALS)}")
         for key in ("row_bias_reg", "col_bias_reg"):
             if not float(getattr(config, key)) >= 0:
-                raise ConfigError(f"model.{key}={getattr(config, key)} must be >= 0")
+                raise ConfigError(f"model.net.{key}={getattr(config, key)} must be >= 0")
         config.row_bias_reg, config.col_bias_reg = (float(config.row_bias_reg),
                                                     float(config.col_bias_reg))
         self.residual = config.residual != "none"  # the output adds mu + b_col + b_row
@@ -53,8 +54,6 @@ class BiasResidual:
         regularised ALS as the bias baseline; a no-op without the residual."""
         if not self.residual:
             return
-        from deepcf.study.baselines import fit_biases
-
         mu, _, b_col = fit_biases(train_rows, reg_u=self.config.row_bias_reg,
                                   reg_i=self.config.col_bias_reg)
         self.mu.fill_(mu)

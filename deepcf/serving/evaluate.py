@@ -11,20 +11,21 @@ the user rated outside the holdout (training, and for a run dir validation too, 
 test phase) is set to -inf before the top K; users with no training ratings get the popularity
 ranking.
 
-`protocol="topn"` (`--protocol topn`): the metrics of the top-N protocol of
-deepcf.study.protocols (`topn_metrics`, the code `make accuracy` uses) on the same holdout. A run
-was trained on its own split, so its test part is the only honest holdout: every held-out rating
-is an interaction (binary relevance, no threshold); every movie with a training interaction that
-the user has not rated (in training, or for a run dir in validation) is ranked; Recall@K =
-hits / min(K, |held-out|), NDCG@K binary with the ideal over min(K, |held-out|), coverage@K and
-Gini@K over the catalog. Users with no training rating are not ranked by popularity here: the
-model scores them from an empty row, as the protocol does. It is not the per-user 20% holdout
-of `make accuracy` (the run's split is its datamodule's: a random share of all ratings), so its
-numbers compare runs with each other, not with ACCURACY.md. No RMSE: it is the protocol for
-ranking models (EDLAE's scores are not ratings).
+`protocol="topn"` (`--protocol topn`): the metrics of the top-N protocol (`topn_metrics`, the
+code `make accuracy` uses for deepcf.study.protocols) on the same holdout. A run was trained on
+its own split, so its test part is the only honest holdout: every held-out rating is an
+interaction (binary relevance, no threshold); every movie with a training interaction that the
+user has not rated (in training, or for a run dir in validation) is ranked; Recall@K = hits /
+min(K, |held-out|) (recall_capped), NDCG@K binary with the ideal over min(K, |held-out|),
+coverage@K and Gini@K over the catalog, and the other metrics of deepcf.serving.metrics. Users
+with no training rating are not ranked by popularity here: the model scores them from an empty
+row, as the protocol does. It is not the per-user 20% holdout of `make accuracy` (the run's
+split is its datamodule's: a random share of all ratings), so its numbers compare runs with
+each other, not with ACCURACY.md. No RMSE: it is the protocol for ranking models (EDLAE's scores
+are not ratings).
 
-A ranking model (sidecar `score_kind` not "rating": loss=multinomial, EDLAE) outputs scores, not
-ratings: its RMSE/MAE would mean nothing and are not computed (the report says why). On a run
+A ranking model (sidecar `score_kind` not "rating": objective=multinomial, EDLAE) outputs scores,
+not ratings: its RMSE/MAE would mean nothing and are not computed (the report says why). On a run
 trained on interactions (data.implicit) every held-out interaction is relevant (threshold 1),
 and the inputs are interactions, as in training.
 """
@@ -39,8 +40,8 @@ import scipy.sparse as sp
 
 from deepcf.data.heldout import clip_or_fallback
 from deepcf.data.orientation import rows_are_items
-from deepcf.errors import DeepCFError, ModelDataMismatch
-from deepcf.serving.metrics import RankingAccumulator
+from deepcf.errors import DataError, DeepCFError, ModelDataMismatch
+from deepcf.serving.metrics import RankingAccumulator, expand_metrics
 from deepcf.serving.runs import (
     Ratings,
     best_metrics,
@@ -55,10 +56,10 @@ from deepcf.serving.scoring import (
     UserScores,
     densify_flat,
     popular_unseen,
-    popularity_weights,
     top_k_unseen,
 )
 from deepcf.serving.sidecar import ModelCard
+from deepcf.stats import popularity_weights
 
 PROTOCOLS = ("rating", "topn")
 
@@ -95,13 +96,22 @@ def heldout_batches(train: sp.csr_matrix, test: sp.csr_matrix, orientation: str)
     return heldout_set(*orient((train, test), orientation))
 
 
+RATING_PROTOCOL_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit", "coverage",
+                           "gini", "novelty", "pop1%")
+TOPN_METRICS = ("precision", "recall_capped", "recall", "ndcg", "map", "mrr", "hit", "coverage",
+                "gini", "novelty", "pop1%")
+
+
 def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                     test: sp.csr_matrix, ks=(10, 20), threshold: float = 4.0,
-                    chunk: int = 1024) -> dict[str, float]:
-    """Per-user ranking metrics; all matrices users x movies in the model's id space."""
+                    chunk: int = 1024, metrics=None) -> dict[str, float]:
+    """Per-user ranking metrics (`metrics`: names or specs, default RATING_PROTOCOL_METRICS at
+    every K); all matrices users x movies in the model's id space."""
     users = np.flatnonzero(np.diff(test.indptr) > 0)
-    kmax = max(ks)
-    acc = RankingAccumulator(train.shape[1], list(ks), card.item_train_count)
+    acc = RankingAccumulator(train.shape[1], expand_metrics(metrics or RATING_PROTOCOL_METRICS,
+                                                            ks),
+                             card.item_train_count, len(card.user_ids))
+    kmax = acc.kmax
     n_train = np.diff(train.indptr)
     n_popular = 0
     for part, scores in UserScores(scorer, train, card.orientation, chunk).chunks(users):
@@ -121,15 +131,45 @@ def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_
     return out
 
 
+def topn_metrics(score, train: sp.csr_matrix, test: sp.csr_matrix, ks=(10, 20),
+                 chunk: int = 512, metrics=None, per_user: bool = False) -> dict:
+    """The top-N protocol's ranking metrics of `score(users) -> (len(users), movies) scores` on
+    the held-out `test` (users x movies; every stored entry relevant): each user with a held-out
+    entry ranks every movie with a training interaction that is not in their `train` row
+    (movies no one interacted with in training are never candidates; a held-out movie of that
+    kind still counts in the user's |held-out|). `metrics`: names or specs, default
+    TOPN_METRICS at every K. With `per_user`, the result's "per_user" holds each evaluated
+    user's values (users in order), for paired significance tests."""
+    n_movies = train.shape[1]
+    item_n = np.bincount(train.indices, minlength=n_movies)
+    candidate = item_n > 0
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    acc = RankingAccumulator(n_movies, expand_metrics(metrics or TOPN_METRICS, ks), item_n,
+                             int((np.diff(train.indptr) > 0).sum()), per_user=per_user)
+    for s in range(0, len(users), chunk):
+        part = users[s : s + chunk]
+        scores = np.array(score(part), dtype=np.float64, copy=True)
+        if scores.shape != (len(part), n_movies):
+            raise DataError(f"a ranking model returned scores of shape {scores.shape} for "
+                            f"{len(part)} users x {n_movies} movies")
+        scores[~np.isfinite(scores)] = -np.inf  # a non-finite score is never recommended
+        scores[:, ~candidate] = -np.inf
+        top, _ = top_k_unseen(scores, train[part], acc.kmax)
+        acc.add(top, test[part].toarray() != 0)
+    out = acc.result()
+    out["n_users"] = int(len(users))
+    if per_user:
+        out["per_user"] = acc.per_user_values()
+    return out
+
+
 def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                   test: sp.csr_matrix, ks=(10, 20), chunk: int = 1024,
-                  pop_beta: float = 0.0) -> dict[str, float]:
-    """The top-N protocol's metrics (deepcf.study.protocols.topn_metrics) of the model on
-    `test`, its inputs the `train` rows; movies in `seen` (a superset of train's pattern, e.g.
-    train + validation) are never ranked; scores / popularity^pop_beta when pop_beta > 0; all
-    matrices users x movies in the model's id space."""
-    from deepcf.study.protocols import topn_metrics
-
+                  pop_beta: float = 0.0, metrics=None) -> dict[str, float]:
+    """The top-N protocol's metrics (`topn_metrics`) of the model on `test`, its inputs the
+    `train` rows; movies in `seen` (a superset of train's pattern, e.g. train + validation) are
+    never ranked; scores / popularity^pop_beta when pop_beta > 0; all matrices users x movies in
+    the model's id space."""
     rows = UserScores(scorer, train, card.orientation, chunk)
     w = popularity_weights(card.item_train_count, pop_beta)
     known = sp.csr_matrix(seen, dtype=np.float32, copy=True)
@@ -141,12 +181,13 @@ def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_ma
         out[np.repeat(np.arange(len(users)), np.diff(part.indptr)), part.indices] = -np.inf
         return out
 
-    return topn_metrics(score, train, test, ks, chunk)
+    return topn_metrics(score, train, test, ks, chunk, metrics)
 
 
 def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                       test: sp.csr_matrix, batches=None, ks=(10, 20), threshold: float = 4.0,
-                      chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
+                      chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0,
+                      metrics=None) -> dict:
     if protocol not in PROTOCOLS:
         raise DeepCFError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if pop_beta and protocol != "topn":
@@ -154,21 +195,23 @@ def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.cs
     if protocol == "topn":
         return {"protocol": "topn", "ks": list(ks), "pop_beta": float(pop_beta),
                 "score_kind": card.score_kind,
-                "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk, pop_beta)}
+                "topn": topn_protocol(scorer, card, train, seen, test, ks, chunk, pop_beta,
+                                      metrics)}
     if card.implicit:  # interactions (evaluate_run's split is, evaluate_files makes them so)
         threshold = min(threshold, 1.0)
     if batches is None and card.rates:
         batches = heldout_batches(train, test, card.orientation)
     out = {"score_kind": card.score_kind,
            "rating": heldout_errors(scorer, batches, card, chunk) if card.rates else None,
-           "ranking": ranking_metrics(scorer, card, train, seen, test, ks, threshold, chunk),
+           "ranking": ranking_metrics(scorer, card, train, seen, test, ks, threshold, chunk,
+                                      metrics),
            "threshold": threshold, "ks": list(ks), "protocol": "rating"}
     return out
 
 
 def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk: int = 1024,
                  cache_dir: str | None = None, protocol: str = "rating",
-                 pop_beta: float = 0.0) -> dict:
+                 pop_beta: float = 0.0, metrics=None) -> dict:
     """Re-create the run's split and evaluate its model (or `model`) on the test ratings."""
     model = Path(model) if model else run_model_path(run_dir)
     check_run_dir(run_dir)
@@ -179,7 +222,7 @@ def evaluate_run(run_dir, model=None, ks=(10, 20), threshold: float = 4.0, chunk
     s = dm.split
     out = evaluate_matrices(scorer, card, s.train, (s.train + s.val).tocsr(), s.test,
                             dm.dataset("test") if protocol == "rating" else None, ks,
-                            threshold, chunk, protocol, pop_beta)
+                            threshold, chunk, protocol, pop_beta, metrics)
     out.update(model=str(model), data=dm.matrix.source, run_dir=str(run_dir),
                shape=list(dm.matrix.shape), excluded="training and validation ratings")
     trained = best_metrics(run_dir).get("test/rmse") if card.rates else None
@@ -199,7 +242,8 @@ def _aligned(r: Ratings, user_ids: np.ndarray) -> sp.csr_matrix:
 
 
 def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float = 4.0,
-                   chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0) -> dict:
+                   chunk: int = 1024, protocol: str = "rating", pop_beta: float = 0.0,
+                   metrics=None) -> dict:
     """Evaluate with explicit inputs (training rows) and targets (held-out ratings)."""
     scorer, card = load_model(model)
     inp = read_ratings_source(input_path, card)
@@ -219,7 +263,7 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
 
         train, test = (implicit_matrix(m, card.implicit) for m in (train, test))
     out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk,
-                            protocol, pop_beta)
+                            protocol, pop_beta, metrics)
     out.update(model=str(model), input=str(input_path), target=str(target_path),
                shape=list(train.shape), excluded="input ratings")
     return out
@@ -239,11 +283,7 @@ def format_report(r: dict) -> str:
                      f"with a training interaction ranked"
                      + (f"; scores / popularity^{r['pop_beta']:g}" if r.get("pop_beta") else "")
                      + ")")
-        lines.append("| K | Recall (capped) | NDCG | coverage | Gini |")
-        lines.append("|---|---|---|---|---|")
-        for k in r["ks"]:
-            lines.append(f"| {k} | {t[f'recall@{k}']:.4f} | {t[f'ndcg@{k}']:.4f} | "
-                         f"{t[f'coverage@{k}']:.4f} | {t[f'gini@{k}']:.4f} |")
+        lines += metric_table(t, r["ks"])
         return "\n".join(lines)
     rt, rk = r["rating"], r["ranking"]
     if rt is None:
@@ -258,12 +298,21 @@ def format_report(r: dict) -> str:
     lines.append(f"ranking: {int(rk['n_users'])} users with a held-out rating >= "
                  f"{r['threshold']:g} ({r['excluded']} excluded; "
                  f"{int(rk['n_users_popularity_fallback'])} cold users ranked by popularity)")
-    lines.append("| K | Recall | NDCG | coverage | Gini | pop1% share |")
-    lines.append("|---|---|---|---|---|---|")
-    for k in r["ks"]:
-        lines.append(f"| {k} | {rk[f'recall@{k}']:.4f} | {rk[f'ndcg@{k}']:.4f} | "
-                     f"{rk[f'coverage@{k}']:.4f} | {rk[f'gini@{k}']:.4f} | "
-                     f"{rk[f'pop1%@{k}']:.4f} |")
+    lines += metric_table(rk, r["ks"])
     return "\n".join(lines)
 
 
+
+
+def metric_table(result: dict, ks) -> list[str]:
+    """A markdown table of a ranking result: one row per K, one column per metric name."""
+    names = []
+    for key in result:
+        name, at, k = key.rpartition("@")
+        if at and k.isdigit() and name not in names:
+            names.append(name)
+    lines = ["| K | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in ks:
+        cells = [f"{result[f'{n}@{k}']:.4f}" if f"{n}@{k}" in result else "–" for n in names]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines

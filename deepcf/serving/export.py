@@ -120,7 +120,7 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     ckpt, run_dir = find_checkpoint(Path(target))
     state = safe_load(ckpt)
     net = net_from_checkpoint(state, str(ckpt))
-    loss = (state.get("hyper_parameters") or {}).get("loss", "mse")
+    kind = (state.get("hyper_parameters") or {}).get("output_kind", "ratings")
     del state
     dm = run_datamodule(run_dir, cache_dir)
     if net.width != dm.width:
@@ -129,5 +129,5 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     if out is None:
         out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
     diff = export_checked(net, out, dm.dataset("train").inputs,
-                          card_from_datamodule(dm, score_kind(loss, net)), str(ckpt), atol, n_rows)
+                          card_from_datamodule(dm, score_kind(kind, net)), str(ckpt), atol, n_rows)
     return Path(out), diff

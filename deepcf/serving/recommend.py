@@ -11,7 +11,7 @@ A ranking model (its sidecar's `score_kind` is not "rating": Mult-DAE/VAE traine
 loss=multinomial, EDLAE) ranks by its score, which is not a rating: no predicted rating is shown,
 and the output says "ranked by <model> score (not a rating)"; a rating model's says "ranked by
 predicted rating". With `pop_beta` (`--pop-beta B`) movies are ranked by score / popularity^B
-(deepcf.serving.scoring.popularity_weights), `score` is that corrected score and the predicted
+(deepcf.stats.popularity_weights), `score` is that corrected score and the predicted
 rating still the model's output. A model trained on interactions (data.implicit) gets the user's
 ratings as interactions as its input, the same rule as in training; every rated movie stays
 excluded.
@@ -36,10 +36,10 @@ from deepcf.serving.runs import (
 from deepcf.serving.scoring import (
     UserScores,
     popular_unseen,
-    popularity_weights,
     top_k_unseen,
 )
 from deepcf.serving.sidecar import ModelCard
+from deepcf.stats import popularity_weights
 
 FIELDS = ["user_id", "n_ratings", "rank", "movie_id", "title", "predicted_rating", "score",
           "basis"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.compat import check_run_config
 from deepcf.data.orientation import entries_name, rows_are_items
-from deepcf.data.sources import upgrade_data_config
 from deepcf.errors import (
     ConfigError,
     DataError,
@@ -151,9 +151,10 @@ def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: boo
     if not hasattr(cfg, "keys") or "data" not in cfg:
         raise ConfigError(f"{conf}: has no data section")
     try:  # resolved here, so that no interpolation can build a node after the check
-        data = upgrade_data_config(OmegaConf.to_container(cfg.data, resolve=True))
+        data = OmegaConf.to_container(cfg.data, resolve=True)
     except Exception as e:
         raise ConfigError(f"{conf}: data: {str(e).splitlines()[0]}") from None
+    check_run_config({"data": data}, str(conf))
     check_targets(data, conf)
     if cache_dir is not None:
         data["cache_dir"] = cache_dir

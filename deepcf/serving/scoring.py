@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepcf.data.orientation import rows_are_items
-from deepcf.errors import ConfigError, DeepCFError
+from deepcf.errors import DeepCFError
 from deepcf.serving.export import INPUT, OUTPUT
 
 
@@ -134,15 +134,3 @@ def popular_unseen(item_count: np.ndarray, seen: np.ndarray, k: int) -> np.ndarr
     if len(seen):
         order = order[~np.isin(order, seen)]
     return order[:k]
-
-
-def popularity_weights(item_count: np.ndarray, beta: float) -> np.ndarray:
-    """The popularity correction of a ranking score: a movie's score is multiplied by
-    max(count, 1)^-beta (count: its training interactions), i.e. score / popularity^beta.
-
-    Multiplicative, not an additive penalty: it is free of the score's scale (no penalty to
-    re-calibrate per model or lam), keeps every positive score positive, and is a fixed column
-    scaling, so a net can hold it in its ONNX graph. beta = 0 changes nothing."""
-    if not beta >= 0:
-        raise ConfigError(f"popularity correction beta={beta} must be >= 0")
-    return np.maximum(np.asarray(item_count, np.float64), 1.0) ** -float(beta)

@@ -54,11 +54,11 @@ def sidecar_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(SIDECAR_SUFFIX)
 
 
-def score_kind(loss: str, net) -> str:
-    """What a model's outputs are: "rating" (a rating net trained with loss=mse), else
-    "<Net> score" (loss=multinomial, or a net whose outputs only rank, `RatingNet.scores`)."""
-    rates = loss == "mse" and getattr(net, "scores", "ratings") == "ratings"
-    return "rating" if rates else f"{type(net).__name__} score"
+def score_kind(output_kind: str, net) -> str:
+    """The sidecar's label of a model's outputs from its output kind: "rating" for "ratings",
+    else "<Net> score" (ranking scores, e.g. EDLAE's, or a net trained with the multinomial
+    objective)."""
+    return "rating" if output_kind == "ratings" else f"{type(net).__name__} score"
 
 
 def card_from_datamodule(dm, kind: str = "rating") -> ModelCard:

@@ -37,6 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepcf.errors import ConfigError, DeepCFError, one_line_errors
+from deepcf.serving.evaluate import topn_metrics
+from deepcf.stats import fit_biases, item_popularity, popularity_weights
 from deepcf.study import baselines as bl
 from deepcf.study.experiments import mean_std
 from deepcf.study.protocols import (
@@ -44,7 +46,6 @@ from deepcf.study.protocols import (
     SEEDS,
     rating_errors,
     rating_split,
-    topn_metrics,
     topn_split,
 )
 
@@ -133,7 +134,7 @@ def _global_mean(train, val, params, task):
 
 
 def _bias(train, val, params, task):
-    b = bl.fit_biases(train, **params)
+    b = fit_biases(train, **params)
     return _Fitted(lambda rows, cols: bl.predict_biases(*b, rows, cols))
 
 
@@ -146,7 +147,7 @@ def _mf_rank(train, val, params, task):
 
 
 def _popularity(train, val, params, task):
-    pop = bl.item_popularity(train)
+    pop = item_popularity(train)
     return _Fitted(lambda users: np.broadcast_to(pop, (len(users), len(pop))))
 
 
@@ -194,14 +195,12 @@ def _itemknn(train, val, params, task):
 
 def popularity_corrected(fit: Callable) -> Callable:
     """The fit function of `fit`'s row with the popularity correction of
-    deepcf.serving.scoring.popularity_weights: scores / max(popularity, 1)^pop_beta, the
+    deepcf.stats.popularity_weights: scores / max(popularity, 1)^pop_beta, the
     popularity a movie's training interactions; `pop_beta` is a grid key."""
 
     def wrapped(train, val, params, task):
-        from deepcf.serving.scoring import popularity_weights
-
         params = dict(params)
-        w = popularity_weights(bl.item_popularity(train), float(params.pop("pop_beta")))
+        w = popularity_weights(item_popularity(train), float(params.pop("pop_beta")))
         pred = fit(train, val, params, task)
         return _Fitted(lambda users: pred(users) * w, pred.info)
 
@@ -266,42 +265,42 @@ register(Row("I-AutoRec (published: L2 on weights, full-batch Rprop)", "rating",
                   "lambda/2 ||W||^2 on weights only, full-batch Rprop, early stopping on the "
                   "carve, refit on the 80% for the chosen epochs"))
 register(Row("I-AutoRec + residual target", "rating",
-             contender([*I_AUTOREC, "model.residual=target"]), grid=L2_GRID,
+             contender([*I_AUTOREC, "model.net.residual=target"]), grid=L2_GRID,
              defaults={"model.l2": 100.0}, kind="contender", select_epochs=True,
-             note="`experiment=i_autorec model.residual=target`: the same net fed the raw "
+             note="`experiment=i_autorec model.net.residual=target`: the same net fed the raw "
                   "ratings, its output added to mu + b_user + b_movie (biases fitted on the "
                   "training rows, the row's own bias from the row): the net learns only what "
                   "the biases miss, and still sees which movies were rated"))
 register(Row("I-AutoRec + bias residual", "rating",
-             contender([*I_AUTOREC, "model.residual=bias"]),
+             contender([*I_AUTOREC, "model.net.residual=bias"]),
              grid=[{"model.l2": 50.0}], kind="contender", select_epochs=True,
-             note="`experiment=i_autorec model.residual=bias`: the same net fed and predicting "
+             note="`experiment=i_autorec model.net.residual=bias`: the same net fed and predicting "
                   "the residual of mu + b_user + b_movie; lambda 50: the best of 30/50/100/300 "
                   "in a sweep on split 0's carve (the summed objective's lambda)"))
 register(Row("U-AutoRec + bias residual", "rating",
-             contender([*I_AUTOREC, "data.orientation=user", "model.residual=bias"]),
+             contender([*I_AUTOREC, "data.orientation=user", "model.net.residual=bias"]),
              grid=[{"model.l2": 50.0}], kind="contender", select_epochs=True,
-             note="`experiment=i_autorec data.orientation=user model.residual=bias`: rows are "
+             note="`experiment=i_autorec data.orientation=user model.net.residual=bias`: rows are "
                   "users, otherwise as the I-AutoRec rows"))
 U_AUTOREC_ADAM = [*I_AUTOREC, "data.orientation=user", "optimizer=adam",
                   "model.optimizer.lr=0.001", "data.batch_size=128", "trainer.max_epochs=100",
                   "callbacks.early_stopping.patience=10"]
 register(Row("U-AutoRec + dense re-feeding", "rating",
-             contender([*U_AUTOREC_ADAM, "model.refeed=true"]), grid=[{"model.l2": 100.0}],
+             contender([*U_AUTOREC_ADAM, "objective=refeed"]), grid=[{"model.l2": 100.0}],
              # untuned elsewhere at most 20 epochs: a refeed step on 9K-movie rows is dense
              defaults={"model.l2": 100.0, "trainer.max_epochs": 20},
              kind="contender", select_epochs=True,
              note="`experiment=i_autorec data.orientation=user optimizer=adam "
-                  "model.optimizer.lr=0.001 data.batch_size=128 model.refeed=true`: rows are "
+                  "model.optimizer.lr=0.001 data.batch_size=128 objective=refeed`: rows are "
                   "users, batches of 128 with Adam, and after each masked step a second step "
                   "feeding the dense output y = f(x) back with target y (DeepRecommender); "
                   "early stopping on the carve (patience 10, up to 100 epochs; up to 20 in the "
                   "untuned defaults, where the dense refeed step over 9K movies is costly)"))
-KERNEL = ["experiment=glocal_k", "model.hidden=[500]"]
+KERNEL = ["experiment=glocal_k", "model.net.hidden=[500]"]
 register(Row("I-AutoRec with GLocal-K's local kernel", "rating", contender(KERNEL),
              grid=[{"model.l2": v} for v in (100.0, 200.0)], defaults={"model.l2": 100.0},
              kind="contender", select_epochs=True,
-             note="`experiment=glocal_k model.hidden=[500]`: rows are movies, n -> 500 sigmoid "
+             note="`experiment=glocal_k model.net.hidden=[500]`: rows are movies, n -> 500 sigmoid "
                   "-> n, every weight W * max(0, 1 - ||u_i - v_o||^2) with learned 5-d vectors "
                   "(GLocal-K's local kernel), L2 on W, kernel sparsity penalty 0.012, "
                   "full-batch Rprop, early stopping on the carve. One hidden layer: GLocal-K's "
@@ -365,7 +364,7 @@ MULT_VAE = ["experiment=mult_vae"]
 
 
 register(Row("blend: I-AutoRec + residual target, kernelised I-AutoRec, biased MF", "rating",
-             blend({"target": (contender([*I_AUTOREC, "model.residual=target"]),
+             blend({"target": (contender([*I_AUTOREC, "model.net.residual=target"]),
                                {"model.l2": 200.0}),
                     "kernel": (contender(KERNEL), {"model.l2": 100.0}),
                     "mf": (_mf, MF_DEFAULTS)}),
@@ -384,7 +383,7 @@ def _edlae(train, val, params, task):
     from deepcf.serving.scoring import TorchScorer, densify
 
     net = EDLAE.build(train.shape[1], **params)
-    net.fit_data(train)
+    net.fit_closed_form(train)
     scorer = TorchScorer(net)
     return _Fitted(lambda users: scorer(densify(train, users)))
 
@@ -400,7 +399,7 @@ register(Row("EDLAE + popularity correction", "topn", _edlae,
                         pop_beta=[0.2, 0.25, 0.3]),
              defaults={"dropout": 0.7, "lam": 100.0, "pop_beta": 0.25}, kind="contender",
              min_coverage=COVERAGE_TARGET,
-             note=EDLAE_NOTE + ", zero diagonal; `model.pop_beta`: scores / "
+             note=EDLAE_NOTE + ", zero diagonal; `model.net.pop_beta`: scores / "
                   "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
 
 
@@ -409,12 +408,11 @@ def shipped_model(experiment: str) -> dict:
     (the keys the net takes; the module's own keys dropped)."""
     from omegaconf import OmegaConf
 
-    from deepcf.models.contract import net_class
-    from deepcf.study.contenders import compose_train_cfg
+    from deepcf.training.config import compose
 
-    model = OmegaConf.to_container(compose_train_cfg([f"experiment={experiment}"]).model)
-    fields = net_class(model["net"]).Config.__dataclass_fields__
-    return {k: v for k, v in model.items() if k in fields and k != "width"}
+    net = OmegaConf.to_container(compose([f"experiment={experiment}"]).model.net)
+    net.pop("_target_")
+    return net
 
 
 def _edlae_shipped(train, val, params, task):
@@ -434,7 +432,7 @@ register(Row("DLAE", "topn", _edlae,
              grid=_grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
                         emphasis=[False]),
              defaults={"dropout": 0.5, "lam": 300.0, "emphasis": False}, kind="contender",
-             note=EDLAE_NOTE + ", no diagonal constraint (`model.emphasis=false`): B = "
+             note=EDLAE_NOTE + ", no diagonal constraint (`model.net.emphasis=false`): B = "
                   "(G + Lambda)^-1 G"))
 register(Row("DLAE + popularity correction", "topn", _edlae,
              grid=_grid(dropout=[0.33, 0.5], lam=[100.0, 300.0], pop_beta=[0.1, 0.2, 0.3],
@@ -621,8 +619,9 @@ ANCHORS = [
 ]
 
 RATING_COLS = [("RMSE", "rmse"), ("MAE", "mae")]
-TOPN_COLS = [("Recall@10", "recall@10"), ("Recall@20", "recall@20"), ("NDCG@10", "ndcg@10"),
-             ("NDCG@20", "ndcg@20"), ("coverage@10", "coverage@10"), ("Gini@10", "gini@10")]
+TOPN_COLS = [("Recall@10", "recall_capped@10"), ("Recall@20", "recall_capped@20"),
+             ("NDCG@10", "ndcg@10"), ("NDCG@20", "ndcg@20"), ("coverage@10", "coverage@10"),
+             ("Gini@10", "gini@10")]
 
 
 def ms(values) -> str:

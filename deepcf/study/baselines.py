@@ -13,19 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-
-def fit_biases(train: sp.csr_matrix, reg_u: float = 15.0, reg_i: float = 10.0,
-               sweeps: int = 10) -> tuple[float, np.ndarray, np.ndarray]:
-    """(mu, user biases, item biases) of a users x items training matrix."""
-    X = train.tocoo()
-    mu = float(X.data.mean())
-    b_u, b_i = np.zeros(X.shape[0]), np.zeros(X.shape[1])
-    n_u = np.bincount(X.row, minlength=X.shape[0])
-    n_i = np.bincount(X.col, minlength=X.shape[1])
-    for _ in range(sweeps):
-        b_i = np.bincount(X.col, X.data - mu - b_u[X.row], X.shape[1]) / (reg_i + n_i)
-        b_u = np.bincount(X.row, X.data - mu - b_i[X.col], X.shape[0]) / (reg_u + n_u)
-    return mu, b_u, b_i
+from deepcf.models.edlae import edlae_weights
+from deepcf.stats import binary_gram, fit_biases
 
 
 def score(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -54,17 +43,10 @@ def predict_biases(mu: float, b_u: np.ndarray, b_i: np.ndarray, rows: np.ndarray
     return mu + b_u[rows] + b_i[cols]
 
 
-def item_popularity(train: sp.csr_matrix) -> np.ndarray:
-    """Training interactions per movie (every stored rating is one)."""
-    return np.bincount(train.indices, minlength=train.shape[1]).astype(np.float64)
-
-
 def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): the item-item weights B = I - P diag(1 / diag(P)), with
     P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B. It is
     EDLAE at dropout 0 (deepcf.models.edlae), which computes it."""
-    from deepcf.models.edlae import binary_gram, edlae_weights
-
     if lam <= 0:
         raise ValueError(f"EASE needs lam > 0, got {lam}")
     return edlae_weights(binary_gram(train), 0.0, lam)
@@ -74,8 +56,6 @@ def fit_itemknn(train: sp.csr_matrix, k: int) -> np.ndarray:
     """Item-based kNN (cosine on the binary interactions): S[i, j] = cos(movie i, movie j),
     each column j keeping its k most similar other movies (its neighbourhood), the rest 0; a
     user's scores are x_u S (the summed similarity of the user's movies in j's neighbourhood)."""
-    from deepcf.models.edlae import binary_gram
-
     if k < 1:
         raise ValueError(f"ItemKNN needs k >= 1, got {k}")
     G = binary_gram(train)

@@ -1,13 +1,14 @@
 """The autoencoder contenders of `make accuracy`, trained through deepcf's own training code.
 
 A contender is a train config (`conf/`, e.g. `experiment=i_autorec`) plus overrides. Its fit on
-a protocol's ratings composes that config, builds the `RatingsModule` from `cfg.model` exactly
-as `deepcf.train` does (net, loss, l2, noise, optimizer, the bias residual's fitted biases), and
-fits it with a Lightning Trainer on a RatingsDataModule made from the protocol's matrices:
+a protocol's ratings composes that config and builds data and module with deepcf.train's own
+run assembly (deepcf.training.assembly: net, objective, l2, noise, optimizer, the bias
+residual's fitted biases) over a RatingsDataModule made from the protocol's matrices, and fits
+it with the config's Trainer:
 
-- with a validation carve: early stopping on val RMSE, or on val NDCG@10 for a config with
-  `model.eval_topn=true` (a ranking model; the config's patience, up to its max_epochs), the
-  best epoch's weights kept; that epoch count is reported (`info["epochs"]`)
+- with a validation carve: early stopping on the module's monitor (val RMSE for a rating model,
+  val NDCG@10 for a ranking model; the config's patience, up to its max_epochs), the best
+  epoch's weights kept; that epoch count is reported (`info["epochs"]`)
   and is what the refit on all of the training part trains for (deepcf.study.accuracy);
 - without one (the refit): exactly `epochs` epochs, nothing held out.
 
@@ -25,20 +26,11 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+from omegaconf import open_dict
 
 from deepcf.errors import ConfigError, DivergedModel
 
 CHUNK = 512  # rows per predict_at call
-
-
-def compose_train_cfg(overrides: list[str]):
-    """The train config of `python -m deepcf.train <overrides>`, composed without running."""
-    from hydra import compose, initialize_config_dir
-
-    from deepcf.training.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def _best_state_callback(monitor: str = "val/rmse", mode: str = "min"):
@@ -93,64 +85,56 @@ def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | 
 
 def _fit(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
          rating_range: tuple[float, float], seed: int, epochs: int | None = None):
-    """(trained net, composed config, info): see fit_contender."""
+    """(trained net, composed config, info): see fit_contender. The run is `deepcf.train`'s:
+    the same config, the same assembly and Trainer (deepcf.training.assembly); only its
+    callbacks differ: early stopping on the module's monitor (the config's patience) and the
+    best epoch's weights kept in memory instead of checkpoints, no logger."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
-    from deepcf.data.datamodule import RatingsDataModule
     from deepcf.data.matrix import RatingMatrix
     from deepcf.data.split import Split
-    from deepcf.training.config import build
-    from deepcf.training.train import _quiet_lightning
+    from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
+    from deepcf.training.config import build, compose
+    from deepcf.training.train import quiet_lightning
 
-    _quiet_lightning()
-    for name in ("deepcf.training.module", "deepcf.data.datamodule", "pytorch_lightning"):
+    quiet_lightning()
+    for name in ("deepcf.training.objectives.masked_mse", "deepcf.data.datamodule",
+                 "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg = compose_train_cfg([*overrides, f"seed={seed}"])
+    cfg = compose([*overrides, f"seed={seed}", "logger=none", "trainer=cpu",
+                   "trainer.default_root_dir=null", "trainer.enable_progress_bar=false",
+                   "+trainer.enable_checkpointing=false", "+trainer.num_sanity_val_steps=0"])
     lo, hi = rating_range
     train = sp.csr_matrix(train, dtype=np.float32)
     matrix = RatingMatrix(train, np.arange(train.shape[0]), np.arange(train.shape[1]),
                           rating_min=lo, rating_max=hi, source="protocol split")
     split = Split(train, sp.csr_matrix(val, dtype=np.float32) if val is not None
                   else _empty(train.shape), _empty(train.shape))
-    dm = RatingsDataModule(matrix, orientation=cfg.data.orientation,
-                           batch_size=int(cfg.data.batch_size),
-                           eval_batch_size=int(cfg.data.eval_batch_size), split=split,
-                           implicit=cfg.data.get("implicit"))
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm.setup("fit")
-    lo, hi = dm.rating_range  # 0..1 on implicit data
-    model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                  train_mean=dm.train_mean, train_rows=dm.train_rows)
-    max_epochs = int(cfg.trainer.max_epochs)
-    callbacks = []
+    dm, model = assemble(cfg, matrix, split)
+    resolve_monitors(cfg, model)
+    monitor, mode = cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.mode
+    callbacks, overrides_ = [], {}
     if val is not None:
-        monitor, mode = (("val/ndcg@10", "max") if cfg.model.get("eval_topn", False)
-                         else ("val/rmse", "min"))
         best = _best_state_callback(monitor, mode)
-        patience = int(cfg.callbacks.early_stopping.patience)
-        callbacks = [best, instantiate({"_target_": "pytorch_lightning.callbacks.EarlyStopping",
-                                        "monitor": monitor, "mode": mode,
-                                        "patience": patience})]
+        callbacks = [best, build(cfg.callbacks.early_stopping, "callbacks.early_stopping")]
     else:
-        max_epochs = int(epochs or max_epochs)
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=callbacks,
-                         limit_val_batches=1.0 if val is not None else 0,
-                         num_sanity_val_steps=0, use_distributed_sampler=False)
+        overrides_ = {"max_epochs": int(epochs or cfg.trainer.max_epochs),
+                      "limit_val_batches": 0}
+    with open_dict(cfg):
+        cfg.trainer.update(overrides_)
+    trainer = build_trainer(cfg, callbacks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, datamodule=dm)
     net = model.net
-    info = {}
     if val is not None:
         if best.state is None:
             raise DivergedModel(f"{' '.join(overrides)}: no finite {monitor} (diverged)")
         net.load_state_dict(best.state)
         info = {"epochs": best.epochs}
     else:
-        info = {"epochs": max_epochs}
+        info = {"epochs": int(cfg.trainer.max_epochs)}
     return net.eval(), cfg, info
 
 

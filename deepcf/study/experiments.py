@@ -52,21 +52,19 @@ def collect(out: Path) -> dict[str, list[dict]]:
 
 def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dict]]:
     """Baseline scores on the same data and splits as the runs (one per seed)."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from deepcf.study.baselines import baseline_scores
-    from deepcf.training.config import CONF_DIR
+    from deepcf.training.config import compose
 
     out: dict[str, list[dict]] = {}
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        for seed in seeds:
-            cfg = compose(config_name="train", overrides=[f"seed={seed}", *data_overrides])
-            dm = instantiate(cfg.data)
-            dm.setup()
-            lo, hi = dm.rating_range
-            for name, s in baseline_scores(dm.split.train, dm.split.test, lo, hi).items():
-                out.setdefault(name, []).append({"test/rmse": s["rmse"], "test/mae": s["mae"]})
+    for seed in seeds:
+        cfg = compose([f"seed={seed}", *data_overrides])
+        dm = instantiate(cfg.data)
+        dm.setup()
+        lo, hi = dm.rating_range
+        for name, s in baseline_scores(dm.split.train, dm.split.test, lo, hi).items():
+            out.setdefault(name, []).append({"test/rmse": s["rmse"], "test/mae": s["mae"]})
     return out
 
 

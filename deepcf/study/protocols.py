@@ -1,4 +1,4 @@
-"""The two fixed accuracy protocols of issue 9, for any ratings matrix (users x movies CSR).
+"""The two fixed accuracy protocols of `make accuracy`, for any ratings matrix (users x movies CSR).
 
 Rating protocol (`rating_split`, `rating_errors`)
     A seeded random 80/20 split of all ratings (seeds 0, 1, 2 in `make accuracy`). Model
@@ -18,7 +18,8 @@ Top-N protocol (`topn_split`, `topn_metrics`)
     user's |held-out|). Recall@K = hits / min(K, |held-out|), NDCG@K binary with the ideal over
     min(K, |held-out|), K = 10, 20; coverage@10 and Gini@10 over the whole catalog
     (deepcf.serving.metrics); per-user metrics averaged over evaluated users. The validation
-    carve is the same holdout applied to the training part.
+    carve is the same holdout applied to the training part. The metrics are
+    deepcf.serving.evaluate.topn_metrics (the code `deepcf.evaluate --protocol topn` uses).
 
 Both split functions are pure functions of (matrix, seed): anyone gets the same splits.
 """
@@ -34,8 +35,7 @@ import scipy.sparse as sp
 from deepcf.data.matrix import RatingMatrix, csr_in_order
 from deepcf.data.split import split_matrix
 from deepcf.errors import ConfigError, DataError
-from deepcf.serving.metrics import RankingAccumulator
-from deepcf.serving.scoring import top_k_unseen
+from deepcf.stats import fit_biases
 
 SEEDS = (0, 1, 2)
 TEST_FRACTION = 0.2  # of all ratings (rating) / of each user's ratings (top-N)
@@ -107,8 +107,6 @@ def cold_mask(train: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.nd
 def bias_fallback(train: sp.csr_matrix) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The declared cold fallback: mu + b_u + b_i of the bias model (Surprise defaults) fitted on
     `train`; an unknown user's or movie's bias is 0, so a cold rating gets mu + the known bias."""
-    from deepcf.study.baselines import fit_biases
-
     mu, b_u, b_i = fit_biases(train)
     return lambda rows, cols: mu + b_u[rows] + b_i[cols]
 
@@ -183,31 +181,3 @@ def topn_split(data: RatingMatrix | sp.spmatrix, seed: int,
     train, test = per_user_holdout(X, _seed(seed, 0), fraction, min_ratings)
     fit, val = per_user_holdout(train, _seed(seed, 1), fraction, min_ratings)
     return TopNSplit(train, test, fit, val, int(seed))
-
-
-def topn_metrics(score: Callable[[np.ndarray], np.ndarray], train: sp.csr_matrix,
-                 test: sp.csr_matrix, ks=KS, chunk: int = 512) -> dict[str, float]:
-    """Ranking metrics of `score(users) -> (len(users), movies) scores` on the held-out `test`
-    (see the module docstring). Coverage and Gini are reported at every K in `ks`."""
-    ks = sorted(int(k) for k in ks)
-    kmax = ks[-1]
-    n_movies = train.shape[1]
-    item_n = np.bincount(train.indices, minlength=n_movies)
-    candidate = item_n > 0
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    acc = RankingAccumulator(n_movies, ks, item_n, recall="capped")
-    for s in range(0, len(users), chunk):
-        part = users[s : s + chunk]
-        scores = np.array(score(part), dtype=np.float64, copy=True)
-        if scores.shape != (len(part), n_movies):
-            raise DataError(f"a ranking model returned scores of shape {scores.shape} for "
-                            f"{len(part)} users x {n_movies} movies")
-        scores[~np.isfinite(scores)] = -np.inf  # a non-finite score is never recommended
-        scores[:, ~candidate] = -np.inf
-        top, _ = top_k_unseen(scores, train[part], kmax)
-        acc.add(top, test[part].toarray() != 0)
-    out = acc.result()
-    out.pop("n_users")
-    out["n_users"] = int(len(users))
-    return out
-

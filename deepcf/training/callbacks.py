@@ -42,11 +42,9 @@ class OnnxExport(pl.Callback):
             net = net_from_checkpoint(safe_load(checked_best(trainer, best)), best)
         dm = trainer.datamodule
         try:
-            self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs,
-                                               card_from_datamodule(dm, score_kind(
-                                                   pl_module.hparams.get("loss", "mse"), net)),
-                                               best or "last",
-                                               self.atol, self.n_rows)
+            card = card_from_datamodule(dm, score_kind(pl_module.output_kind, net))
+            self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs, card,
+                                               best or "last", self.atol, self.n_rows)
         except DivergedModel as e:
             log.warning("ONNX model %s", e)
             return
@@ -119,13 +117,13 @@ class ResumeState(pl.Callback):
     - the random number generators (torch, numpy, python) as they are when the checkpoint is
       written: the next epoch's shuffling (RandomSampler), noise and dropout draw from them, so a
       resumed epoch draws what the uninterrupted run drew;
-    - `val/rmse_best` (and `val/ndcg@10_best`): the module's Min/MaxMetric is not in its
-      state_dict and restarts at fit start, so the best value before the interruption is put
+    - `val/rmse_best` (and the first ranking metric's best): the module's Min/MaxMetric is not
+      in its state_dict and restarts at fit start, so the best value before the interruption is put
       back at the first resumed epoch.
     """
 
     KEY = "deepcf_resume"
-    BESTS = ("val_rmse_best", "val_ndcg_best")  # the module's Min/MaxMetric of val/rmse, ndcg
+    BESTS = ("val_rmse_best", "val_rank_best")  # the module's Min/MaxMetric (rmse, ranking)
 
     def __init__(self):
         self._best: dict = {}
@@ -185,9 +183,9 @@ class EpochLines(pl.Callback):
     """One line per training epoch on stdout, from rank 0 only, for logs that are not a terminal:
 
         epoch 3/20  train/loss L  val/rmse R  (S s)
-    """
 
-    KEYS = ("train/loss", "val/rmse", "val/ndcg@10")
+    (and the module's ranking metrics, e.g. val/ndcg@10, after them)
+    """
 
     def __init__(self):
         self._start = 0.0
@@ -202,14 +200,17 @@ class EpochLines(pl.Callback):
 
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
+        keys = ["train/loss", "val/rmse",
+                *(f"val/{k}" for k in getattr(pl_module, "metric_keys", ()))]
         print(epoch_line(trainer.current_epoch, trainer.max_epochs, trainer.callback_metrics,
-                         time.monotonic() - self._start), flush=True)
+                         time.monotonic() - self._start, keys), flush=True)
 
 
-def epoch_line(epoch: int, max_epochs: int | None, metrics, seconds: float) -> str:
+def epoch_line(epoch: int, max_epochs: int | None, metrics, seconds: float,
+               keys=("train/loss", "val/rmse")) -> str:
     total = f"/{max_epochs}" if max_epochs not in (None, -1) else ""
     parts = [f"epoch {epoch + 1}{total}"]
-    for key in EpochLines.KEYS:
+    for key in keys:
         value = metrics.get(key)
         if value is not None:
             parts.append(f"{key} {float(value):.4f}")

@@ -1,5 +1,6 @@
-"""Config plumbing shared by the commands: where the configs live, instantiation with one-line
-errors naming the key, and the up-front check of command-line overrides (principle 5)."""
+"""Config plumbing shared by the commands: where the configs live, the one place that composes
+them (`compose`), instantiation with one-line errors naming the key, and the up-front check of
+command-line overrides (principle 5)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepcf.data.sources import LEGACY_DATA_KEYS
+from deepcf.compat import check_moved
 from deepcf.errors import ConfigError, DeepCFError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
@@ -59,16 +60,20 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-# keys that moved: the old spelling is one line naming the new one
-RENAMED = {f"data.{old}": f"data.{new}" for old, new in LEGACY_DATA_KEYS.items()}
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The train config of `python -m deepcf.train <overrides>`, composed without running: the
+    one place deepcf initialises Hydra's config dir (tests, the study and the bench use it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-
-def check_renamed(key: str, value=None) -> None:
-    if key in RENAMED:
-        raise ConfigError(f"{key} is now {RENAMED[key]} (e.g. {RENAMED[key]}=...)")
-    if key == "data.source" and isinstance(value, str):
-        raise ConfigError(f"data.source={value} is no longer a name: choose the data with "
-                          f"data=ml100k, data=ratings_csv or data=synthetic")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return hydra_compose(config_name="train", overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def check_overrides(args: list[str]) -> DictConfig | None:
@@ -76,7 +81,6 @@ def check_overrides(args: list[str]) -> DictConfig | None:
     mandatory value is one line naming it, not Hydra's multi-line report. Each value of a swept
     override is checked with the first value of the others. Returns the config composed with
     the first value of each override (None for Hydra's own modes)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
@@ -90,7 +94,7 @@ def check_overrides(args: list[str]) -> DictConfig | None:
                 continue
             if o.key_or_group.startswith("hydra"):
                 continue
-            check_renamed(o.key_or_group, o.value())
+            check_moved(o.key_or_group, o.value())
             try:
                 v = list(o.sweep_string_iterator()) if o.is_sweep_override() else \
                     [o.get_value_element_as_str()]
@@ -102,15 +106,13 @@ def check_overrides(args: list[str]) -> DictConfig | None:
         variants = [base] + [base[:i] + [f"{o.get_key_element()}={x}"] + base[i + 1:]
                              for i, (o, v) in enumerate(zip(parsed, values)) for x in v[1:]]
         first = None
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            for overrides in variants[:64]:
-                cfg = compose(config_name="train", overrides=[*hydra_groups, *overrides],
-                              return_hydra_config=bool(hydra_groups))
-                first = cfg if first is None else first
-                missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
-                if missing:
-                    raise ConfigError(f"missing value for {', '.join(missing)} "
-                                      f"(set it on the command line: {missing[0]}=...)")
+        for overrides in variants[:64]:
+            cfg = compose([*hydra_groups, *overrides], return_hydra_config=bool(hydra_groups))
+            first = cfg if first is None else first
+            missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
+            if missing:
+                raise ConfigError(f"missing value for {', '.join(missing)} "
+                                  f"(set it on the command line: {missing[0]}=...)")
         if first is not None and "hydra" in first:
             with open_dict(first):
                 del first["hydra"]

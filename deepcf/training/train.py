@@ -19,8 +19,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.errors import ConfigError, TrainingInterrupted
+from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
 from deepcf.training.callbacks import checked_best
-from deepcf.training.config import build, build_all
+from deepcf.training.config import build_all
 from deepcf.training.loggers import publish_to_wandb
 from deepcf.training.rundir import (
     check_checkpoint,
@@ -33,16 +34,13 @@ from deepcf.training.rundir import (
 log = logging.getLogger("deepcf.train")
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
                  "pytorch_lightning.accelerators.cuda", "lightning_fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    # closed-form nets (EDLAE) train without an optimizer and without steps, on purpose
-    warnings.filterwarnings("ignore", ".*configure_optimizers` returned `None`.*")
-    warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
     # held-out metrics are torchmetrics objects, synced across DDP ranks by compute()
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed.*")
     # run dirs are unique, so a non-empty one is a resume: its checkpoints are wanted, and its
@@ -67,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dir. The run dir is locked while this process writes it (rank 0 of a DDP job holds the lock
     and alone writes metrics.json, exports and prints). Raises TrainingInterrupted on Ctrl-C.
     """
-    _quiet_lightning()
+    quiet_lightning()
     rank0 = is_rank_zero()
     resume = None
     if cfg.get("ckpt_path"):
@@ -107,17 +105,11 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    check_ranking_monitors(cfg)
-    dm = build(cfg.data, "data")
-    dm.setup("fit")
-    lo, hi = dm.rating_range
-    model = build(cfg.model, "model", width=dm.width, rating_min=lo, rating_max=hi,
-                  train_mean=dm.train_mean, train_rows=dm.train_rows)
+    dm, model = assemble(cfg)
+    resolve_monitors(cfg, model)
     callbacks = build_all(cfg.get("callbacks"), "callbacks") + [ResumeState()]
     loggers = build_all(cfg.get("logger"), "logger")
-    # the DataModule shards rows per rank itself (no padded duplicates in val/test)
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks,
-                                logger=loggers or False, use_distributed_sampler=False)
+    trainer = build_trainer(cfg, callbacks, loggers)
 
     if rank0 and resume is None:  # a resume keeps the run's own config
         OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
@@ -178,10 +170,13 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
     onnx = next((c.exported for c in callbacks if hasattr(c, "exported")), None)
     return {
         "experiment": experiment_name(),
-        "status": run_status(metrics),
+        "status": run_status({**metrics, "metrics": model.metric_keys}),
         "data": dm.matrix.source,
         "orientation": dm.orientation,
-        "scores": getattr(model.net, "scores", "ratings"),
+        "scores": model.output_kind,
+        "metrics": list(model.metric_keys),
+        "monitor": model.monitor[0],
+        "optimized_metric": cfg.optimized_metric,
         "shape": list(dm.matrix.shape),
         "seed": cfg.get("seed"),
         "epochs": trainer.current_epoch,
@@ -192,31 +187,13 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
     }
 
 
-def check_ranking_monitors(cfg: DictConfig) -> None:
-    """A callback monitoring a metric the run does not log is one line, before training: a
-    multinomial model logs no RMSE, and val/ndcg@10 needs model.eval_topn=true."""
-    from deepcf.training.loss import check_loss
-
-    model = cfg.get("model") or {}
-    check_loss(model.get("loss", "mse"))
-    logged = {"val/ndcg@10"} if model.get("eval_topn", False) else set()
-    if model.get("loss", "mse") == "mse":
-        logged.add("val/rmse")
-    for name, conf in (cfg.get("callbacks") or {}).items():
-        monitor = conf.get("monitor") if isinstance(conf, DictConfig) else None
-        if monitor and monitor.startswith("val/") and monitor not in logged:
-            hint = ("callbacks=ranking model.eval_topn=true" if monitor == "val/rmse" else
-                    "model.eval_topn=true")
-            raise ConfigError(f"callbacks.{name}.monitor={monitor} is not logged by this run "
-                              f"(model.loss={model.get('loss', 'mse')}, model.eval_topn="
-                              f"{str(bool(model.get('eval_topn', False))).lower()}): use {hint}")
-
-
 def run_status(metrics: dict) -> str:
-    """"diverged" when the final score (test RMSE, else best val RMSE, else the NDCG@10 of a
-    ranking run) is not finite."""
-    key = next((k for k in ("test/rmse", "val/rmse_best", "test/ndcg@10", "val/ndcg@10_best")
-                if k in metrics), "test/rmse")
+    """"diverged" when the final score (test RMSE, else best val RMSE, else the first ranking
+    metric, tested or best on val) is not finite."""
+    ranked = list(metrics.get("metrics") or [])
+    keys = ["test/rmse", "val/rmse_best", *(f"test/{m}" for m in ranked[:1]),
+            *(f"val/{m}_best" for m in ranked[:1])]
+    key = next((k for k in keys if k in metrics), "test/rmse")
     value = metrics.get(key)
     return "diverged" if value is not None and not math.isfinite(value) else "ok"
 
@@ -228,12 +205,17 @@ def strict_json(summary: dict) -> str:
     return json.dumps(clean, indent=2, allow_nan=False) + "\n"
 
 
-# model options added after runs may have been written, at their defaults (the old behaviour)
-_MODEL_KEYS_ADDED = {("model", "residual"): "none", ("model", "row_bias_reg"): 5.0,
-                     ("model", "col_bias_reg"): 5.0, ("model", "l2"): 0.0,
-                     ("data", "implicit"): None, ("model", "loss"): "mse",
-                     ("model", "eval_topn"): False, ("model", "refeed"): False}
-_DATA_KEYS_FREE = ("cache_dir", "cache", "num_workers", "pin_memory", "eval_batch_size")
+_DATA_KEYS_FREE = ("cache_dir", "cache", "loader", "eval_batch_size")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """{dotted key: leaf value} of nested dicts."""
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    out = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
 
 
 def check_same_run(resolved: dict, run_dir: Path, ckpt_path) -> None:
@@ -245,13 +227,12 @@ def check_same_run(resolved: dict, run_dir: Path, ckpt_path) -> None:
         if section == "data":
             for k in _DATA_KEYS_FREE:
                 a.pop(k, None), b.pop(k, None)
+        a, b = _flat(a, f"{section}."), _flat(b, f"{section}.")
         for key in sorted(set(a) | set(b)):
-            if key not in a and b.get(key) == _MODEL_KEYS_ADDED.get((section, key), a):
-                continue  # an option added since that run, at the value it had then
             if a.get(key) != b.get(key):
                 overrides = _run_overrides(run_dir)
                 raise ConfigError(
-                    f"ckpt_path={ckpt_path}: {section}.{key} is {b.get(key)!r} here but "
+                    f"ckpt_path={ckpt_path}: {key} is {b.get(key)!r} here but "
                     f"{a.get(key)!r} in the run being resumed ({conf}); resume with the run's "
                     f"own overrides" + (f": {' '.join(overrides)}" if overrides else ""))
 
@@ -319,9 +300,10 @@ def _fmt(x) -> str:
 
 
 def _print_summary(s: dict) -> None:
-    # a net whose outputs only rank (EDLAE) still logs an RMSE; it means nothing
-    rates = ("test/rmse" in s or "val/rmse_best" in s) and s.get("scores", "ratings") == "ratings"
+    rates = s.get("scores", "ratings") == "ratings"
+    ranked = list(s.get("metrics") or [])
     tested = any(k.startswith("test/") for k in s)  # test=false (a search) scores no test
+    best = f"val/{ranked[0]}_best" if ranked else None
     lines = [
         f"deepcf: {s['experiment']} on {s['data']} ({s['shape'][0]} users x {s['shape'][1]} "
         f"movies, rows={s['orientation']}s), {s['epochs']} epochs",
@@ -330,10 +312,9 @@ def _print_summary(s: dict) -> None:
            f"scored by the training-mean fallback)"] if rates and tested else []),
         *([f"  best val RMSE {_fmt(s.get('val/rmse_best'))}"] if rates else
           ["  no RMSE: a ranking model's outputs are scores, not ratings"]),
-        *([(f"  test NDCG@10 {_fmt(s.get('test/ndcg@10'))}  " if tested else "  ") +
-           f"best val NDCG@10 {_fmt(s.get('val/ndcg@10_best'))} (each row's unseen movies "
-           "ranked)"]
-          if "val/ndcg@10_best" in s or "test/ndcg@10" in s else []),
+        *([("  test " + "  ".join(f"{m} {_fmt(s.get(f'test/{m}'))}" for m in ranked) + "  "
+            if tested else "  ") + f"best val {ranked[0]} {_fmt(s.get(best))} (each row's "
+           "unseen movies ranked)"] if ranked else []),
         *([] if tested else ["  test split not scored (test=false)"]),
         *([f"  rank with python -m deepcf.evaluate {s['run_dir']} --protocol topn"]
           if not rates and "run_dir" in s else []),
@@ -343,5 +324,3 @@ def _print_summary(s: dict) -> None:
         f"  ONNX:    {s['onnx'] or 'not exported'}",
     ]
     print("\n".join(lines), flush=True)
-
-
