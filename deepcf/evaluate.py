@@ -14,6 +14,7 @@ from deepcf.errors import DeepCFError, console_script, one_line_errors
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
 from deepcf.serving.runs import allow_targets
+from deepcf.training.loggers import log_eval_run, mode_now
 
 PROG = "deepcf.evaluate"
 
@@ -73,8 +74,6 @@ def main(argv: list[str] | None = None) -> dict:
             Path(out).write_text(json.dumps(r, indent=2) + "\n")
             print(f"metrics: {out}")
         if args.wandb:
-            from deepcf.training.loggers import log_eval_run, mode_now
-
             run_id = log_eval_run(Path(args.run_dir), r, args.wandb_mode)
             print(f"wandb: eval run {run_id} ({mode_now()}) in {args.run_dir}/wandb")
         return r

@@ -14,9 +14,13 @@ first use and cached on disk next to this file (numba's `cache=True`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numba
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads where a kernel runs: data loading and serving need only numpy
+    import torch
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -48,6 +52,8 @@ def row_adam_(p: torch.Tensor, grad_rows: torch.Tensor, exp_avg: torch.Tensor,
 
     `grad_rows[i]` is the gradient of row `rows[i]`; p, exp_avg, exp_avg_sq contiguous CPU
     tensors of one float dtype. Arithmetic in that dtype, as Adam's CPU kernel does."""
+    import torch
+
     ft = np.dtype(str(p.dtype).removeprefix("torch.")).type
     # as many threads as torch's intra-op pool, so that the two never oversubscribe the cores.
     # (prange also matters on one thread: the parallel lowering vectorizes the row loop, the
@@ -82,6 +88,8 @@ def transpose_pattern(crow: torch.Tensor, col: torch.Tensor, n_cols: int):
     """For the CSR pattern (crow, col) with columns in [0, n_cols): (toff, trow, perm), the
     pattern column by column: column c's entries are perm[toff[c]:toff[c+1]] (in row order,
     `toff` has n_cols entries: the `offsets` of `F.embedding_bag`), in rows trow[...]."""
+    import torch
+
     toff, trow, perm = _transpose(crow.numpy(), col.numpy(), int(n_cols))
     return torch.from_numpy(toff), torch.from_numpy(trow), torch.from_numpy(perm)
 
@@ -118,5 +126,7 @@ def unique_inverse(ids: np.ndarray, n: int, dtype=np.int64) -> tuple[np.ndarray,
 
 def unique_inverse_torch(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.unique(idx, sorted=True, return_inverse=True)` for ids in [0, n)."""
+    import torch
+
     ids, pos = unique_inverse(idx.numpy(), n)
     return torch.from_numpy(ids), torch.from_numpy(pos)

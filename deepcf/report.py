@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from deepcf.errors import console_script, one_line_errors
+from deepcf.study.report import report
 
 PROG = "deepcf.report"
 
@@ -25,8 +26,6 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                    help="where the PNGs and report.md go (default outputs/report)")
     args = p.parse_args(argv)
     with one_line_errors(PROG):
-        from deepcf.study.report import report
-
         files = report(args.dirs, args.out)
         print(files["table"].read_text().split("\n\n")[0], flush=True)
         print(f"curves: {files['curves']}\ntest metrics: {files['bars']}\n"

@@ -18,7 +18,6 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import deepcf  # noqa: F401  (registers config resolvers)
 from deepcf.errors import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -27,6 +26,7 @@ from deepcf.errors import (
     one_line_errors,
 )
 from deepcf.training.config import CONF_DIR, check_overrides
+from deepcf.training.rundir import is_rank_zero, resolve_resume
 
 PROG = "deepcf.train"
 DIVERGED: list[str] = []  # run dirs of the jobs of this process whose training diverged
@@ -35,6 +35,7 @@ DIVERGED: list[str] = []  # run dirs of the jobs of this process whose training 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with one_line_errors(PROG):
+        # start-up: torch and Lightning load only after the overrides are checked
         from deepcf.training.train import train
 
         try:
@@ -51,8 +52,6 @@ def main(cfg: DictConfig) -> float | None:
 def resume_args(argv: list[str], cfg) -> list[str]:
     """With ckpt_path=..., the Hydra overrides that make the run dir the resumed run's own
     (its original .hydra/ is kept: the resume's goes to .hydra/resume-<time>)."""
-    from deepcf.training.rundir import is_rank_zero, resolve_resume
-
     if cfg is None or not cfg.get("ckpt_path") or not is_rank_zero():
         return []  # DDP ranks > 0 get the run dir from Lightning
     if any(a in ("-m", "--multirun") for a in argv):
@@ -81,7 +80,6 @@ def check_search_space(argv: list[str]) -> None:
     same model; one line saying what to add instead."""
     from pathlib import Path
 
-    from deepcf.training.config import CONF_DIR
 
     choice = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if "=" in a}
     search = choice.get("hparams_search", "")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from deepcf.bench.families import FAMILIES
+
 ALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 HIDDEN = [512, 256, 128]
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
@@ -213,8 +215,6 @@ def write(args, text: str, tmp) -> int:
 
 def run_families(args, base: dict, cache: Path) -> list[tuple]:
     """(family, scale, result) for every registered family, each in its own process."""
-    from deepcf.bench.families import FAMILIES
-
     print("model families", flush=True)
     out = []
     for f in [f for f in FAMILIES if args.family is None or args.family in f.name]:

@@ -40,8 +40,13 @@ def peak_rss_gb() -> float:
 def _data(spec: dict) -> dict:
     import numpy as np
 
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.matrix import build_matrix, save_matrix
+
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.readers import read_ratings
+
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.synthetic import SCALES, generate_ratings, write_csv
 
     out: dict = {}
@@ -61,6 +66,7 @@ def _data(spec: dict) -> dict:
     out.update(n_ratings=int(m.ratings.nnz), shape=list(m.shape),
                max_item_id=int(np.max(m.item_ids)))
     del table
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.matrix import matrix_cache_path
 
     npz = matrix_cache_path(_source(spec), spec["cache_dir"])  # where the data module looks
@@ -75,6 +81,7 @@ def _data(spec: dict) -> dict:
 
 
 def _reload(spec: dict) -> dict:
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.matrix import load_cached
 
     base = peak_rss_gb()
@@ -85,6 +92,7 @@ def _reload(spec: dict) -> dict:
 
 
 def _source(spec: dict):
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.sources import MovieLens100K, RatingsFile, Synthetic
 
     if spec.get("source", "file") == "file":
@@ -95,6 +103,7 @@ def _source(spec: dict):
 
 
 def _datamodule(spec: dict):
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.data.datamodule import RatingsDataModule
 
     dm = RatingsDataModule(_source(spec), batch_size=spec["batch_size"],
@@ -114,7 +123,10 @@ def _module(spec: dict, dm):
     optimizer node."""
     from omegaconf import open_dict
 
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.training.assembly import build_module
+
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.training.config import compose
 
     overrides = spec.get("overrides") or [
@@ -204,7 +216,10 @@ def _family(spec: dict) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.training.assembly import assemble
+
+    # start-up: each measurement process imports only what it measures (its peak RSS)
     from deepcf.training.config import compose
 
     overrides = [*spec["overrides"], "data=synthetic", f"data.source.scale={spec['scale']}",

@@ -25,22 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcf.data.matrix import build_matrix, load_matrix
+from deepcf.data.sources import MovieLens100K
+from deepcf.data.synthetic import SCALES, generate_ratings
+from deepcf.models.autoencoder import AutoEncoder
+from deepcf.serving.export import export_onnx
 from deepcf.serving.scoring import OnnxScorer, TorchScorer, UserScores, top_k_unseen
 
 FULL_USERS, FULL_RATINGS = 270_896, 26_024_289
 
 
 def ml100k_matrix(cache_dir: str):
-    from deepcf.data.matrix import load_matrix
-    from deepcf.data.sources import MovieLens100K
-
     return load_matrix(MovieLens100K(), cache_dir).ratings
 
 
 def movies_matrix(n_users: int):
-    from deepcf.data.matrix import build_matrix
-    from deepcf.data.synthetic import SCALES, generate_ratings
-
     p = dict(SCALES["movies_full"])
     # the full file's ratings per user; the generator gives every user and movie one rating,
     # so a small sample needs at least n_users + n_items of them
@@ -70,9 +69,6 @@ def time_scoring(scorer, X, chunk: int, repeats: int, k: int = 10) -> float:
 
 def bench(name: str, X, chunks: list[int], threads: int, repeats: int, tmp: Path) -> list[dict]:
     import torch
-
-    from deepcf.models.autoencoder import AutoEncoder
-    from deepcf.serving.export import export_onnx
 
     torch.manual_seed(0)
     net = AutoEncoder.build(X.shape[1], hidden=[512, 256, 128]).eval()

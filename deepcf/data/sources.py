@@ -12,7 +12,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepcf.data.ml100k import WHEEL, load_ml100k
 from deepcf.data.readers import RatingsTable, read_ratings, read_titles
+from deepcf.data.synthetic import generate_ratings, scale_params
 from deepcf.errors import ConfigError, DataError
 
 
@@ -52,13 +54,9 @@ class MovieLens100K(RatingsSource):
     name = "ml100k"
 
     def cache_key(self) -> dict:
-        from deepcf.data.ml100k import WHEEL
-
         return {"source": "ml100k", "wheel": WHEEL}
 
     def read(self, cache_dir: Path) -> SourceRatings:
-        from deepcf.data.ml100k import load_ml100k
-
         table, titles, _ = load_ml100k(cache_dir)
         return SourceRatings(table, titles)
 
@@ -120,8 +118,6 @@ class Synthetic(RatingsSource):
     params: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from deepcf.data.synthetic import scale_params
-
         self.params = scale_params(self.scale, n_users=self.n_users, n_items=self.n_items,
                                    n_ratings=self.n_ratings)
         self.rating_min = 0.5 if self.params["half_stars"] else 1.0
@@ -136,6 +132,4 @@ class Synthetic(RatingsSource):
                 "rating_min": self.rating_min, "rating_max": self.rating_max}
 
     def read(self, cache_dir: Path) -> SourceRatings:
-        from deepcf.data.synthetic import generate_ratings
-
         return SourceRatings(generate_ratings(**self.params, seed=self.seed))

@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from deepcf.data.heldout import clip_or_fallback
-from deepcf.data.orientation import rows_are_items
+from deepcf.data.heldout import clip_or_fallback, heldout_set
+from deepcf.data.orientation import orient, rows_are_items
+from deepcf.data.split import implicit_matrix
 from deepcf.errors import DataError, DeepCFError, ModelDataMismatch
 from deepcf.serving.metrics import RankingAccumulator, expand_metrics
 from deepcf.serving.runs import (
@@ -68,7 +69,6 @@ def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[
     """RMSE / MAE over every held-out rating of `batches` (a RowBatches with targets)."""
     import torch
 
-
     sq = ab = 0.0
     n = cold = 0
     for s in range(0, len(batches), chunk):
@@ -90,9 +90,6 @@ def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[
 
 def heldout_batches(train: sp.csr_matrix, test: sp.csr_matrix, orientation: str):
     """RowBatches over `test` built as RatingsDataModule.setup builds its test set."""
-    from deepcf.data.heldout import heldout_set
-    from deepcf.data.orientation import orient
-
     return heldout_set(*orient((train, test), orientation))
 
 
@@ -259,7 +256,6 @@ def evaluate_files(model, input_path, target_path, ks=(10, 20), threshold: float
         raise ModelDataMismatch(f"{input_path}: {train.shape[0]} users, but the model's columns "
                                 f"are its {len(card.user_ids)} training users")
     if card.implicit:  # the model's inputs are interactions, as in training
-        from deepcf.data.split import implicit_matrix
 
         train, test = (implicit_matrix(m, card.implicit) for m in (train, test))
     out = evaluate_matrices(scorer, card, train, train, test, None, ks, threshold, chunk,

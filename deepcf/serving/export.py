@@ -23,10 +23,19 @@ import scipy.sparse as sp
 import torch
 
 from deepcf.errors import DivergedModel, ExportParityError, ModelDataMismatch
-from deepcf.serving.sidecar import ModelCard, card_from_datamodule, sidecar_path, write_sidecar
+from deepcf.files import safe_load
+from deepcf.models.contract import net_from_checkpoint
+from deepcf.serving.runs import find_checkpoint, run_datamodule
+from deepcf.serving.scoring import INPUT, OUTPUT
+from deepcf.serving.sidecar import (
+    ModelCard,
+    card_from_datamodule,
+    score_kind,
+    sidecar_path,
+    write_sidecar,
+)
 
 log = logging.getLogger(__name__)
-INPUT, OUTPUT = "ratings", "predictions"
 
 
 def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor,
@@ -112,11 +121,6 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
 def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
              cache_dir: str | None = None) -> tuple[Path, float]:
     """Write the ONNX model and its sidecar; returns (model path, max abs diff)."""
-    from deepcf.models.contract import net_from_checkpoint
-    from deepcf.serving.runs import find_checkpoint, run_datamodule
-    from deepcf.serving.sidecar import score_kind
-    from deepcf.training.rundir import safe_load
-
     ckpt, run_dir = find_checkpoint(Path(target))
     state = safe_load(ckpt)
     net = net_from_checkpoint(state, str(ckpt))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcf.data.split import implicit_matrix
 from deepcf.errors import DeepCFError
 from deepcf.serving.runs import (
     Ratings,
@@ -65,8 +66,6 @@ def load_ratings(run_dir=None, model=None, ratings=None,
 def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int = 10,
               chunk: int = 1024, pop_beta: float = 0.0) -> Iterator[dict]:
     """One dict per (user, rank), users in the given order (raw ids)."""
-    from deepcf.data.split import implicit_matrix
-
     rows = data.rows_of(users)
     counts = np.diff(data.X.indptr)
     w = popularity_weights(card.item_train_count, pop_beta) if pop_beta else None

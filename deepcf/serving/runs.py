@@ -16,6 +16,8 @@ import scipy.sparse as sp
 
 from deepcf.compat import check_run_config
 from deepcf.data.orientation import entries_name, rows_are_items
+from deepcf.data.readers import dedupe_latest, read_ratings
+from deepcf.data.sources import RatingsSource
 from deepcf.errors import (
     ConfigError,
     DataError,
@@ -25,6 +27,7 @@ from deepcf.errors import (
     UnknownMovieError,
     UnknownUserError,
 )
+from deepcf.files import safe_load
 from deepcf.serving.scoring import OnnxScorer
 from deepcf.serving.sidecar import ModelCard, read_sidecar, sidecar_path
 
@@ -102,8 +105,8 @@ def _deepcf_data_class(target: str) -> bool:
         return False
     from hydra._internal.utils import _locate
 
+    # start-up: Lightning and torch, which the ONNX scoring commands do not need
     from deepcf.data.datamodule import RatingsDataModule
-    from deepcf.data.sources import RatingsSource
 
     try:
         obj = _locate(target)  # imports deepcf's own modules only (checked above)
@@ -207,7 +210,6 @@ def read_ratings_source(path: str | Path, card: ModelCard,
         X.sort_indices()
         return Ratings(X.astype(np.float32), np.asarray(ids, np.int64), str(path))
 
-    from deepcf.data.readers import dedupe_latest, read_ratings
 
     table, _ = dedupe_latest(read_ratings(path, card.rating_min, card.rating_max))
     cols = np.searchsorted(card.item_ids, table.item)
@@ -249,7 +251,7 @@ def find_checkpoint(target: Path) -> tuple[Path, Path]:
 def load_net(ckpt: Path):
     """The trained net of a deepcf checkpoint, rebuilt through the model contract (no
     Lightning, no LightningModule); only tensors and plain data are read from the file."""
+    # start-up: torch, which the ONNX scoring commands do not need
     from deepcf.models.contract import net_from_checkpoint
-    from deepcf.training.rundir import safe_load
 
     return net_from_checkpoint(safe_load(ckpt), str(ckpt))

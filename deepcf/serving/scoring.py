@@ -14,7 +14,9 @@ import scipy.sparse as sp
 
 from deepcf.data.orientation import rows_are_items
 from deepcf.errors import DeepCFError
-from deepcf.serving.export import INPUT, OUTPUT
+
+# the names of the ONNX graph's input (dense rating rows) and output (predictions)
+INPUT, OUTPUT = "ratings", "predictions"
 
 
 def densify(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:

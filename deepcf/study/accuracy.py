@@ -36,10 +36,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.data.matrix import load_matrix
+from deepcf.data.sources import MovieLens100K, Synthetic
 from deepcf.errors import ConfigError, DeepCFError, one_line_errors
+from deepcf.models.edlae import EDLAE
 from deepcf.serving.evaluate import topn_metrics
+from deepcf.serving.scoring import TorchScorer, densify
 from deepcf.stats import fit_biases, item_popularity, popularity_weights
 from deepcf.study import baselines as bl
+from deepcf.study.contenders import fit_contender, fit_ranker, predict_rows
 from deepcf.study.experiments import mean_std
 from deepcf.study.protocols import (
     KS,
@@ -48,6 +53,7 @@ from deepcf.study.protocols import (
     rating_split,
     topn_split,
 )
+from deepcf.training.config import compose
 
 
 @dataclass
@@ -242,8 +248,6 @@ def contender(overrides: list[str]) -> Callable:
     """The fit function of the train config `overrides` (see deepcf.study.contenders)."""
 
     def fit(train, val, params, task):
-        from deepcf.study.contenders import fit_contender, predict_rows
-
         params = dict(params)
         epochs = params.pop("epochs", None)
         net, orientation, info = fit_contender(
@@ -347,8 +351,6 @@ def ranker(overrides: list[str]) -> Callable:
     (deepcf.study.contenders.fit_ranker): early-stopped on the carve's NDCG@10."""
 
     def fit(train, val, params, task):
-        from deepcf.study.contenders import fit_ranker
-
         params = dict(params)
         epochs = params.pop("epochs", None)
         score, info = fit_ranker([*overrides, *CONTENDER_EXTRA,
@@ -379,9 +381,6 @@ register(Row("blend: I-AutoRec + residual target, kernelised I-AutoRec, biased M
 def _edlae(train, val, params, task):
     """deepcf's EDLAE net (deepcf.models.edlae) fitted in closed form on the training rows;
     a user's scores are its forward on the user's training row, as served."""
-    from deepcf.models.edlae import EDLAE
-    from deepcf.serving.scoring import TorchScorer, densify
-
     net = EDLAE.build(train.shape[1], **params)
     net.fit_closed_form(train)
     scorer = TorchScorer(net)
@@ -408,7 +407,6 @@ def shipped_model(experiment: str) -> dict:
     (the keys the net takes; the module's own keys dropped)."""
     from omegaconf import OmegaConf
 
-    from deepcf.training.config import compose
 
     net = OmegaConf.to_container(compose([f"experiment={experiment}"]).model.net)
     net.pop("_target_")
@@ -828,9 +826,6 @@ def build_report(data, seeds=SEEDS, side_data=None, side_seeds=None,
 
 def load_data(spec: str, cache_dir: str):
     """`ml100k` or `synthetic:<scale>` as a RatingMatrix."""
-    from deepcf.data.matrix import load_matrix
-    from deepcf.data.sources import MovieLens100K, Synthetic
-
     if spec == "ml100k":
         source = MovieLens100K()
     elif spec.startswith("synthetic:"):

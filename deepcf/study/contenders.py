@@ -28,7 +28,13 @@ import scipy.sparse as sp
 import torch
 from omegaconf import open_dict
 
+from deepcf.data.matrix import RatingMatrix
+from deepcf.data.split import Split, implicit_matrix
 from deepcf.errors import ConfigError, DivergedModel
+from deepcf.serving.scoring import TorchScorer, UserScores
+from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
+from deepcf.training.config import build, compose
+from deepcf.training.train import quiet_lightning
 
 CHUNK = 512  # rows per predict_at call
 
@@ -72,9 +78,6 @@ def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | 
     """(score, info) of a ranking config (rows are users) fitted as `fit_contender` does:
     `score(users) -> (len(users), movies)` is the net's dense forward of the users' training
     rows (as interactions when the config's data.implicit says so), higher is better."""
-    from deepcf.data.split import implicit_matrix
-    from deepcf.serving.scoring import TorchScorer, UserScores
-
     net, cfg, info = _fit(overrides, train, val, (0.0, 1.0), seed, epochs)
     if cfg.data.orientation != "user":
         raise ConfigError(f"{' '.join(overrides)}: a ranking contender's rows must be users")
@@ -90,12 +93,6 @@ def _fit(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
     callbacks differ: early stopping on the module's monitor (the config's patience) and the
     best epoch's weights kept in memory instead of checkpoints, no logger."""
     import pytorch_lightning as pl
-
-    from deepcf.data.matrix import RatingMatrix
-    from deepcf.data.split import Split
-    from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
-    from deepcf.training.config import build, compose
-    from deepcf.training.train import quiet_lightning
 
     quiet_lightning()
     for name in ("deepcf.training.objectives.masked_mse", "deepcf.data.datamodule",

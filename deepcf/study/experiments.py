@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from deepcf.errors import EXIT_DIVERGED, one_line_errors
+from deepcf.study.baselines import baseline_scores
+from deepcf.training.config import compose
 
 STUDY = ["first_test_run", "RMSprop_test_tied", "better_init_tied", "scheduler_lr",
          "denoising_test"]
@@ -53,9 +55,6 @@ def collect(out: Path) -> dict[str, list[dict]]:
 def baselines(seeds: list[int], data_overrides: list[str]) -> dict[str, list[dict]]:
     """Baseline scores on the same data and splits as the runs (one per seed)."""
     from hydra.utils import instantiate
-
-    from deepcf.study.baselines import baseline_scores
-    from deepcf.training.config import compose
 
     out: dict[str, list[dict]] = {}
     for seed in seeds:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from deepcf.errors import DivergedModel
+from deepcf.errors import CheckpointError, DivergedModel
+from deepcf.files import inside, safe_load
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
 from deepcf.serving.sidecar import card_from_datamodule, score_kind
-from deepcf.training.rundir import inside, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ class OnnxExport(pl.Callback):
 
 def checked_best(trainer: pl.Trainer, best: str) -> str:
     """`best_model_path` of the trainer's ModelCheckpoint, if it lies in that callback's dir."""
-    from deepcf.errors import CheckpointError
-
     folder = getattr(trainer.checkpoint_callback, "dirpath", None)
     if not folder or not inside(best, folder):
         raise CheckpointError(f"{best}: refused: the best checkpoint named by the checkpoint "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import deepcf.training.resolvers  # noqa: F401  (registers the config resolvers)
 from deepcf.compat import check_moved
 from deepcf.errors import ConfigError, DeepCFError
 

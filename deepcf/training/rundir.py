@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pickle
 import socket
 from pathlib import Path
 
 from deepcf.errors import CheckpointError, RunLocked
+from deepcf.files import inside, safe_load
 
 LOCK_NAME = ".lock"
 _HELD: dict[str, int] = {}
@@ -87,32 +87,6 @@ def resolve_resume(ckpt_path: str, log_dir: str | Path, task_name: str) -> tuple
                                   f"(RUN/checkpoints/NAME.ckpt); {RESUME_FORMS}")
         return p, run
     raise CheckpointError(f"ckpt_path={p}: no such checkpoint or run dir ({RESUME_FORMS})")
-
-
-def safe_load(path: str | Path) -> dict:
-    """torch.load(weights_only=True) of a checkpoint, every failure as one line naming it."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and "
-                              f"plain data (loading it could run code); use a checkpoint that "
-                              f"deepcf wrote") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's 1st
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({why}); "
-                              f"resume from another file in its checkpoints dir") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a deepcf checkpoint (no state_dict)")
-    return ckpt
-
-
-def inside(path: str | Path, folder: str | Path) -> bool:
-    p, f = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return p.parent == f or f in p.parents
 
 
 def check_checkpoint(path: str | Path, run_dir: str | Path) -> tuple[dict, bool]:

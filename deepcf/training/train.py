@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.errors import ConfigError, TrainingInterrupted
 from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
-from deepcf.training.callbacks import checked_best
+from deepcf.training.callbacks import ResumeState, checked_best
 from deepcf.training.config import build_all
 from deepcf.training.loggers import publish_to_wandb
 from deepcf.training.rundir import (
@@ -85,7 +85,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> dict:
     import pytorch_lightning as pl
 
-    from deepcf.training.callbacks import ResumeState
 
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(
