@@ -16,7 +16,6 @@ from deepcf.errors import ConfigError
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.models.edlae import EDLAE, edlae_weights
 from deepcf.stats import binary_gram, popularity_weights
-from deepcf.study.baselines import fit_ease
 
 
 def tiny_binary(seed=0, n_users=40, n_movies=6, density=0.45) -> np.ndarray:
@@ -66,10 +65,15 @@ def test_edlae_is_the_zero_diagonal_regression_with_dropout_penalty(p, lam):
         np.testing.assert_allclose(B[o, j], b, atol=1e-9)
 
 
-def test_ease_is_edlae_at_p_zero():
+def test_the_ease_row_is_edlae_at_p_zero():
+    """The study's EASE row scores with deepcf's EDLAE net at dropout 0 (one piece of math)."""
+    from deepcf.study.fits import ease
+    from deepcf.study.selection import Task
+
     X = sp.csr_matrix(tiny_binary(3, n_users=50, n_movies=9) * 4.0)
-    np.testing.assert_allclose(edlae_weights(binary_gram(X), 0.0, 7.0), fit_ease(X, 7.0),
-                               atol=1e-12)
+    B = edlae_weights(binary_gram(X), 0.0, 7.0)
+    got = ease(X, None, {"lam": 7.0}, Task(1.0, 5.0, 0))(np.arange(50))
+    np.testing.assert_allclose(got, (X.toarray() != 0) @ B, atol=1e-5)
 
 
 def test_bad_settings_are_one_line():
@@ -153,7 +157,7 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
 
 
 def test_the_shipped_row_measures_the_experiment_as_configured():
-    from deepcf.study.accuracy import shipped_model
+    from deepcf.study.fits import shipped_model
     from deepcf.training.config import compose
 
     net = compose(["experiment=edlae"]).model.net

@@ -220,7 +220,7 @@ def test_blend_weight_rule_against_brute_force():
     """The ensemble's weight: the best carve NDCG@10 among weights with carve coverage@10 >= the
     floor (else the best NDCG@10), over standardised scores."""
     from deepcf.serving.evaluate import topn_metrics
-    from deepcf.study import accuracy as acc
+    from deepcf.study import fits
     from deepcf.study.protocols import topn_split
 
     rng = np.random.default_rng(0)
@@ -237,11 +237,11 @@ def test_blend_weight_rule_against_brute_force():
 
     for floor in (0.0, 0.5, 1.01):
         scored = {}
-        for w in acc.BLEND_WEIGHTS:
+        for w in fits.BLEND_WEIGHTS:
             z = [(S - S.mean(1, keepdims=True)) / S.std(1, keepdims=True) for S in
                  (a(np.arange(60)), b(np.arange(60)))]
             m = topn_metrics(lambda u, w=w, z=z: (1 - w) * z[0][u] + w * z[1][u], s.fit, s.val)
             scored[w] = (m["ndcg@10"], m["coverage@10"])
         ok = [w for w, (_, c) in scored.items() if c >= floor] or list(scored)
         want = max(ok, key=lambda w: (scored[w][0], w))
-        assert acc.blend_weight(a, b, s.fit, s.val, min_coverage=floor) == want
+        assert fits.blend_weight(a, b, s.fit, s.val, min_coverage=floor) == want

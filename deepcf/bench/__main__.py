@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from string import Template
 
 import torch
 
@@ -311,98 +312,17 @@ def header(cmd: str, info: dict) -> list[str]:
     ]
 
 
-def report(args, cmd, info, res, big_rows, small_rows) -> str:
-    d, lazy = res["data"], res["sparse_lazy"]
-    ratio = {k: res[k]["epoch_s"] / lazy["epoch_s"] for k, _ in big_rows}
-    e = res["epoch"]
-    gemm = res["gemm"]["gflops"]
-    loaded = [k for k, v in res.items() if isinstance(v, dict) and v.get("other_cores", 0) > 0.25]
-    lines = [
-        *header(cmd, info),
-        "- model: n -> 512 -> 256 -> 128 -> 256 -> 512 -> n, SELU, masked MSE; "
-        f"batch {args.batch_size} users at scale, 32 at ML-100K",
-        f"- data: synthetic `{args.scale}`: {d['n_ratings']:,} ratings, {d['shape'][0]:,} users "
-        f"x {d['shape'][1]:,} movies (ids up to {d['max_item_id']:,}), through a CSV in the "
-        "Movies-Dataset format and the `.npz` cache",
-        "- allocator settings: `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000` "
-        "(set per run by the bench; `make bench` sets them too)",
-        "",
-    ]
-    if loaded:
-        lines += ["**The machine was loaded**: other processes used "
-                  + ", ".join(f"{res[k]['other_cores']:.1f} cores during `{k}`" for k in loaded)
-                  + f" (of {info['cores']}). Ratios within one run still compare like with "
-                  "like, absolute times are pessimistic.", ""]
-    else:
-        lines += ["Other processes used under 0.25 cores during every measurement.", ""]
-    lines += [
-        f"## Training at {args.scale} scale",
-        "",
-        f"Dense rows on {args.dense_batches} batches, sparse on {args.sparse_batches} (after 2 "
-        "warm-up batches), epoch = mean s/batch x batches per epoch; the same data module "
-        "batches for all.",
-        "",
-        "| formulation | s/batch | s/epoch | vs deepcf | ratings/s | GFLOP/s | peak RSS GB "
-        "| other load (cores) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for key, label in big_rows:
-        r = res[key]
-        gf = step_flops(r, HIDDEN) / r["s_per_batch"] / 1e9
-        lines.append(
-            f"| {label} | {_fmt_s(r['s_per_batch'])} | {_fmt_s(r['epoch_s'])} | "
-            f"{ratio[key]:.1f}x | {r['nnz_per_batch'] / r['s_per_batch']:,.0f} | {gf:.1f} | "
-            f"{r['peak_rss_gb']:.2f} | {r['other_cores']:.2f} |")
-    e = res["epoch"]
-    lines += [
-        "",
-        f"Plain fp32 GEMM (2048^3) in the same run: {gemm:.1f} GFLOP/s. GFLOP/s counts the "
-        "useful arithmetic only (dense rows: the full-width GEMMs; sparse: 2 x nnz x 512 per "
-        "movie-indexed layer + the middle layers; x3 for forward + backward).",
-        "",
-        f"**A full training epoch through Lightning** (deepcf's path, LazyAdam, all "
-        f"{e['train_ratings']:,} training ratings, {e['n_batches']} batches): "
-        f"{e['epoch_s']:.1f} s ({e['train_ratings'] / e['epoch_s']:,.0f} ratings/s; "
-        f"{res['dense']['epoch_s'] / e['epoch_s']:.1f}x faster than dense out of the box, "
-        f"{res['dense_tuned']['epoch_s'] / e['epoch_s']:.1f}x than tuned dense; data loading, "
-        "Lightning's loop and logging included), data "
-        f"module + model setup {e['setup_s']:.1f} s, **peak RSS {e['peak_rss_gb']:.2f} GB** "
-        f"(VmHWM of that process; other load {e['other_cores']:.2f} cores).",
-        "",
-        "## Data at scale",
-        "",
-        "| step | time | notes |",
-        "|---|---|---|",
-        f"| generate synthetic `{args.scale}` | {d['generate_s']:.1f} s | |",
-        f"| write CSV | {d['write_csv_s']:.1f} s | {d['csv_bytes'] / 1e6:,.0f} MB |",
-        f"| **load CSV** (read + validate + compact ids + CSR) | {d['load_s']:.1f} s | "
-        f"read alone {d['read_s']:.1f} s |",
-        f"| save `.npz` cache | {d['save_npz_s']:.1f} s | {d['npz_bytes'] / 1e6:,.0f} MB; "
-        f"CSR arrays {d['csr_bytes'] / 1e6:,.0f} MB |",
-        f"| **reload `.npz` cache** (fresh process) | {res['reload']['reload_s']:.2f} s | "
-        f"RSS +{res['reload']['rss_gain_gb']:.2f} GB |",
-        "",
-        "## ML-100K (real), batch 32",
-        "",
-        "| formulation | s/batch | s/epoch | ratings/s | other load |",
-        "|---|---|---|---|---|",
-    ]
-    for key, label in [(k, lb) for k, lb, *_ in small_rows]:
-        r = res[key]
-        lines.append(f"| {label} | {r['s_per_batch'] * 1e3:.2f} ms | {r['epoch_s']:.2f} | "
-                     f"{r['nnz_per_batch'] / r['s_per_batch']:,.0f} | {r['other_cores']:.2f} |")
-    ml_dense = min(res["ml_dense_tuned"]["epoch_s"], res["ml_dense"]["epoch_s"])
-    ml_sparse = min(res["ml_sparse_adam"]["epoch_s"], res["ml_sparse_lazy"]["epoch_s"])
-    faster = "dense" if ml_dense < ml_sparse else "sparse"
-    lines += [
-        "",
-        f"At 1,682 movies the faster path is **{faster}** ({min(ml_dense, ml_sparse):.2f} s vs "
-        f"{max(ml_dense, ml_sparse):.2f} s per epoch, best of each); with the optimizer as "
-        f"configured (plain Adam, no fused kernel) dense rows take "
-        f"{res['ml_dense']['epoch_s']:.2f} s. `model.train_path` is `sparse` by default "
-        f"(at {res['sparse_lazy']['n_items']:,} movies sparse is "
-        f"{ratio['dense_tuned']:.0f}x faster than tuned dense).",
-    ]
+TEMPLATE = Path(__file__).with_name("templates") / "benchmarks.md"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def targets(res: dict, big_rows) -> list[tuple[str, bool, str]]:
+    """(target, holds, measured) of the sparse step against the dense rows, and at scale."""
+    d, e = res["data"], res["epoch"]
     checks = []
     for key, name in (("sparse_sgd", "deepcf + SGD"), ("sparse_lazy", "deepcf + LazyAdam"),
                       ("epoch", "deepcf + LazyAdam, the real epoch through Lightning")):
@@ -415,63 +335,88 @@ def report(args, cmd, info, res, big_rows, small_rows) -> str:
             (f"{name}: faster than dense with bf16 autocast", r["dense_bf16"] > 1,
              f"{r['dense_bf16']:.1f}x"),
         ]
-    checks += [
+    return checks + [
         ("peak RSS <= 4 GB for a full-scale training epoch", e["peak_rss_gb"] <= 4,
          f"{e['peak_rss_gb']:.2f} GB"),
         ("CSV load <= 30 s", d["load_s"] <= 30, f"{d['load_s']:.1f} s"),
         ("cached reload <= 3 s", res["reload"]["reload_s"] <= 3,
          f"{res['reload']['reload_s']:.2f} s"),
     ]
+
+
+def report(args, cmd, info, res, big_rows, small_rows) -> str:
+    """BENCHMARKS.md: the figures computed here, the prose in templates/benchmarks.md."""
+    d, lazy, sgd, e = res["data"], res["sparse_lazy"], res["sparse_sgd"], res["epoch"]
+    ratio = {k: res[k]["epoch_s"] / lazy["epoch_s"] for k, _ in big_rows}
+    gemm = res["gemm"]["gflops"]
+    loaded = [k for k, v in res.items() if isinstance(v, dict) and v.get("other_cores", 0) > 0.25]
+    load = ("**The machine was loaded**: other processes used "
+            + ", ".join(f"{res[k]['other_cores']:.1f} cores during `{k}`" for k in loaded)
+            + f" (of {info['cores']}). Ratios within one run still compare like with like, "
+            "absolute times are pessimistic." if loaded else
+            "Other processes used under 0.25 cores during every measurement.")
+    training = _table(
+        ["formulation", "s/batch", "s/epoch", "vs deepcf", "ratings/s", "GFLOP/s",
+         "peak RSS GB", "other load (cores)"],
+        [[label, _fmt_s(r["s_per_batch"]), _fmt_s(r["epoch_s"]), f"{ratio[k]:.1f}x",
+          f"{r['nnz_per_batch'] / r['s_per_batch']:,.0f}",
+          f"{step_flops(r, HIDDEN) / r['s_per_batch'] / 1e9:.1f}", f"{r['peak_rss_gb']:.2f}",
+          f"{r['other_cores']:.2f}"] for k, label in big_rows for r in [res[k]]])
+    data = _table(["step", "time", "notes"], [
+        [f"generate synthetic `{args.scale}`", f"{d['generate_s']:.1f} s", ""],
+        ["write CSV", f"{d['write_csv_s']:.1f} s", f"{d['csv_bytes'] / 1e6:,.0f} MB"],
+        ["**load CSV** (read + validate + compact ids + CSR)", f"{d['load_s']:.1f} s",
+         f"read alone {d['read_s']:.1f} s"],
+        ["save `.npz` cache", f"{d['save_npz_s']:.1f} s",
+         f"{d['npz_bytes'] / 1e6:,.0f} MB; CSR arrays {d['csr_bytes'] / 1e6:,.0f} MB"],
+        ["**reload `.npz` cache** (fresh process)", f"{res['reload']['reload_s']:.2f} s",
+         f"RSS +{res['reload']['rss_gain_gb']:.2f} GB"]])
+    ml = _table(["formulation", "s/batch", "s/epoch", "ratings/s", "other load"],
+                [[label, f"{r['s_per_batch'] * 1e3:.2f} ms", f"{r['epoch_s']:.2f}",
+                  f"{r['nnz_per_batch'] / r['s_per_batch']:,.0f}", f"{r['other_cores']:.2f}"]
+                 for k, label, *_ in small_rows for r in [res[k]]])
+    ml_dense = min(res["ml_dense_tuned"]["epoch_s"], res["ml_dense"]["epoch_s"])
+    ml_sparse = min(res["ml_sparse_adam"]["epoch_s"], res["ml_sparse_lazy"]["epoch_s"])
+    checks = targets(res, big_rows)
     u, h0 = lazy["movies_per_batch"], HIDDEN[0]
-    sgd = res["sparse_sgd"]
     opt_mb = 7 * 2 * u * h0 * 4 / 1e6  # p, m, v read + written, g read; item_in and item_out
-    fb_s = sgd["forward_s"] + sgd["backward_s"]
     sparse_gf = step_flops(sgd, HIDDEN) / 1e9
-    bw = res["copy"]["gb_per_s"]
-    bound = [
-        "",
-        f"**What bounds the sparse step.** A batch touches {u:,.0f} of {lazy['n_items']:,} "
-        f"movies ({u / lazy['n_items']:.0%}) through {sgd['nnz_per_batch']:,.0f} ratings. "
-        f"Forward {sgd['forward_s'] * 1e3:.1f} ms + backward {sgd['backward_s'] * 1e3:.1f} ms "
-        f"do {sparse_gf:.2f} GFLOP of useful arithmetic ({sparse_gf / fb_s:.0f} GFLOP/s "
-        f"against {gemm:.0f} GFLOP/s of plain GEMM): each rating reads or writes a 2 KB weight "
-        "row at a random place, so the sparse products are bound by memory latency, not by "
-        f"arithmetic. Plain SGD's update takes {sgd['step_s'] * 1e3:.1f} ms. LazyAdam's takes "
-        f"{lazy['step_s'] * 1e3:.1f} ms: Adam keeps two moments per weight, so even updating "
-        f"only the touched rows of item_in and item_out moves {opt_mb:,.0f} MB per step (p, m, "
-        f"v read and written, g read), {opt_mb / 1e3 / lazy['step_s']:.0f} GB/s against "
-        f"{bw:.0f} GB/s for a plain copy in the same run (`deepcf.kernels.row_adam_` updates "
-        "the rows in place; gathering them into torch's fused Adam and scattering them back "
-        "moved every byte three times). Dense rows do "
-        f"{step_flops(res['dense_tuned'], HIDDEN) / step_flops(lazy, HIDDEN):.0f}x the "
-        "arithmetic of the sparse step for the same ratings.",
-        "",
-    ]
-    lines += bound
-    lines += ["## Targets", "", "SGD is the optimizer of the study's best experiment "
-              "(`scheduler_lr`); LazyAdam the Adam-family choice at scale. The first two "
-              "blocks compare step-timed epochs (like the dense rows); the third the real "
-              "epoch, timed end to end through Lightning, against the same dense rows.", "",
-              "| target | measured | holds |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, ok, m in checks]
-    if args.scale != "movies_full":
-        lines += ["", f"(Reduced scale `{args.scale}`: the targets are meant for movies_full.)"]
-    lines += ["", "## Where deepcf's step spends its time", "",
-              "torch.profiler over 5 steps of each sparse step (top ops by self CPU time, per "
-              "step). The sparse products are `embedding_bag`s (forward: the encoder; "
-              "backward: `G @ W` and, over the movies, `G^T @ h` and `V^T @ dz`), the decoder's "
-              "forward is `sparse_sampled_addmm`, `mm`/`addmm` are the middle layers. "
-              "LazyAdam's row update is the self time of `Optimizer.step#LazyAdam.step` (a "
-              "numba kernel the profiler does not see into); the batch's movie compaction "
-              "(forward) and movie-major order (backward) are numba kernels too, a few tens "
-              "of microseconds each. SGD's row-sparse update is `aten::add`.", ""]
-    for key, name in (("sparse_sgd", "SGD"), ("sparse_lazy", "LazyAdam")):
-        lines += [f"| {name}: op | ms/step | calls (5 steps) |", "|---|---|---|"]
-        lines += [f"| `{k}` | {ms:.2f} | {n} |" for k, ms, n in res[key].get("profile", [])]
-        lines.append("")
+    profiles = "\n\n".join(_table([f"{name}: op", "ms/step", "calls (5 steps)"],
+                                   [[f"`{k}`", f"{ms:.2f}", str(n)]
+                                    for k, ms, n in res[key].get("profile", [])])
+                            for key, name in (("sparse_sgd", "SGD"), ("sparse_lazy", "LazyAdam")))
+    figures = dict(
+        header="\n".join(header(cmd, info)), batch_size=args.batch_size, scale=args.scale,
+        n_ratings=f"{d['n_ratings']:,}", n_users=f"{d['shape'][0]:,}",
+        n_movies=f"{d['shape'][1]:,}", max_item_id=f"{d['max_item_id']:,}", load=load,
+        dense_batches=args.dense_batches, sparse_batches=args.sparse_batches,
+        training_table=training, gemm=f"{gemm:.1f}", epoch_ratings=f"{e['train_ratings']:,}",
+        epoch_batches=e["n_batches"], epoch_s=f"{e['epoch_s']:.1f}",
+        epoch_rate=f"{e['train_ratings'] / e['epoch_s']:,.0f}",
+        vs_dense=f"{res['dense']['epoch_s'] / e['epoch_s']:.1f}",
+        vs_tuned=f"{res['dense_tuned']['epoch_s'] / e['epoch_s']:.1f}",
+        epoch_setup=f"{e['setup_s']:.1f}", epoch_rss=f"{e['peak_rss_gb']:.2f}",
+        epoch_load=f"{e['other_cores']:.2f}", data_table=data, ml_table=ml,
+        ml_faster="dense" if ml_dense < ml_sparse else "sparse",
+        ml_best=f"{min(ml_dense, ml_sparse):.2f}", ml_worst=f"{max(ml_dense, ml_sparse):.2f}",
+        ml_dense_plain=f"{res['ml_dense']['epoch_s']:.2f}",
+        big_movies=f"{lazy['n_items']:,}", big_ratio=f"{ratio['dense_tuned']:.0f}",
+        touched=f"{u:,.0f}", touched_share=f"{u / lazy['n_items']:.0%}",
+        batch_nnz=f"{sgd['nnz_per_batch']:,.0f}", fwd_ms=f"{sgd['forward_s'] * 1e3:.1f}",
+        bwd_ms=f"{sgd['backward_s'] * 1e3:.1f}", sparse_gf=f"{sparse_gf:.2f}",
+        sparse_rate=f"{sparse_gf / (sgd['forward_s'] + sgd['backward_s']):.0f}",
+        sgd_step_ms=f"{sgd['step_s'] * 1e3:.1f}", lazy_step_ms=f"{lazy['step_s'] * 1e3:.1f}",
+        opt_mb=f"{opt_mb:,.0f}", opt_rate=f"{opt_mb / 1e3 / lazy['step_s']:.0f}",
+        copy_rate=f"{res['copy']['gb_per_s']:.0f}",
+        arith_ratio=f"{step_flops(res['dense_tuned'], HIDDEN) / step_flops(lazy, HIDDEN):.0f}",
+        targets_table=_table(["target", "measured", "holds"],
+                             [[t, m, "yes" if ok else "**no**"] for t, ok, m in checks]),
+        reduced=(f"\n(Reduced scale `{args.scale}`: the targets are meant for movies_full.)"
+                 if args.scale != "movies_full" else ""),
+        profiles=profiles)
     for t, ok, m in checks:
         print(f"  target {'HOLDS' if ok else 'MISSED'}: {t} ({m})")
-    return "\n".join(lines)
+    return Template(TEMPLATE.read_text()).substitute(figures).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

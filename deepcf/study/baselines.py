@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from deepcf.models.edlae import edlae_weights
 from deepcf.stats import binary_gram, fit_biases
 
 
@@ -34,22 +33,13 @@ def baseline_scores(train: sp.csr_matrix, test: sp.csr_matrix, lo: float, hi: fl
 
 
 # ---------------------------------------------------------------------------------------------
-# The baselines of the accuracy protocols (deepcf.study.accuracy): fitted on a users x movies
+# The baselines of the accuracy protocols (deepcf.study.rows): fitted on a users x movies
 # CSR, they predict ratings at (rows, cols) or score every movie for some users.
 
 
 def predict_biases(mu: float, b_u: np.ndarray, b_i: np.ndarray, rows: np.ndarray,
                    cols: np.ndarray) -> np.ndarray:
     return mu + b_u[rows] + b_i[cols]
-
-
-def fit_ease(train: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE (Steck 2019): the item-item weights B = I - P diag(1 / diag(P)), with
-    P = (X^T X + lam I)^-1 over the binary interactions X; a user's scores are x_u B. It is
-    EDLAE at dropout 0 (deepcf.models.edlae), which computes it."""
-    if lam <= 0:
-        raise ValueError(f"EASE needs lam > 0, got {lam}")
-    return edlae_weights(binary_gram(train), 0.0, lam)
 
 
 def fit_itemknn(train: sp.csr_matrix, k: int) -> np.ndarray:

@@ -9,7 +9,7 @@ it with the config's Trainer:
 - with a validation carve: early stopping on the module's monitor (val RMSE for a rating model,
   val NDCG@10 for a ranking model; the config's patience, up to its max_epochs), the best
   epoch's weights kept; that epoch count is reported (`info["epochs"]`)
-  and is what the refit on all of the training part trains for (deepcf.study.accuracy);
+  and is what the refit on all of the training part trains for (deepcf.study.selection);
 - without one (the refit): exactly `epochs` epochs, nothing held out.
 
 Predictions at (user, movie) positions use the net's `predict_at` with the training rows it was

@@ -1,0 +1,125 @@
+"""ACCURACY.md from the selection runner's report (deepcf.study.selection.build_report): the
+tables are computed here, the prose is the template deepcf/study/templates/accuracy.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from deepcf.study.selection import Row, RowResult, ms
+
+TEMPLATE = Path(__file__).with_name("templates") / "accuracy.md"
+
+# published figures this command cannot compute: (model, data and protocol, metric, value,
+# source)
+ANCHORS = [
+    ("GLocal-K", "ML-100K, its u1 80/20 split", "RMSE", "0.889",
+     "Han et al., GLocal-K, CIKM 2021"),
+    ("EASE", "ML-20M, Liang et al.'s user holdout", "NDCG@100", "0.420",
+     "Steck, Embarrassingly Shallow Autoencoders, WWW 2019"),
+    ("Mult-VAE", "ML-20M, Liang et al.'s user holdout", "NDCG@100", "0.426",
+     "Liang et al., Variational Autoencoders for CF, WWW 2018"),
+]
+
+RATING_COLS = [("RMSE", "rmse"), ("MAE", "mae")]
+TOPN_COLS = [("Recall@10", "recall_capped@10"), ("Recall@20", "recall_capped@20"),
+             ("NDCG@10", "ndcg@10"), ("NDCG@20", "ndcg@20"), ("coverage@10", "coverage@10"),
+             ("Gini@10", "gini@10")]
+
+
+
+
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in p.items()) or "none"
+
+
+def _chosen(res: RowResult) -> str:
+    """The chosen settings (the keys the grid varies, and the predictor's info), once when
+    every split chose the same, else per split."""
+    grid = res.row.grid
+    varying = [k for k in grid[0] if len({repr(g.get(k)) for g in grid}) > 1] \
+        if len(grid) > 1 else list(grid[0])
+    shown = [_params({**{k: p[k] for k in varying if k in p}, **i})
+             for p, i in zip(res.params, res.info)]
+    if not shown:
+        return "–"
+    if len(set(shown)) == 1:
+        return shown[0]
+    return "; ".join(f"split {k}: {s}" for k, s in enumerate(shown))
+
+
+def _label(row: Row) -> str:
+    return row.name if row.kind == "baseline" else f"**{row.name}** ({row.kind})"
+
+
+def _table(results: list[RowResult], head: list[str], cells) -> list[str]:
+    """A markdown table: one row per result, `cells(res)` its cells; a failed row says why."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        row = [f"failed: {res.error}"] if res.error else cells(res)
+        lines.append("| " + " | ".join([_label(res.row), *row]) + " |")
+    return lines
+
+
+def _val(res: RowResult) -> str:
+    """The chosen entry's carve score, wherever the row was fitted on the carve."""
+    return ms(res.val) if res.row.fits_on_carve() else "–"
+
+
+def rating_table(results: list[RowResult], with_val: bool = True) -> list[str]:
+    head = ["row", *(c for c, _ in RATING_COLS), "n cold"]
+    head += ["val RMSE (carve)", "chosen"] if with_val else []
+    return _table(results, head, lambda res: [
+        *(ms([m[k] for m in res.metrics]) for _, k in RATING_COLS),
+        "/".join(str(m["n_cold"]) for m in res.metrics),
+        *([_val(res), _chosen(res)] if with_val else [])])
+
+
+def topn_table(results: list[RowResult]) -> list[str]:
+    head = ["row", *(c for c, _ in TOPN_COLS), "val NDCG@10 (carve)", "chosen"]
+    return _table(results, head, lambda res: [
+        *(ms([m[k] for m in res.metrics]) for _, k in TOPN_COLS), _val(res), _chosen(res)])
+
+
+def _row_notes(rows: list[Row]) -> list[str]:
+    lines = ["| row | protocol | kind | what | grid tried on the validation carve | untuned "
+             "defaults |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        grid = " / ".join(_params(p) for p in r.grid) if len(r.grid) > 1 else "fixed: " + \
+            _params(r.grid[0])
+        lines.append(f"| {r.name} | {r.protocol} | {r.kind} | {r.note} | {grid} | "
+                     f"{_params(r.default_params)} |")
+    return lines
+
+
+def _targets(targets: list[dict]) -> str:
+    lines = ["| target | best row | value | status |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['best']} | {t['value']} | "
+              f"{'**met**' if t['met'] else 'not met'} |" for t in targets]
+    return "\n".join(lines)
+
+
+def _side(side: dict | None) -> str:
+    if side is None:
+        return ""
+    return "\n".join([
+        "", f"## Untuned defaults on {side['data']}", "",
+        f"The rating rows at their untuned defaults (no grid search on this data) against the "
+        f"bias baseline, rating protocol, split seeds {', '.join(map(str, side['seeds']))}.",
+        "", *rating_table(side["rating"], with_val=False)])
+
+
+def render(report: dict) -> str:
+    """ACCURACY.md from `build_report`'s dict."""
+    d = report
+    text = Template(TEMPLATE.read_text()).substitute(
+        command=d["command"],
+        make=" (`make accuracy`)" if d["command"] == "python -m deepcf.study.accuracy" else "",
+        date=d["date"], seconds=f"{d['seconds']:.0f}", cpus=d["cpus"], data=d["data"],
+        seeds=", ".join(map(str, d["seeds"])), targets=_targets(d["targets"]),
+        rating_table="\n".join(rating_table(d["rating"])),
+        topn_table="\n".join(topn_table(d["topn"])),
+        anchors="\n".join(f"| {a} | {b} | {c} | {v} | {s} |" for a, b, c, v, s in ANCHORS),
+        rows="\n".join(_row_notes(d["rows"])), side=_side(d.get("side")))
+    return text.rstrip("\n") + "\n"
