@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
                    "raw ids, or scipy .npz users x movies)")
     p.add_argument("--target", help="without RUN_DIR: the held-out ratings, same format")
     p.add_argument("-k", "--k", type=int, nargs="+", default=[10, 20], help="ranking cutoffs")
+    p.add_argument("--metrics", default=None, metavar="M1,M2",
+                   help="ranking metrics, comma-separated: names taken at every --k (ndcg, map, "
+                        "recall_capped, ...; deepcf.serving.metrics) or NAME@K, or a plug-in "
+                        "module.path:NAME[@K]; default: every built-in one")
     p.add_argument("--threshold", type=float, default=4.0,
                    help="relevant = held-out rating >= this (default 4)")
     p.add_argument("--protocol", choices=["rating", "topn"], default="rating",
@@ -61,11 +65,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise DeepCFError("--k and --chunk must be >= 1")
         if args.run_dir:
             r = evaluate_run(args.run_dir, args.model, args.k, args.threshold, args.chunk,
-                             args.cache_dir, args.protocol, args.pop_beta)
+                             args.cache_dir, args.protocol, args.pop_beta, args.metrics)
             out = args.out or str(Path(args.run_dir) / "eval_metrics.json")
         elif args.model and args.input and args.target:
             r = evaluate_files(args.model, args.input, args.target, args.k, args.threshold,
-                               args.chunk, args.protocol, args.pop_beta)
+                               args.chunk, args.protocol, args.pop_beta, args.metrics)
             out = args.out
         else:
             raise DeepCFError("give a RUN_DIR, or --model with --input and --target")

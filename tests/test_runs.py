@@ -248,3 +248,26 @@ def test_a_moved_run_dir_resumes_where_it_is_now(make_cfg, tmp_path):
     assert m["epochs"] == 3 and Path(m["best_checkpoint"]).parent == run / "checkpoints"
     assert not (tmp_path / "there").exists()
     assert not list((run / "checkpoints").glob(".moved-*"))
+
+
+def test_ddp_on_cpu_closed_form_sums_every_ranks_rows(tmp_path, cache_dir):
+    """2-process DDP of the closed-form objective: each rank adds the Gram matrix of its own
+    rows, the sum is reduced over the ranks before the solve, so the fitted weights are the
+    single-process closed form over every training row."""
+    from deepcf.models.edlae import EDLAE
+    from deepcf.serving.runs import load_net, run_datamodule
+
+    p = _cli("experiment=edlae", "data=synthetic", "logger=none", "trainer=ddp_cpu",
+             "trainer.devices=2", "data.batch_size=16", cwd=tmp_path, cache_dir=cache_dir)
+    rc, out, err = _done(p)
+    assert rc == 0, err[-3000:]
+    assert out.count("no RMSE") == 1 and "not exported" not in out
+    (run,) = (tmp_path / "outputs" / "edlae" / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())
+    net = load_net(Path(m["best_checkpoint"]))
+    dm = run_datamodule(run, cache_dir=str(cache_dir))
+    want = EDLAE.build(dm.width, **{k: v for k, v in net.config.__dict__.items()
+                                    if k != "width"})
+    want.fit_closed_form(dm.train_rows)
+    torch.testing.assert_close(net.weight, want.weight, atol=1e-6, rtol=1e-5)
+    assert m["epochs"] == 1 and 0 < m["test/ndcg@10"] <= 1

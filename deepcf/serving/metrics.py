@@ -130,7 +130,7 @@ def parse_metrics(specs, key: str = "metrics") -> list[MetricSpec]:
         specs = [s for s in specs.split(",") if s.strip()]
     out: dict[str, MetricSpec] = {}
     for s in specs or []:
-        m = parse_metric(s, key)
+        m = s if isinstance(s, MetricSpec) else parse_metric(s, key)
         out.setdefault(m.key, m)
     return list(out.values())
 

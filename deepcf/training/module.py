@@ -44,7 +44,7 @@ from deepcf.errors import ConfigError
 from deepcf.models.contract import net_class
 from deepcf.models.noise import check_noise
 from deepcf.models.sparse_ops import entry_rows
-from deepcf.serving.metrics import RankingAccumulator, parse_metrics
+from deepcf.serving.metrics import MetricSpec, RankingAccumulator, parse_metrics
 from deepcf.training.objectives import Setup, build_objective, output_kind
 
 DEFAULT_RANKING_METRICS = ["ndcg@10"]
@@ -67,17 +67,17 @@ def net_spec_of(net: Any) -> tuple[type, dict]:
     return net_class(target), net
 
 
-def ranking_metrics_of(metrics: Any, kind: str) -> list[str]:
-    """The ranking metric specs a run logs: `model.metrics`, or its `auto` default."""
+def ranking_metrics_of(metrics: Any, kind: str) -> list[MetricSpec]:
+    """The ranking metrics a run logs: `model.metrics`, or its `auto` default."""
     if metrics == "auto" or metrics is None:
-        return list(DEFAULT_RANKING_METRICS) if kind == "ranking" else []
+        metrics = list(DEFAULT_RANKING_METRICS) if kind == "ranking" else []
     if isinstance(metrics, str):
         metrics = [metrics]
     specs = parse_metrics(plain(metrics), "model.metrics")
     if kind == "ranking" and not specs:
         raise ConfigError("model.metrics=[]: a ranking model is measured by ranking metrics "
                           "only; name at least one (e.g. model.metrics=[ndcg@10])")
-    return [s.key for s in specs]
+    return specs
 
 
 def monitor_of(kind: str, metrics: list[str]) -> tuple[str, str]:
@@ -108,7 +108,8 @@ class RatingsModule(pl.LightningModule):
         self.objective = build_objective(plain(objective))
         self.output_kind = output_kind(net_cls, type(self.objective))
         self.rates = self.output_kind == "ratings"
-        self.metric_keys = ranking_metrics_of(plain(metrics), self.output_kind)
+        self.metric_specs = ranking_metrics_of(plain(metrics), self.output_kind)
+        self.metric_keys = [s.key for s in self.metric_specs]
         self.monitor = monitor_of(self.output_kind, self.metric_keys)
         self.net = net_cls.build(data.width, **options)
         self.net.init_weights(**init)
@@ -134,7 +135,7 @@ class RatingsModule(pl.LightningModule):
         # plain containers only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             dict(net=self.net.spec(), objective=self.objective.spec(),
-                 output_kind=self.output_kind, metrics=self.metric_keys, init=init, noise=noise,
+                 output_kind=self.output_kind, metrics=plain(metrics), init=init, noise=noise,
                  optimizer=optimizer, scheduler=scheduler, l2=l2,
                  rating_min=float(data.rating_min), rating_max=float(data.rating_max),
                  train_mean=float(data.train_mean)),
@@ -192,7 +193,7 @@ class RatingsModule(pl.LightningModule):
         scores[:, ~self.candidate] = -torch.inf
         acc = self._ranking.get(split)
         if acc is None:
-            acc = self._ranking[split] = RankingAccumulator(self.net.width, self.metric_keys,
+            acc = self._ranking[split] = RankingAccumulator(self.net.width, self.metric_specs,
                                                             *self._catalog)
         vals, top = torch.topk(scores, min(acc.kmax, scores.shape[1]), dim=1)
         top = torch.where(torch.isneginf(vals), -1, top).cpu().numpy()
@@ -204,7 +205,7 @@ class RatingsModule(pl.LightningModule):
         """Log the split's ranking metrics (summed over DDP ranks); returns them."""
         acc = self._ranking.pop(split, None)
         if acc is None:
-            acc = RankingAccumulator(self.net.width, self.metric_keys, *self._catalog)
+            acc = RankingAccumulator(self.net.width, self.metric_specs, *self._catalog)
         if self._trainer is not None and self.trainer.world_size > 1:
             reduce = self.trainer.strategy.reduce
             sums, counts, n = acc.state()
