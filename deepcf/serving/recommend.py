@@ -15,6 +15,12 @@ predicted rating". With `pop_beta` (`--pop-beta B`) movies are ranked by score /
 rating still the model's output. A model trained on interactions (data.implicit) gets the user's
 ratings as interactions as its input, the same rule as in training; every rated movie stays
 excluded.
+
+New users (ids the model never saw, with ratings in --ratings or a service request): a model
+whose rows are users scores them by its forward pass over their ratings, as any user; a model
+whose rows are movies (I-AutoRec) folds them in from their ratings with the movies' cached
+codes (deepcf.serving.codes), and scores its known users by their trained output rows against
+the same codes (so their ratings outside training decide only what is excluded).
 """
 
 from __future__ import annotations
@@ -68,31 +74,38 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
     from deepcf.data.split import implicit_matrix
 
     rows = data.rows_of(users)
-    counts = np.diff(data.X.indptr)
-    w = popularity_weights(card.item_train_count, pop_beta) if pop_beta else None
     X = implicit_matrix(data.X, card.implicit or None)  # the model's input, as in training
-    for part, scores in UserScores(scorer, X, card.orientation, chunk).chunks(rows):
-        output = scores
-        if w is not None:
-            scores = scores * w
-        seen = data.X[part]
-        top, vals = top_k_unseen(scores, seen, n)
-        for j, row in enumerate(part):
-            base = {"user_id": int(data.user_ids[row]), "n_ratings": int(counts[row])}
-            if counts[row] == 0:
-                picks, preds, basis = popular_unseen(card.item_train_count, [], n), None, \
-                    "popularity"
-            else:
-                keep = top[j] >= 0
-                picks, preds, basis = top[j][keep], vals[j][keep], "model"
-                rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
-            for r, movie in enumerate(picks):
-                raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None or not card.rates else round(
-                    float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
-                yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
-                       "title": "" if card.titles is None else str(card.titles[movie]),
-                       "predicted_rating": pred, "score": raw, "basis": basis}
+    scores = UserScores(scorer, X, card.orientation, chunk, card.codes)
+    for part, block in scores.chunks(rows):
+        yield from ranked(card, block, data.X[part], data.user_ids[part], n, pop_beta)
+
+
+def ranked(card: ModelCard, scores: np.ndarray, seen, user_ids, n: int = 10,
+           pop_beta: float = 0.0) -> Iterator[dict]:
+    """The top-n dicts of scored users: `scores` (users, movies) the model's outputs (changed
+    in place), `seen` their known ratings (users x movies CSR, never recommended; a user with
+    none gets the popularity fallback), `user_ids` their raw ids (None: a user without one)."""
+    output = scores
+    if pop_beta:
+        scores = scores * popularity_weights(card.item_train_count, pop_beta)
+    counts = np.diff(seen.indptr)
+    top, vals = top_k_unseen(scores, seen, n)
+    for j, uid in enumerate(user_ids):
+        base = {"user_id": None if uid is None else int(uid), "n_ratings": int(counts[j])}
+        if counts[j] == 0:
+            picks, preds, basis = popular_unseen(card.item_train_count, [], n), None, \
+                "popularity"
+        else:
+            keep = top[j] >= 0
+            picks, preds, basis = top[j][keep], vals[j][keep], "model"
+            rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
+        for r, movie in enumerate(picks):
+            raw = "" if preds is None else round(float(preds[r]), 4)
+            pred = "" if preds is None or not card.rates else round(
+                float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
+            yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
+                   "title": "" if card.titles is None else str(card.titles[movie]),
+                   "predicted_rating": pred, "score": raw, "basis": basis}
 
 
 def ranked_by(card: ModelCard) -> str:

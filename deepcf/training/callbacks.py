@@ -46,7 +46,8 @@ class OnnxExport(pl.Callback):
                                                card_from_datamodule(dm, score_kind(
                                                    pl_module.hparams.get("loss", "mse"), net)),
                                                best or "last",
-                                               self.atol, self.n_rows)
+                                               self.atol, self.n_rows,
+                                               l2=pl_module.hparams.get("l2") or 0.0)
         except DivergedModel as e:
             log.warning("ONNX model %s", e)
             return
