@@ -51,13 +51,14 @@ FIELDS = ["user_id", "n_ratings", "rank", "movie_id", "title", "predicted_rating
           "basis"]
 
 
-def load_ratings(run_dir=None, model=None, ratings=None,
-                 cache_dir: str | None = None) -> tuple[object, ModelCard, Ratings]:
-    """(scorer, card, ratings) from a run dir and/or an explicit model and ratings source."""
+def load_ratings(run_dir=None, model=None, ratings=None, cache_dir: str | None = None,
+                 threads: int = 0) -> tuple[object, ModelCard, Ratings]:
+    """(scorer, card, ratings) from a run dir and/or an explicit model and ratings source;
+    `threads`: onnxruntime's intra-op threads (0: one per core)."""
     if model is None and run_dir is None:
         raise DeepCFError("give a RUN_DIR, or --model with --ratings")
     model = Path(model) if model else run_model_path(run_dir)
-    scorer, card = load_model(model)
+    scorer, card = load_model(model, threads)
     if ratings is not None:
         return scorer, card, read_ratings_source(ratings, card)
     if run_dir is None:
@@ -77,14 +78,16 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
     X = implicit_matrix(data.X, card.implicit or None)  # the model's input, as in training
     scores = UserScores(scorer, X, card.orientation, chunk, card.codes)
     for part, block in scores.chunks(rows):
-        yield from ranked(card, block, data.X[part], data.user_ids[part], n, pop_beta)
+        for recs in ranked(card, block, data.X[part], data.user_ids[part], n, pop_beta):
+            yield from recs
 
 
 def ranked(card: ModelCard, scores: np.ndarray, seen, user_ids, n: int = 10,
-           pop_beta: float = 0.0) -> Iterator[dict]:
-    """The top-n dicts of scored users: `scores` (users, movies) the model's outputs (changed
-    in place), `seen` their known ratings (users x movies CSR, never recommended; a user with
-    none gets the popularity fallback), `user_ids` their raw ids (None: a user without one)."""
+           pop_beta: float = 0.0) -> Iterator[list[dict]]:
+    """The top-n dicts of each scored user (one list per user): `scores` (users, movies) the
+    model's outputs (changed in place), `seen` their known ratings (users x movies CSR, never
+    recommended; a user with none gets the popularity fallback), `user_ids` their raw ids
+    (None: a user without one)."""
     output = scores
     if pop_beta:
         scores = scores * popularity_weights(card.item_train_count, pop_beta)
@@ -99,13 +102,15 @@ def ranked(card: ModelCard, scores: np.ndarray, seen, user_ids, n: int = 10,
             keep = top[j] >= 0
             picks, preds, basis = top[j][keep], vals[j][keep], "model"
             rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
+        recs = []
         for r, movie in enumerate(picks):
             raw = "" if preds is None else round(float(preds[r]), 4)
             pred = "" if preds is None or not card.rates else round(
-                float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
-            yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
-                   "title": "" if card.titles is None else str(card.titles[movie]),
-                   "predicted_rating": pred, "score": raw, "basis": basis}
+                min(max(float(rated[r]), card.rating_min), card.rating_max), 3)
+            recs.append({**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
+                         "title": "" if card.titles is None else str(card.titles[movie]),
+                         "predicted_rating": pred, "score": raw, "basis": basis})
+        yield recs
 
 
 def ranked_by(card: ModelCard) -> str:

@@ -53,14 +53,15 @@ class Ratings:
         return order[pos]
 
 
-def load_model(model: str | Path) -> tuple[OnnxScorer, ModelCard]:
-    """The ONNX scorer and its sidecar, checked against each other."""
+def load_model(model: str | Path, threads: int = 0) -> tuple[OnnxScorer, ModelCard]:
+    """The ONNX scorer and its sidecar, checked against each other; `threads`: onnxruntime's
+    intra-op threads (0: its default, one per core)."""
     path = Path(model)
     if not path.is_file():
         raise DeepCFError(f"{path}: no such ONNX model (train one with `make train` or create it "
                           f"with `python -m deepcf.export RUN_DIR`)")
     card = read_sidecar(path)
-    scorer = OnnxScorer(path)
+    scorer = OnnxScorer(path, threads)
     if scorer.width != card.width:
         what = entries_name(card.orientation)
         raise ModelDataMismatch(f"{path}: the model takes {scorer.width} {what} but its sidecar "
