@@ -372,3 +372,22 @@ def test_predict_refuses_a_ranking_model(tiny_server):
         resolve(ranking, "predict",
                 PredictRequest(user=int(served.data.user_ids[0]), movies=[1]), 10)
     assert e.value.status == 422 and "ranking model" in e.value.message
+
+
+def test_the_command_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    from deepcf.serve import main, read_token
+
+    for argv, text in (([str(tmp_path / "nope")], "no such run dir"),
+                       ([str(tmp_path), "--port", "70000"], "--port 70000"),
+                       ([str(tmp_path), "--max-n", "0"], "--max-n"),
+                       ([str(tmp_path), "--token-file", str(tmp_path / "none")], "--token-file")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("deepcf.serve: error: ") and text in err
+        assert "\n" not in err
+    (tmp_path / "token").write_text("s3cret\n")
+    assert read_token(str(tmp_path / "token")) == "s3cret"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(Exception, match="empty"):
+        read_token(str(tmp_path / "empty"))

@@ -44,13 +44,19 @@ MODELS = [
 ]
 
 
-def train(overrides: list[str], out: Path, cache: Path) -> Path:
-    cmd = [sys.executable, "-m", "deepcf.train", *overrides, f"paths.output_dir={out}",
-           f"paths.cache_dir={cache}", "logger=none", "trainer.enable_progress_bar=false"]
+def _run(cmd: list[str]) -> str:
+    """A command's stdout; its stderr's tail in the error when it fails."""
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if p.returncode != 0 or not (out / "model.onnx").exists():
-        raise SystemExit(f"deepcf.bench.serving: training failed: {' '.join(cmd)}\n"
-                         f"{p.stderr[-3000:]}")
+    if p.returncode != 0:
+        raise SystemExit(f"deepcf.bench.serving: `{' '.join(cmd)}` failed:\n{p.stderr[-3000:]}")
+    return p.stdout
+
+
+def train(overrides: list[str], out: Path, cache: Path) -> Path:
+    _run([sys.executable, "-m", "deepcf.train", *overrides, f"paths.output_dir={out}",
+          f"paths.cache_dir={cache}", "logger=none", "trainer.enable_progress_bar=false"])
+    if not (out / "model.onnx").exists():
+        raise SystemExit(f"deepcf.bench.serving: training wrote no {out / 'model.onnx'}")
     return out
 
 
@@ -79,7 +85,7 @@ class Server:
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1]) * 1024 / 1e6
         return float("nan")
 
     def stop(self) -> None:
@@ -184,14 +190,11 @@ def bench_model(name: str, data: str, run: Path, work: Path, cache: Path, n: int
     finally:
         server.stop()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "deepcf.recommend", str(run), "--all", "--csv",
-                    str(work / "all.csv"), "--cache-dir", str(cache)], check=True,
-                   capture_output=True, timeout=1800)
+    _run([sys.executable, "-m", "deepcf.recommend", str(run), "--all", "--csv",
+          str(work / "all.csv"), "--cache-dir", str(cache)])
     cli_s = time.perf_counter() - t0
-    inproc = json.loads(subprocess.run(
-        [sys.executable, "-m", "deepcf.bench.serving", "--score-all", str(run), "--cache-dir",
-         str(cache)], check=True, capture_output=True, text=True, timeout=1800
-    ).stdout.strip().splitlines()[-1])
+    inproc = json.loads(_run([sys.executable, "-m", "deepcf.bench.serving", "--score-all",
+                              str(run), "--cache-dir", str(cache)]).strip().splitlines()[-1])
     return {"name": name, "data": data, "rows": rows, "rss_mb": rss, "info": info,
             "cli_users_s": len(users) / cli_s, "cli_s": cli_s, **inproc}
 
@@ -243,7 +246,7 @@ def report(results: list[dict], cmd: str, n: int, seconds: float) -> str:
         lines.append(f"| {res['name']} | {res['data']} | {res['n_users']:,} | "
                      f"{res['cli_users_s']:,.0f} users/s ({res['cli_s']:.1f} s) | "
                      f"{res['recommend_users_s']:,.0f} users/s | {res['rss_mb']:,.0f} MB | "
-                     + ("-" if codes is None else f"{codes / 2**20:.1f} MB") + " |")
+                     + ("-" if codes is None else f"{codes / 1e6:.1f} MB") + " |")
     target = results[0]
     by_c = {r["concurrency"]: r for r in target["rows"] if r["kind"] == "known user"}
     if 8 not in by_c or "ML-100K" not in target["data"] or "movies" not in target["name"]:

@@ -111,26 +111,32 @@ def item_codes(net: torch.nn.Module, train_rows: sp.csr_matrix, l2: float = 0.0,
     model's model.l2 (the fold-in's ridge is l2 / 2, the objective's weight on one row)."""
     if not (hasattr(net, "codes_at") and hasattr(net, "output_layer")):
         return None
-    net = copy.deepcopy(net).cpu().float().eval()
-    head = net.output_layer()
-    if head is None:
-        return None
-    X = train_rows.tocsr()
-    parts, bases = [], []
-    for s in range(0, X.shape[0], chunk):
-        sub = X[s : s + chunk]
-        off = torch.from_numpy(sub.indptr[:-1].astype(np.int64))
-        h, base = net.codes_at(torch.from_numpy(sub.indices.astype(np.int64)),
-                               torch.from_numpy(sub.data.astype(np.float32)), off)
-        parts.append(h.numpy())
-        bases.append(base.reshape(-1).numpy())
-    W, b, col = head
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in net.parameters()):
+        net = copy.deepcopy(net).cpu().float()
+    was_training = net.training
+    net.eval()  # in place, not a copy: at the Movies Dataset's scale the net is a GB
+    try:
+        head = net.output_layer()
+        if head is None:
+            return None
+        X = train_rows.tocsr()
+        parts, bases = [], []
+        for s in range(0, X.shape[0], chunk):
+            sub = X[s : s + chunk]
+            off = torch.from_numpy(sub.indptr[:-1].astype(np.int64))
+            h, base = net.codes_at(torch.from_numpy(sub.indices.astype(np.int64)),
+                                   torch.from_numpy(sub.data.astype(np.float32)), off)
+            parts.append(h.numpy())
+            bases.append(base.reshape(-1).numpy())
+        W, b, col = head
+    finally:
+        net.train(was_training)
     residual = bool(getattr(net, "residual", False))
     return ItemCodes(
         items=np.ascontiguousarray(np.concatenate(parts), np.float32),
         item_base=np.concatenate(bases).astype(np.float32),
-        user_weights=np.ascontiguousarray(W.numpy(), np.float32),
-        user_bias=(b + col).numpy().astype(np.float32), ridge=float(l2) / 2.0,
+        user_weights=np.ascontiguousarray(W.detach().numpy(), np.float32),
+        user_bias=(b + col).detach().numpy().astype(np.float32), ridge=float(l2) / 2.0,
         user_bias_reg=float(net.config.col_bias_reg) if residual else float("nan"))
 
 
