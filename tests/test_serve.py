@@ -127,6 +127,38 @@ def test_cached_codes_predict_what_the_onnx_forward_predicts(iat_run):
     np.testing.assert_allclose(fast, dense, atol=2e-4, rtol=0)
 
 
+@pytest.mark.parametrize("net_name,options", [
+    ("autoencoder", {"hidden": [16, 8], "activation": "selu", "residual": "bias"}),
+    ("autoencoder", {"hidden": [12], "activation": "sigmoid", "residual": "none"}),
+    ("kernel", {"hidden": [10, 6], "residual": "target"}),
+])
+def test_every_item_row_net_splits_into_codes_and_output_layer(net_name, options):
+    """The codes (`item_codes`) of an untrained, perturbed net predict its dense forward."""
+    import scipy.sparse as sp
+    import torch
+
+    from deepcf.models.autoencoder import AutoEncoder
+    from deepcf.models.kernel import KernelNet
+    from deepcf.serving.export import item_codes
+
+    rng = np.random.default_rng(3)
+    X = sp.random(40, 25, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    X.data = rng.integers(1, 6, X.nnz).astype(np.float32)
+    torch.manual_seed(0)
+    net = {"autoencoder": AutoEncoder, "kernel": KernelNet}[net_name].build(25, **options)
+    net.fit_data(X)
+    with torch.no_grad():  # the residual's output layer starts at zero: give it weights
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    codes = item_codes(net, X, l2=10.0)
+    with torch.no_grad():
+        dense = net.eval()(torch.from_numpy(X.toarray())).numpy()
+    np.testing.assert_allclose(codes.model_rows(np.arange(40)), dense, atol=1e-5, rtol=0)
+    assert codes.ridge == 5.0
+    nonlinear = AutoEncoder.build(25, hidden=[8], linear_last=False)
+    assert item_codes(nonlinear, X) is None  # its outputs are not linear in the codes
+
+
 def test_fold_in_of_training_users_is_close_to_the_trained_model(iat_run):
     """100 training users folded in from their training ratings alone: on their held-out
     ratings the fold-in beats the bias baseline and is within 0.03 of the trained model."""
