@@ -112,7 +112,7 @@ async def _ask(reader, writer, path: str, body: bytes) -> tuple[int, bytes]:
 async def _level(port: int, bodies: list[bytes], concurrency: int, n: int,
                  seconds: float) -> dict:
     lat: list[float] = []
-    errors = 0
+    errors, first = 0, []
     count = [0]
     deadline = time.perf_counter() + seconds
 
@@ -124,15 +124,21 @@ async def _level(port: int, bodies: list[bytes], concurrency: int, n: int,
                 i = count[0]
                 count[0] += 1
                 t0 = time.perf_counter()
-                status, _ = await _ask(reader, writer, "/recommend", bodies[i % len(bodies)])
+                status, answer = await _ask(reader, writer, "/recommend",
+                                            bodies[i % len(bodies)])
                 lat.append(time.perf_counter() - t0)
-                errors += status != 200
+                if status != 200:
+                    errors += 1
+                    first.append(f"{status} {answer[:200].decode('utf-8', 'replace')}")
         finally:
             writer.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
     wall = time.perf_counter() - t0
+    if errors:  # a bench of error answers would time the wrong thing
+        raise SystemExit(f"deepcf.bench.serving: {errors} of {len(lat)} answers were errors, "
+                         f"the first: {first[0]}")
     ms = np.array(lat) * 1000
     return {"concurrency": concurrency, "requests": len(lat), "errors": errors,
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
@@ -159,8 +165,9 @@ def bench_model(name: str, data: str, run: Path, work: Path, cache: Path, n: int
         lo, hi = (float(x) for x in z["rating_range"])
     rng = np.random.default_rng(0)
     known = [json.dumps({"user": int(u), "n": 10}).encode() for u in rng.permutation(users)]
+    steps = np.arange(lo, hi + 1e-9, 0.5)  # half stars within the model's range
     new = [json.dumps({"n": 10, "ratings": [
-        {"movie_id": int(m), "rating": float(rng.integers(int(lo), int(hi) + 1))}
+        {"movie_id": int(m), "rating": float(rng.choice(steps))}
         for m in rng.choice(movies, 20, replace=False)]}).encode() for _ in range(200)]
     server = Server(run, work / f"serve-{run.name}.log", cache)
     rows = []
