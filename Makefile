@@ -55,8 +55,9 @@ experiments: install
 	$(PY) -m deepcf.report outputs/experiments --out docs/experiments
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
-# ratings) and ML-100K, then ONNX scoring, then the multinomial loss (Mult-DAE) at 26M ratings;
-# rewrites BENCHMARKS.md (~4 min on 2 cores, ~6 more for the multinomial row; not `make test`)
+# ratings) and ML-100K, then ONNX scoring, then the multinomial loss (Mult-DAE) at 26M ratings,
+# then the HTTP service's latency and users/s on loopback; rewrites BENCHMARKS.md (~4 min on 2
+# cores, ~6 more for the multinomial row, ~6 for serving; not `make test`)
 .PHONY: bench readme
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md
@@ -66,6 +67,9 @@ bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench.multinomial --scale movies_full --batches 10 --out outputs/bench_multinomial.md
 	printf '\n' >> BENCHMARKS.md
 	cat outputs/bench_multinomial.md >> BENCHMARKS.md
+	$(PY) -m deepcf.bench.serving --out outputs/bench_serving.md
+	printf '\n## Serving over HTTP: latency and users/s\n\n' >> BENCHMARKS.md
+	cat outputs/bench_serving.md >> BENCHMARKS.md
 
 # re-run every <!-- transcript: ... --> block of README.md (make train, evaluate, recommend, the
 # full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed;

@@ -62,3 +62,16 @@ def test_a_dense_square_net_stops_fitting_where_its_memory_line_meets_ram(monkey
     text = " ".join(bench.square_fit(rows, {}))
     assert "20 bytes per weight" in text and "1.00 GB base" in text
     assert f"about {(15e9 / 20) ** 0.5:,.0f} movies" in text
+
+
+@pytest.mark.slow
+def test_bench_serving_at_a_few_requests(tmp_path, cache_dir):
+    # the rows=users model (EDLAE, onnxruntime) on ML-100K: training is a closed form
+    out = tmp_path / "serving.md"
+    subprocess.run([sys.executable, "-m", "deepcf.bench.serving", "--only", "2", "--requests",
+                    "30", "--seconds", "5", "--workdir", str(tmp_path / "w"), "--cache-dir",
+                    str(cache_dir), "--out", str(out)], check=True, capture_output=True,
+                   timeout=900)
+    text = out.read_text()
+    assert "| EDLAE (rows = users, onnxruntime) | ML-100K | known user | 32 |" in text
+    assert "`recommend()` once loaded" in text

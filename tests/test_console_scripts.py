@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"deepcf-train", "deepcf-evaluate", "deepcf-recommend", "deepcf-export",
-           "deepcf-report"}
+           "deepcf-report", "deepcf-serve"}
 
 
 def test_every_console_script_resolves_to_a_callable():

@@ -142,11 +142,29 @@ class AutoEncoder(BiasResidual, RatingNet):
         return out if self.linear_last else self.act(out)
 
     def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
+        h, row_base = self.codes_at(idx, val, off)
+        out = self.decode_at(h, tgt_row, tgt_idx)
+        return out + row_base[tgt_row] + self.col_bias[tgt_idx] if self.residual else out
+
+    # -- the output layer apart (serving's cached codes, deepcf.serving.codes) ----------------
+    def codes_at(self, idx, val, off) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, row_base) of rows given as (column ids, ratings, offsets): the last hidden
+        layer h (rows, hidden[0]) and the row's part of the residual's base, mu + b_row (zeros
+        without the residual). With (W, b, col_base) = `output_layer()` the output at (row r,
+        column j) is h_r . W_j + b_j + row_base_r + col_base_j (`linear_last`)."""
         if self.residual:
             val, b_row = self.residual_entries(idx, val, off)
-        out = self.decode_at(self.decode_hidden(self.encode_sparse(idx, val, off)),
-                             tgt_row, tgt_idx)
-        return out + self.base_at(b_row, tgt_row, tgt_idx) if self.residual else out
+        h = self.decode_hidden(self.encode_sparse(idx, val, off))
+        return h, (self.mu + b_row if self.residual else h.new_zeros(len(off)))
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(W (width, hidden[0]), b (width,), col_base (width,)) of the linear output layer
+        (col_base: the residual's column biases, zeros without it); None when the output
+        layer has an activation (its outputs are then not linear in h)."""
+        if not self.linear_last:
+            return None
+        col = self.col_bias if self.residual else self.out_b.new_zeros(self.width)
+        return self.item_decoder, self.out_b, col
 
     def predict_observed(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                          sparse_grad: bool = True) -> torch.Tensor:

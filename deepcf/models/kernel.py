@@ -119,13 +119,28 @@ class KernelNet(BiasResidual, RatingNet):
         return out
 
     def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:
+        weights = self.effective_weights()
+        h, row_base = self._codes(idx, val, off, weights)
+        out = torch.einsum("nk,nk->n", h[tgt_row], weights[-1][tgt_idx]) + self.bias[-1][tgt_idx]
+        return out + row_base[tgt_row] + self.col_bias[tgt_idx] if self.residual else out
+
+    # -- the output layer apart (serving's cached codes; see AutoEncoder.codes_at) -----------
+    def codes_at(self, idx, val, off) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden layer (rows, hidden[-1]), mu + b_row (rows,) or zeros) of flat rows."""
+        return self._codes(idx, val, off, self.effective_weights())
+
+    def _codes(self, idx, val, off, weights) -> tuple[torch.Tensor, torch.Tensor]:
         if self.residual:
             val, b_row = self.residual_entries(idx, val, off)
-        weights = self.effective_weights()
         z = F.embedding_bag(idx, weights[0].t(), off, mode="sum", per_sample_weights=val)
         h = self._middle(z + self.bias[0], weights)
-        out = torch.einsum("nk,nk->n", h[tgt_row], weights[-1][tgt_idx]) + self.bias[-1][tgt_idx]
-        return out + self.base_at(b_row, tgt_row, tgt_idx) if self.residual else out
+        return h, (self.mu + b_row if self.residual else h.new_zeros(len(off)))
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W * K of the output layer (width, hidden[-1]), its bias, the residual's column
+        biases or zeros); the output layer is linear."""
+        col = self.col_bias if self.residual else self.bias[-1].new_zeros(self.width)
+        return self.effective_weights()[-1], self.bias[-1], col
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense rows (batch, width) -> predicted ratings for every column (batch, width)."""

@@ -24,6 +24,12 @@ split is its datamodule's: a random share of all ratings), so its numbers compar
 each other, not with ACCURACY.md. No RMSE: it is the protocol for ranking models (EDLAE's scores
 are not ratings).
 
+A model whose rows are movies (I-AutoRec) is scored from the item codes cached in its sidecar
+(deepcf.serving.codes): a user's predictions are their output row against every movie's code,
+with no pass of the movies through the dense graph; the codes were computed from the training
+rows at export, which are the run's own inputs here (with `--input`, the input rows only decide
+what is excluded from the ranking). A sidecar without codes falls back to the dense pass.
+
 A ranking model (sidecar `score_kind` not "rating": objective=multinomial, EDLAE) outputs scores,
 not ratings: its RMSE/MAE would mean nothing and are not computed (the report says why). On a run
 trained on interactions (data.implicit) every held-out interaction is relevant (threshold 1),
@@ -66,17 +72,25 @@ PROTOCOLS = ("rating", "topn")
 
 
 def heldout_errors(scorer, batches, card: ModelCard, chunk: int = 1024) -> dict[str, float]:
-    """RMSE / MAE over every held-out rating of `batches` (a RowBatches with targets)."""
+    """RMSE / MAE over every held-out rating of `batches` (a RowBatches with targets). An
+    item-row model with cached codes is read at the held-out (movie, user) pairs from them: the
+    inputs are then the training rows the codes were computed from (the run's own)."""
     import torch
+
+    codes = card.codes if rows_are_items(card.orientation) else None
 
     sq = ab = 0.0
     n = cold = 0
     for s in range(0, len(batches), chunk):
         batch = batches[np.arange(s, min(s + chunk, len(batches)))]
-        off = batch["in_off"].numpy()
-        dense = densify_flat(batch["in_idx"].numpy(), batch["in_val"].numpy(), off, len(off),
-                             scorer.width)
-        out = scorer(dense)[batch["tgt_row"].numpy(), batch["tgt_idx"].numpy()]
+        if codes is not None:  # an item-row model's cached codes: the (movie, user) pairs only
+            out = codes.at(batch["rows"].numpy()[batch["tgt_row"].numpy()],
+                           batch["tgt_idx"].numpy())
+        else:
+            off = batch["in_off"].numpy()
+            dense = densify_flat(batch["in_idx"].numpy(), batch["in_val"].numpy(), off,
+                                 len(off), scorer.width)
+            out = scorer(dense)[batch["tgt_row"].numpy(), batch["tgt_idx"].numpy()]
         pred = clip_or_fallback(torch.from_numpy(out), batch["tgt_cold"], card.rating_min,
                                 card.rating_max, card.train_mean).double()
         err = pred - batch["tgt_val"].double()
@@ -111,7 +125,8 @@ def ranking_metrics(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_
     kmax = acc.kmax
     n_train = np.diff(train.indptr)
     n_popular = 0
-    for part, scores in UserScores(scorer, train, card.orientation, chunk).chunks(users):
+    for part, scores in UserScores(scorer, train, card.orientation, chunk,
+                                   card.codes).chunks(users):
         seen_part = seen[part]
         top, _ = top_k_unseen(scores, seen_part, kmax)
         for j in np.flatnonzero(n_train[part] == 0):  # nothing to go on: popularity fallback
@@ -167,7 +182,7 @@ def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_ma
     `train` rows; movies in `seen` (a superset of train's pattern, e.g. train + validation) are
     never ranked; scores / popularity^pop_beta when pop_beta > 0; all matrices users x movies in
     the model's id space."""
-    rows = UserScores(scorer, train, card.orientation, chunk)
+    rows = UserScores(scorer, train, card.orientation, chunk, card.codes)
     w = popularity_weights(card.item_train_count, pop_beta)
     known = sp.csr_matrix(seen, dtype=np.float32, copy=True)
     known.data[:] = 1.0

@@ -9,11 +9,18 @@ Everything a scorer needs later travels in a sidecar next to the model, `model.o
 ids of the training matrix, titles when the source has them, rating range, training mean,
 orientation, and each movie's training rating count (popularity). `export_checked` writes model and
 sidecar together; the training callback and `python -m deepcf.export` both call it.
+
+An item-row model (rows are movies) with a linear output layer also gets its cached item codes
+in the sidecar (`item_codes`, deepcf.serving.codes): every movie's code computed from the
+training rows, the output layer's per-user rows and the residual's biases, checked against
+onnxruntime on the same rows as the graph, so that serving scores known users and folds in new
+ones without a pass over the movies and without the checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -22,9 +29,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from deepcf.data.orientation import rows_are_items
 from deepcf.errors import DivergedModel, ExportParityError, ModelDataMismatch
 from deepcf.files import safe_load
 from deepcf.models.contract import net_from_checkpoint
+from deepcf.serving.codes import ItemCodes
 from deepcf.serving.runs import find_checkpoint, run_datamodule
 from deepcf.serving.scoring import INPUT, OUTPUT
 from deepcf.serving.sidecar import (
@@ -74,29 +83,80 @@ def onnx_session(path: str | Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_outputs(path: str | Path, rows: np.ndarray) -> np.ndarray:
+    """onnxruntime's predictions for dense `rows`."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return onnx_session(path).run([OUTPUT], {INPUT: rows})[0]
+
+
+def gap(ours: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> float:
+    """max |ours - ref| - rtol * max |ref| (see `parity`), at least 0."""
+    return float(max(np.abs(ours - ref).max() - rtol * np.abs(ref).max(), 0.0))
+
+
 def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray,
-           rtol: float = 1e-5) -> float:
+           rtol: float = 1e-5, ours: np.ndarray | None = None) -> float:
     """max |onnxruntime - PyTorch| - rtol * max |PyTorch| over the dense `rows`.
 
     For outputs on the rating scale this is the plain max abs difference (to ~5e-5); the rtol
     term only forgives the float32 rounding of a model whose outputs are huge (a diverged run's
-    outputs of 1e5 carry rounding of ~1e-2), which no absolute bound can hold.
+    outputs of 1e5 carry rounding of ~1e-2), which no absolute bound can hold. `ours`:
+    onnxruntime's outputs when already computed.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    ours = onnx_session(path).run([OUTPUT], {INPUT: rows})[0]
+    if ours is None:
+        ours = onnx_outputs(path, rows)
     net = copy.deepcopy(net).cpu().float().eval()
     with torch.no_grad():
         ref = net(torch.from_numpy(rows)).numpy()
-    return float(max(np.abs(ours - ref).max() - rtol * np.abs(ref).max(), 0.0))
+    return gap(ours, ref, rtol)
+
+
+@torch.no_grad()
+def item_codes(net: torch.nn.Module, train_rows: sp.csr_matrix, l2: float = 0.0,
+               chunk: int = 2048) -> ItemCodes | None:
+    """The cached codes of an item-row net (deepcf.serving.codes) from its training rows
+    (movies x users); None for a net without a separable linear output layer. `l2`: the
+    model's model.l2 (the fold-in's ridge is l2 / 2, the objective's weight on one row)."""
+    if not (hasattr(net, "codes_at") and hasattr(net, "output_layer")):
+        return None
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in net.parameters()):
+        net = copy.deepcopy(net).cpu().float()
+    was_training = net.training
+    net.eval()  # in place, not a copy: at the Movies Dataset's scale the net is a GB
+    try:
+        head = net.output_layer()
+        if head is None:
+            return None
+        X = train_rows.tocsr()
+        parts, bases = [], []
+        for s in range(0, X.shape[0], chunk):
+            sub = X[s : s + chunk]
+            off = torch.from_numpy(sub.indptr[:-1].astype(np.int64))
+            h, base = net.codes_at(torch.from_numpy(sub.indices.astype(np.int64)),
+                                   torch.from_numpy(sub.data.astype(np.float32)), off)
+            parts.append(h.numpy())
+            bases.append(base.reshape(-1).numpy())
+        W, b, col = head
+    finally:
+        net.train(was_training)
+    residual = bool(getattr(net, "residual", False))
+    return ItemCodes(
+        items=np.ascontiguousarray(np.concatenate(parts), np.float32),
+        item_base=np.concatenate(bases).astype(np.float32),
+        user_weights=np.ascontiguousarray(W.detach().numpy(), np.float32),
+        user_bias=(b + col).detach().numpy().astype(np.float32), ridge=float(l2) / 2.0,
+        user_bias_reg=float(net.config.col_bias_reg) if residual else float("nan"))
 
 
 def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_matrix,
                    card: ModelCard, checkpoint: str = "last", atol: float = 1e-4,
-                   n_rows: int = 256) -> float:
+                   n_rows: int = 256, l2: float = 0.0) -> float:
     """Export `net` to `path` with its sidecar; fail if onnxruntime and PyTorch differ.
 
     The check runs on up to `n_rows` real rows of `train_rows` (the model-oriented training
-    matrix). Returns the max abs difference.
+    matrix). An item-row model's cached codes (`item_codes`, `l2` its model.l2) go into the
+    sidecar, checked against onnxruntime on the same rows. Returns the max abs difference.
     """
     rows = train_rows[: min(n_rows, train_rows.shape[0])].toarray()
     with torch.no_grad():
@@ -110,10 +170,20 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,
             "deepcf.sidecar": sidecar_path(path).name}
     export_onnx(net, path, torch.from_numpy(rows[:8]), meta)
-    diff = parity(path, net, rows)
+    ours = onnx_outputs(path, rows)
+    diff = parity(path, net, rows, ours=ours)
     if not diff <= atol:
         raise ExportParityError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
                            f"{diff:.3g} > {atol:g} on {len(rows)} rows")
+    if rows_are_items(card.orientation) and card.rates:
+        codes = item_codes(net, train_rows, l2)
+        if codes is not None:
+            cdiff = gap(codes.model_rows(np.arange(len(rows))), ours)
+            if not cdiff <= atol:
+                raise ExportParityError(f"ONNX export {path}: the cached item codes' "
+                                        f"predictions differ from onnxruntime's by {cdiff:.3g} "
+                                        f"> {atol:g} on {len(rows)} rows")
+            card = dataclasses.replace(card, codes=codes)
     write_sidecar(path, card)
     return diff
 
@@ -124,7 +194,8 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     ckpt, run_dir = find_checkpoint(Path(target))
     state = safe_load(ckpt)
     net = net_from_checkpoint(state, str(ckpt))
-    kind = (state.get("hyper_parameters") or {}).get("output_kind", "ratings")
+    hparams = state.get("hyper_parameters") or {}
+    kind, l2 = hparams.get("output_kind", "ratings"), float(hparams.get("l2") or 0.0)
     del state
     dm = run_datamodule(run_dir, cache_dir)
     if net.width != dm.width:
@@ -133,5 +204,6 @@ def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
     if out is None:
         out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
     diff = export_checked(net, out, dm.dataset("train").inputs,
-                          card_from_datamodule(dm, score_kind(kind, net)), str(ckpt), atol, n_rows)
+                          card_from_datamodule(dm, score_kind(kind, net)), str(ckpt), atol, n_rows,
+                          l2)
     return Path(out), diff

@@ -8,13 +8,19 @@ data gets the N most popular movies (training rating count), labelled `popularit
 `model`.
 
 A ranking model (its sidecar's `score_kind` is not "rating": Mult-DAE/VAE trained with
-loss=multinomial, EDLAE) ranks by its score, which is not a rating: no predicted rating is shown,
-and the output says "ranked by <model> score (not a rating)"; a rating model's says "ranked by
-predicted rating". With `pop_beta` (`--pop-beta B`) movies are ranked by score / popularity^B
-(deepcf.stats.popularity_weights), `score` is that corrected score and the predicted
-rating still the model's output. A model trained on interactions (data.implicit) gets the user's
-ratings as interactions as its input, the same rule as in training; every rated movie stays
-excluded.
+objective=multinomial, EDLAE) ranks by its score, which is not a rating: no predicted rating is
+shown, and the output says "ranked by <model> score (not a rating)"; a rating model's says
+"ranked by predicted rating". With `pop_beta` (`--pop-beta B`) movies are ranked by
+score / popularity^B (deepcf.stats.popularity_weights), `score` is that corrected score and the
+predicted rating still the model's output. A model trained on interactions (data.implicit) gets
+the user's ratings as interactions as its input, the same rule as in training; every rated
+movie stays excluded.
+
+New users (ids the model never saw, with ratings in --ratings or a service request): a model
+whose rows are users scores them by its forward pass over their ratings, as any user; a model
+whose rows are movies (I-AutoRec) folds them in from their ratings with the movies' cached
+codes (deepcf.serving.codes), and scores its known users by their trained output rows against
+the same codes (so their ratings outside training decide only what is excluded).
 """
 
 from __future__ import annotations
@@ -46,13 +52,14 @@ FIELDS = ["user_id", "n_ratings", "rank", "movie_id", "title", "predicted_rating
           "basis"]
 
 
-def load_ratings(run_dir=None, model=None, ratings=None,
-                 cache_dir: str | None = None) -> tuple[object, ModelCard, Ratings]:
-    """(scorer, card, ratings) from a run dir and/or an explicit model and ratings source."""
+def load_ratings(run_dir=None, model=None, ratings=None, cache_dir: str | None = None,
+                 threads: int = 0) -> tuple[object, ModelCard, Ratings]:
+    """(scorer, card, ratings) from a run dir and/or an explicit model and ratings source;
+    `threads`: onnxruntime's intra-op threads (0: one per core)."""
     if model is None and run_dir is None:
         raise DeepCFError("give a RUN_DIR, or --model with --ratings")
     model = Path(model) if model else run_model_path(run_dir)
-    scorer, card = load_model(model)
+    scorer, card = load_model(model, threads)
     if ratings is not None:
         return scorer, card, read_ratings_source(ratings, card)
     if run_dir is None:
@@ -67,31 +74,42 @@ def recommend(scorer, card: ModelCard, data: Ratings, users: np.ndarray, n: int 
               chunk: int = 1024, pop_beta: float = 0.0) -> Iterator[dict]:
     """One dict per (user, rank), users in the given order (raw ids)."""
     rows = data.rows_of(users)
-    counts = np.diff(data.X.indptr)
-    w = popularity_weights(card.item_train_count, pop_beta) if pop_beta else None
     X = implicit_matrix(data.X, card.implicit or None)  # the model's input, as in training
-    for part, scores in UserScores(scorer, X, card.orientation, chunk).chunks(rows):
-        output = scores
-        if w is not None:
-            scores = scores * w
-        seen = data.X[part]
-        top, vals = top_k_unseen(scores, seen, n)
-        for j, row in enumerate(part):
-            base = {"user_id": int(data.user_ids[row]), "n_ratings": int(counts[row])}
-            if counts[row] == 0:
-                picks, preds, basis = popular_unseen(card.item_train_count, [], n), None, \
-                    "popularity"
-            else:
-                keep = top[j] >= 0
-                picks, preds, basis = top[j][keep], vals[j][keep], "model"
-                rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
-            for r, movie in enumerate(picks):
-                raw = "" if preds is None else round(float(preds[r]), 4)
-                pred = "" if preds is None or not card.rates else round(
-                    float(np.clip(rated[r], card.rating_min, card.rating_max)), 3)
-                yield {**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
-                       "title": "" if card.titles is None else str(card.titles[movie]),
-                       "predicted_rating": pred, "score": raw, "basis": basis}
+    scores = UserScores(scorer, X, card.orientation, chunk, card.codes)
+    for part, block in scores.chunks(rows):
+        for recs in ranked(card, block, data.X[part], data.user_ids[part], n, pop_beta):
+            yield from recs
+
+
+def ranked(card: ModelCard, scores: np.ndarray, seen, user_ids, n: int = 10,
+           pop_beta: float = 0.0) -> Iterator[list[dict]]:
+    """The top-n dicts of each scored user (one list per user): `scores` (users, movies) the
+    model's outputs (changed in place), `seen` their known ratings (users x movies CSR, never
+    recommended; a user with none gets the popularity fallback), `user_ids` their raw ids
+    (None: a user without one)."""
+    output = scores
+    if pop_beta:
+        scores = scores * popularity_weights(card.item_train_count, pop_beta)
+    counts = np.diff(seen.indptr)
+    top, vals = top_k_unseen(scores, seen, n)
+    for j, uid in enumerate(user_ids):
+        base = {"user_id": None if uid is None else int(uid), "n_ratings": int(counts[j])}
+        if counts[j] == 0:
+            picks, preds, basis = popular_unseen(card.item_train_count, [], n), None, \
+                "popularity"
+        else:
+            keep = top[j] >= 0
+            picks, preds, basis = top[j][keep], vals[j][keep], "model"
+            rated = output[j, picks]  # the model's own output (vals: corrected if pop_beta)
+        recs = []
+        for r, movie in enumerate(picks):
+            raw = "" if preds is None else round(float(preds[r]), 4)
+            pred = "" if preds is None or not card.rates else round(
+                min(max(float(rated[r]), card.rating_min), card.rating_max), 3)
+            recs.append({**base, "rank": r + 1, "movie_id": int(card.item_ids[movie]),
+                         "title": "" if card.titles is None else str(card.titles[movie]),
+                         "predicted_rating": pred, "score": raw, "basis": basis})
+        yield recs
 
 
 def ranked_by(card: ModelCard) -> str:

@@ -56,14 +56,15 @@ class Ratings:
         return order[pos]
 
 
-def load_model(model: str | Path) -> tuple[OnnxScorer, ModelCard]:
-    """The ONNX scorer and its sidecar, checked against each other."""
+def load_model(model: str | Path, threads: int = 0) -> tuple[OnnxScorer, ModelCard]:
+    """The ONNX scorer and its sidecar, checked against each other; `threads`: onnxruntime's
+    intra-op threads (0: its default, one per core)."""
     path = Path(model)
     if not path.is_file():
         raise DeepCFError(f"{path}: no such ONNX model (train one with `make train` or create it "
                           f"with `python -m deepcf.export RUN_DIR`)")
     card = read_sidecar(path)
-    scorer = OnnxScorer(path)
+    scorer = OnnxScorer(path, threads)
     if scorer.width != card.width:
         what = entries_name(card.orientation)
         raise ModelDataMismatch(f"{path}: the model takes {scorer.width} {what} but its sidecar "
@@ -206,6 +207,10 @@ def read_ratings_source(path: str | Path, card: ModelCard,
         if X.shape[1] != n_movies:
             raise ModelDataMismatch(f"{path}: the matrix has {X.shape[1]} movie columns but the "
                                     f"model scores {n_movies} movies")
+        if rows_are_items(card.orientation) and X.shape[0] != len(card.user_ids):
+            raise ModelDataMismatch(f"{path}: {X.shape[0]} user rows, but the model's columns "
+                                    f"are its {len(card.user_ids)} training users, in order "
+                                    f"(new users go in a ratings file with raw ids)")
         ids = card.user_ids if X.shape[0] == len(card.user_ids) else np.arange(X.shape[0])
         X.sort_indices()
         return Ratings(X.astype(np.float32), np.asarray(ids, np.int64), str(path))
@@ -222,10 +227,11 @@ def read_ratings_source(path: str | Path, card: ModelCard,
     known = card.user_ids
     new = np.setdiff1d(np.concatenate([table.user, extra_users if extra_users is not None
                                        else np.empty(0, np.int64)]), known)
-    if len(new) and rows_are_items(card.orientation):
+    if len(new) and rows_are_items(card.orientation) and card.codes is None:
         raise UnknownUserError(f"{path}: user id {new[0]} is unknown to the model (its columns "
-                               f"are the training users; rows=items models cannot take new "
-                               f"users)")
+                               f"are the training users, and its sidecar has no item codes to "
+                               f"fold new users in: re-export it with `python -m deepcf.export "
+                               f"RUN_DIR`)")
     user_ids = np.concatenate([known, new])
     rows = Ratings(sp.csr_matrix((0, 0)), user_ids, str(path)).rows_of(table.user)
     X = sp.csr_matrix((table.rating, (rows, cols)), shape=(len(user_ids), n_movies),

@@ -83,17 +83,34 @@ class UserScores:
     """Predicted ratings of users (rows of X, users x movies) for every movie, in chunks.
 
     orientation="user": a user's row is the model input. orientation="item": the model's rows are
-    movies and its columns users, so a user's scores are one column of the output over all movie
-    rows; each call then runs every movie through the model once.
+    movies and its columns users. With the model's cached item codes (`codes`,
+    deepcf.serving.codes) a user's scores are their output row against every movie's code: a
+    model user's own row, a new user's folded in from their ratings in X. `model_users`: the
+    model's index of each row of X, -1 for a user it never saw (default: row i < the model's
+    users is model user i, the row order of deepcf.serving.runs.Ratings). Without codes (a
+    sidecar exported before them) a user's scores are one column of the output over all movie
+    rows, so each call runs every movie through the model once, and only model users can be
+    scored.
     """
 
-    def __init__(self, scorer, X: sp.csr_matrix, orientation: str = "user", chunk: int = 1024):
+    def __init__(self, scorer, X: sp.csr_matrix, orientation: str = "user", chunk: int = 1024,
+                 codes=None, model_users: np.ndarray | None = None):
         self.scorer, self.X, self.orientation, self.chunk = scorer, X, orientation, chunk
         self.n_movies = X.shape[1]
-        self.XT = X.T.tocsr() if rows_are_items(orientation) else None
+        items = rows_are_items(orientation)
+        self.codes = codes if items else None
+        self.XT = X.T.tocsr() if items and codes is None else None
+        if self.codes is not None and model_users is None:
+            rows = np.arange(X.shape[0])
+            model_users = np.where(rows < self.codes.n_users, rows, -1)
+        self.model_users = model_users
 
     def block(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_movies) float32 predictions, unclipped."""
+        if self.codes is not None:
+            users = np.asarray(users)
+            return self.codes.scores(*self.codes.user_rows(self.X, users,
+                                                           self.model_users[users]))
         if self.XT is None:  # rows are users: a user's row is the model input
             return self.scorer(densify(self.X, users))
         out = np.empty((len(users), self.n_movies), np.float32)

@@ -4,7 +4,7 @@
 user and movie ids of the training matrix, titles when the source has them, rating range,
 training mean, orientation, each movie's training rating count (popularity), and what the
 model's outputs are (`score_kind`: "rating" for rating models; "<Net> score" for ranking models,
-trained with loss=multinomial or ranking by nature such as EDLAE, whose outputs rank movies but
+trained with objective=multinomial or ranking by nature such as EDLAE, whose outputs rank movies but
 are not ratings) and the data's
 `implicit` setting (the model's input is then interactions, data.implicit).
 """
@@ -19,9 +19,12 @@ import numpy as np
 
 from deepcf.data.orientation import input_width
 from deepcf.errors import DeepCFError
+from deepcf.serving.codes import ItemCodes
 
 SIDECAR_SUFFIX = ".deepcf.npz"
 SIDECAR_VERSION = 1
+# an item-row model's cached codes, stored as codes_<field> (optional: other models have none)
+CODE_KEYS = ("items", "item_base", "user_weights", "user_bias", "ridge", "user_bias_reg")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class ModelCard:
     item_train_count: np.ndarray  # training ratings per movie (popularity)
     score_kind: str = "rating"  # "rating", or "<Net> score" for a ranking model (not a rating)
     implicit: str = ""  # the data.implicit the model was trained on ("": ratings as they are)
+    # an item-row model's cached movie codes and output layer (deepcf.serving.codes), or None
+    codes: ItemCodes | None = None
 
     @property
     def rates(self) -> bool:
@@ -87,6 +92,8 @@ def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
     }
     if card.titles is not None:
         arrays["titles"] = np.asarray(card.titles, dtype=str)
+    if card.codes is not None:
+        arrays.update({f"codes_{k}": np.asarray(getattr(card.codes, k)) for k in CODE_KEYS})
     with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
         np.savez(f, **arrays)
     return path
@@ -108,9 +115,26 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
                 # sidecars written before ranking models: rating models on ratings
                 score_kind=str(z["score_kind"]) if "score_kind" in z else "rating",
                 implicit=str(z["implicit"]) if "implicit" in z else "",
+                codes=_read_codes(z, path),
             )
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DeepCFError(f"{path}: not a deepcf sidecar, truncated or corrupt ({e}); recreate "
                           f"it and the model with `python -m deepcf.export RUN_DIR`") from None
+
+
+def _read_codes(z, path: Path) -> ItemCodes | None:
+    """The cached codes of an item-row model, checked against the sidecar's ids."""
+    if "codes_items" not in z:
+        return None
+    codes = ItemCodes(
+        items=z["codes_items"], item_base=z["codes_item_base"],
+        user_weights=z["codes_user_weights"], user_bias=z["codes_user_bias"],
+        ridge=float(z["codes_ridge"]), user_bias_reg=float(z["codes_user_bias_reg"]))
+    n_movies, n_users = len(z["item_ids"]), len(z["user_ids"])
+    if (codes.items.shape[0] != n_movies or codes.item_base.shape != (n_movies,)
+            or codes.user_weights.shape != (n_users, codes.k)
+            or codes.user_bias.shape != (n_users,)):
+        raise ValueError(f"its item codes do not fit its {n_users} users x {n_movies} movies")
+    return codes
 
 

@@ -44,7 +44,8 @@ class OnnxExport(pl.Callback):
         try:
             card = card_from_datamodule(dm, score_kind(pl_module.output_kind, net))
             self.max_abs_diff = export_checked(net, self.path, dm.dataset("train").inputs, card,
-                                               best or "last", self.atol, self.n_rows)
+                                               best or "last", self.atol, self.n_rows,
+                                               l2=pl_module.hparams.get("l2") or 0.0)
         except DivergedModel as e:
             log.warning("ONNX model %s", e)
             return
