@@ -68,4 +68,4 @@ def test_trainer_configs(make_cfg, choice, accelerator, backend):
         assert t.accelerator == accelerator  # make_cfg forces cpu; ddp_cpu is cpu anyway
         assert t.strategy.process_group_backend == backend
     else:
-        assert t.strategy == "ddp"
+        assert t.strategy._target_ == "deepcf.training.strategies.DDPStrategy"
