@@ -48,11 +48,12 @@ recommend: install
 	$(PY) -m deepcf.recommend $(RUN) --user $(USER_ID) -n 10
 
 # the study's five experiments and the beyond ones, 3 seeds each, next to the baselines;
-# rewrites the table in README.md and the README's figures (docs/experiments/*.png, report.md)
+# rewrites the table in docs/experiments.md and draws the runs (curves.png, test_metrics.png,
+# report.md) into outputs/experiments/report
 experiments: install
 	rm -rf outputs/experiments
-	$(PY) -m deepcf.study.experiments --seeds 1 2 3 --update-readme README.md
-	$(PY) -m deepcf.report outputs/experiments --out docs/experiments
+	$(PY) -m deepcf.study.experiments --seeds 1 2 3 --update-readme docs/experiments.md
+	$(PY) -m deepcf.report outputs/experiments --out outputs/experiments/report
 
 # deepcf's sparse training next to the dense masked formulation, Movies-Dataset scale (26M
 # ratings) and ML-100K, then ONNX scoring, then the multinomial loss (Mult-DAE) at 26M ratings,
@@ -71,13 +72,17 @@ bench: install
 	printf '\n## Serving over HTTP: latency and users/s\n\n' >> BENCHMARKS.md
 	cat outputs/bench_serving.md >> BENCHMARKS.md
 
-# re-run every <!-- transcript: ... --> block of README.md (make train, evaluate, recommend, the
-# full-scale run, LazyAdam vs Adam): every measured number in the README is one a command printed;
-# MATCH=TEXT re-runs only the blocks whose command contains TEXT
+# re-run every <!-- transcript: ... --> block of README.md and docs/*.md: every measured number
+# in them is one a command printed; MATCH=TEXT re-runs only the blocks whose command contains TEXT.
+# The order matters: README.md's make train first, then docs/serving.md (make evaluate and make
+# recommend read the newest run dir under outputs/), then the other pages (docs/full-scale.md
+# trains a newer run of its own)
+TRANSCRIPTS := README.md docs/serving.md $(filter-out docs/serving.md,$(sort $(wildcard docs/*.md)))
 readme: install
-	$(PY) -m deepcf.study.transcripts README.md $(if $(MATCH),--match '$(MATCH)')
-# issue 9: every registered row (baselines now, autoencoder contenders later) on the rating and
-# top-N protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (under an hour on 2 cores)
+	$(PY) -m deepcf.study.transcripts $(TRANSCRIPTS) $(if $(MATCH),--match '$(MATCH)')
+
+# every registered row (baselines, deepcf's contenders, ensembles) on the rating and top-N
+# protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (under an hour on 2 cores)
 .PHONY: accuracy accuracy-quick
 accuracy: install
 	$(PY) -m deepcf.study.accuracy --out ACCURACY.md

@@ -73,7 +73,7 @@ class TrainingInterrupted(Exception):
     """Ctrl-C (SIGINT) during training; the message says how to resume (exit status 130)."""
 
 
-# exit statuses of the commands (README "Runs, resume and failures")
+# exit statuses of the commands (docs/runs-and-failures.md)
 EXIT_BAD_INPUT = 2  # a DeepCFError: bad file, config, checkpoint; one line on stderr
 EXIT_DIVERGED = 3  # training diverged: metrics.json has "status": "diverged"
 EXIT_INTERRUPTED = 130  # Ctrl-C: the last checkpoint is kept, one line says how to resume

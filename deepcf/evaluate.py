@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p = serving_parser(PROG, __doc__, [
         "python -m deepcf.evaluate outputs/train/runs/2026-01-01_12-00-00",
         "python -m deepcf.evaluate --model model.onnx --input train.npz --target test.npz",
-        "python -m deepcf.evaluate logs/edlae/runs/2026-01-01_12-00-00 --protocol topn"],
+        "python -m deepcf.evaluate outputs/edlae/runs/2026-01-01_12-00-00 --protocol topn"],
         "a training run dir: its model.onnx on its own test split, re-created from "
         "config_resolved.yaml")
     p.add_argument("--input", help="without RUN_DIR: the training ratings (ratings file with "

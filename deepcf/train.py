@@ -94,7 +94,7 @@ def check_search_space(argv: list[str]) -> None:
         raise ConfigError(f"hparams_search={search} has no search space for experiment="
                           f"{experiment}: add {space.relative_to(Path(CONF_DIR).parent)} "
                           f"(spaces: {', '.join(spaces) or 'none'}) or give one on the command "
-                          f"line, e.g. 'model.dropout=interval(0, 0.8)'")
+                          f"line, e.g. 'model.net.dropout=interval(0, 0.8)'")
 
 
 def run() -> int:

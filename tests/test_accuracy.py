@@ -1,4 +1,4 @@
-"""The accuracy protocols of issue 9, the baselines and ACCURACY.md (deepcf.study)."""
+"""The accuracy protocols of `make accuracy`, the baselines and ACCURACY.md (deepcf.study)."""
 
 from __future__ import annotations
 

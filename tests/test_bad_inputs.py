@@ -1,11 +1,10 @@
 """Bad inputs, one case each: one line naming the file (or key) and the fix, exit status 2 at
 the command line, no code run from a file, nothing of the user's changed.
 
-Covers issue 10's points 2, 5 and 6 (and the lock refusal of point 1): ratings separated by `;`
-or spaces, gzip/zip files, an unreadable file, 1-5 star data under the 0.5..5 default, one user,
-identical ratings, a truncated sidecar, `ckpt_path=` missing / truncated / pickle / pointing its
-best checkpoint outside the run, a run dir's config naming a foreign `_target_`, W&B with a key
-but no network, a locked run dir.
+Covers ratings separated by `;` or spaces, gzip/zip files, an unreadable file, 1-5 star data
+under the 0.5..5 default, one user, identical ratings, a truncated sidecar, `ckpt_path=`
+missing / truncated / pickle / pointing its best checkpoint outside the run, a run dir's config
+naming a foreign `_target_`, W&B with a key but no network, a locked run dir.
 """
 
 from __future__ import annotations

@@ -73,3 +73,11 @@ def test_the_plugged_metric_against_brute_force():
     acc.add(top, rel)
     want = [float(sum(rel[u, j] for j in top[u]) >= 2) for u in range(8) if rel[u].any()]
     np.testing.assert_array_equal(acc.per_user_values()["hit2@10"], want)
+
+
+def test_the_command_line_takes_a_config_group_from_the_search_path(conf_dir):
+    from deepcf.training.config import check_overrides
+
+    cfg = check_overrides([f"hydra.searchpath=[file://{conf_dir}]", "objective=huber"])
+    assert cfg.model.objective._target_ == "tests.plugins.huber.MaskedHuber"
+    assert cfg.model.objective.delta == 0.5

@@ -1,4 +1,4 @@
-"""Runs you can trust (issue 10): unique run dirs, exact resume, Ctrl-C, exit statuses for
+"""Runs you can trust: unique run dirs, exact resume, Ctrl-C, exit statuses for
 diverged runs and sweeps, strict metrics.json, DDP on CPU with rank-0-only outputs."""
 
 from __future__ import annotations

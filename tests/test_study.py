@@ -128,3 +128,32 @@ def test_transcripts_are_what_the_commands_print(tmp_path):
                 save=saved.append)
     assert saved == ["<!-- transcript: echo a -->\n```\n$ echo a\na\n```\n<!-- /transcript -->\n"
                      "<!-- transcript: exit 3 -->\nold\n<!-- /transcript -->"]
+
+
+def test_transcripts_of_several_files_run_in_the_order_given(tmp_path, capsys):
+    from deepcf.study.transcripts import main
+
+    first, second = tmp_path / "README.md", tmp_path / "serving.md"
+    first.write_text("<!-- transcript: echo made > made.txt && head made.txt -->\n"
+                     "<!-- /transcript -->\n")
+    second.write_text("text\n<!-- transcript: cat made.txt -->\nold\n<!-- /transcript -->\n")
+    main([str(first), str(second), "--root", str(tmp_path)])
+    assert "$ cat made.txt\nmade\n```" in second.read_text()  # it used what README.md made
+    assert "README.md: 1 transcript(s) written" in capsys.readouterr().out
+    # --match filters over every file; a match in none of them, a missing file or an unclosed
+    # block is one line before any command runs
+    (tmp_path / "made.txt").write_text("again\n")
+    main([str(first), str(second), "--root", str(tmp_path), "--match", "cat made"])
+    assert "$ cat made.txt\nagain\n" in second.read_text()
+    assert (tmp_path / "made.txt").read_text() == "again\n"  # README.md's block did not run
+    before = second.read_text()
+    unclosed = tmp_path / "unclosed.md"
+    unclosed.write_text("a\n<!-- transcript: echo x -->\nno end\n")
+    for args, message in (
+            (["--match", "nowhere"], "--match 'nowhere': no transcript command in"),
+            ([str(tmp_path / "gone.md")], "gone.md: no such file"),
+            ([str(unclosed)], "unclosed.md:2: a transcript block without its closing")):
+        with pytest.raises(SystemExit) as e:
+            main([str(second), *args, "--root", str(tmp_path)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert second.read_text() == before

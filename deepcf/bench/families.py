@@ -6,7 +6,7 @@ builds the data module and the model from that config (deepcf.bench.runs, kind `
 `steps` training steps on the data module's real batches after a warm-up (the loop Lightning
 runs: zero_grad, training_step, backward, step) and reads the process's peak RSS. A new family
 adds one `register(Family(...))` here. Not timed here: EDLAE (closed form, no optimizer steps: its
-cost is one width x width solve, README "Which model to use") and `model.refeed=true` (two
+cost is one width x width solve, docs/models.md "Ranking: EDLAE") and `objective=refeed` (two
 manual optimizer steps per batch inside training_step, not the loop above).
 """
 

@@ -5,8 +5,8 @@ Both read a row of interactions x (users as rows, implicit data), L2-normalise i
 dropout (training only, inverted: kept entries scaled by 1/(1-p)) and encode it with tanh layers
 width -> hidden... -> latent (hidden [600], latent 200 as published); the decoder mirrors it,
 latent -> ...hidden (tanh) -> width, and gives logits over every column. They are trained with
-the multinomial log-likelihood (`loss=multinomial`, deepcf.training.loss); their outputs rank
-movies, they are not ratings.
+the multinomial log-likelihood (`objective=multinomial`,
+deepcf.training.objectives.multinomial); their outputs rank movies, they are not ratings.
 
 - Mult-DAE: the code is tanh(W2 h + b2), a point.
 - Mult-VAE: the encoder's last layer gives (mu, logvar) of a diagonal Gaussian; in training the

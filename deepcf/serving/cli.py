@@ -12,7 +12,7 @@ def serving_parser(prog: str, doc: str, examples: list[str],
     p = argparse.ArgumentParser(
         prog=prog, description=doc.split("\n\n")[0],
         epilog="examples:\n" + "".join(f"  {e}\n" for e in examples)
-               + "the sidecar format and the metrics are described in README.md",
+               + "the sidecar format and the metrics are described in docs/serving.md",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="?", help=run_dir_help)
     p.add_argument("--model", help="ONNX model (its sidecar .deepcf.npz next to it); "
@@ -27,7 +27,7 @@ def add_scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pop-beta", type=float, default=0.0, metavar="B",
                    help="popularity correction of the ranking: scores / popularity^B "
                         "(popularity: the movie's training ratings, from the sidecar; on top "
-                        "of a model's own model.pop_beta); default 0, none")
+                        "of a model's own model.net.pop_beta); default 0, none")
 
 
 def add_allow_target(p: argparse.ArgumentParser) -> None:

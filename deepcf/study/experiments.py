@@ -1,7 +1,7 @@
 """Run named experiments over several seeds and tabulate test RMSE next to the baselines.
 
     python -m deepcf.study.experiments                       # the five study experiments + beyond
-    python -m deepcf.study.experiments --seeds 1 2 3 --update-readme
+    python -m deepcf.study.experiments --seeds 1 2 3 --update-readme   # -> docs/experiments.md
 
 Each (experiment, seed) is one job of a Hydra multirun of `python -m deepcf.train`, so the
 numbers are exactly what that command produces; the seed also picks the random 80/10/10 split,
@@ -103,10 +103,20 @@ def table(runs: dict[str, list[dict]], base: dict[str, list[dict]], order: list[
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, text: str) -> None:
+def table_block(readme: Path) -> str:
+    """The markdown file's text; it must hold the experiments markers (checked before any run,
+    so that a wrong file is known before the sweep, not after it)."""
+    if not readme.is_file():
+        raise SystemExit(f"{readme}: no such file")
     body = readme.read_text()
     if BEGIN not in body or END not in body:
         raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to replace")
+    return body
+
+
+def update_readme(readme: Path, text: str) -> None:
+    """Replace the table between the experiments markers of the markdown file `readme`."""
+    body = table_block(readme)
     new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
                  lambda _: f"{BEGIN}\n{text}\n{END}", body, flags=re.S)
     readme.write_text(new)
@@ -122,10 +132,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="data overrides for runs and baselines, e.g. data=ratings_csv "
                         "data.source.path=ratings_small.csv")
     p.add_argument("--reuse", action="store_true", help="tabulate existing runs in --out")
-    p.add_argument("--update-readme", type=Path, nargs="?", const=Path("README.md"))
+    p.add_argument("--update-readme", type=Path, nargs="?", const=Path("docs/experiments.md"),
+                   metavar="FILE", help="rewrite the table between the experiments:begin and "
+                   "experiments:end markers of FILE (default docs/experiments.md)")
     p.add_argument("overrides", nargs="*", help="more overrides for every run")
     args = p.parse_args(argv)
     with one_line_errors("deepcf.study.experiments"):
+        if args.update_readme:
+            table_block(args.update_readme)
         if not args.reuse:
             if args.out.exists() and any(args.out.glob("*/metrics.json")):
                 raise SystemExit(f"{args.out} already holds runs: pass --reuse to tabulate "

@@ -1,4 +1,5 @@
-"""Command-written transcripts in markdown: `python -m deepcf.study.transcripts README.md`.
+"""Command-written transcripts in markdown:
+`python -m deepcf.study.transcripts README.md docs/*.md`.
 
 Every block
 
@@ -7,12 +8,13 @@ Every block
     <!-- /transcript -->
 
 is replaced by a fenced block holding `$ COMMAND` and what the command printed (`--match TEXT`:
-only the blocks whose command contains TEXT), run now with
-bash in the repository root (in file order, so a later command can use what an earlier one
-made, e.g. `make train` then `make evaluate`). Absolute paths under the repository are shown
-relative to it. The file is written after each block, so a command that fails stops the run
-with its own block (and those after it) untouched. So every measured number in the README's
-transcripts is one a command printed, and `make readme` prints them again.
+only the blocks whose command contains TEXT), run now with bash in the repository root. Files
+are taken in the order given and each file's blocks in file order, so a later command can use
+what an earlier one made (`make train` in README.md, then `make evaluate` in docs/serving.md).
+Absolute paths under the repository are shown relative to it. A file is written after each of
+its blocks, so a command that fails stops the run with its own block (and those after it)
+untouched. So every measured number in the transcripts of README.md and docs/ is one a command
+printed, and `make readme` prints them again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from deepcf.errors import DeepCFError, one_line_errors
 
 BLOCK = re.compile(r"<!-- transcript: (?P<cmd>.+?) -->\n.*?<!-- /transcript -->", re.S)
+OPENING = re.compile(r"<!-- transcript: ")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -64,23 +67,50 @@ def rewrite(text: str, root: Path, timeout: int = 900, save=None, match: str | N
     return text
 
 
+def check_blocks(text: str, path: Path) -> None:
+    """Every `<!-- transcript: COMMAND -->` is closed by `<!-- /transcript -->` before the next
+    one opens; else one line naming the unclosed block (the pattern alone would run it with the
+    next block's output swallowed, or skip it without a word)."""
+    starts = set()
+    for m in BLOCK.finditer(text):
+        if OPENING.search(text, m.start() + 1, m.end()):
+            break
+        starts.add(m.start())
+    for m in OPENING.finditer(text):
+        if m.start() not in starts:
+            line = text.count("\n", 0, m.start()) + 1
+            raise DeepCFError(f"{path}:{line}: a transcript block without its closing "
+                              f"'<!-- /transcript -->' before the next block or the end")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m deepcf.study.transcripts",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="+", type=Path, help="markdown files to rewrite in place")
+    p.add_argument("files", nargs="+", type=Path,
+                   help="markdown files to rewrite in place, in this order")
     p.add_argument("--root", type=Path, default=Path.cwd(), help="where commands run")
     p.add_argument("--timeout", type=int, default=900, help="seconds per command")
     p.add_argument("--match", help="re-run only the blocks whose command contains this text "
                                    "(a new block, or one whose output a change affects)")
     args = p.parse_args(argv)
     with one_line_errors("deepcf.study.transcripts"):
-        for f in args.files:
-            if not f.is_file():
-                raise DeepCFError(f"{f}: no such file")
-            text = f.read_text()
-            rewrite(text, args.root, args.timeout, save=f.write_text, match=args.match)
-            n = sum(args.match is None or args.match in c for c in BLOCK.findall(text))
-            print(f"{f}: {n} transcript(s) written", flush=True)
+        # every file and the match are checked before the first command runs: a typo in the
+        # last name must not cost the runs before it
+        missing = [str(f) for f in args.files if not f.is_file()]
+        if missing:
+            raise DeepCFError(f"{missing[0]}: no such file")
+        texts = {f: f.read_text() for f in args.files}
+        for f, text in texts.items():
+            check_blocks(text, f)
+        counts = {f: sum(args.match is None or args.match in c for c in BLOCK.findall(text))
+                  for f, text in texts.items()}
+        if args.match is not None and not any(counts.values()):
+            raise DeepCFError(f"--match {args.match!r}: no transcript command in "
+                              f"{', '.join(map(str, args.files))} contains it")
+        for f, text in texts.items():
+            if counts[f]:
+                rewrite(text, args.root, args.timeout, save=f.write_text, match=args.match)
+            print(f"{f}: {counts[f]} transcript(s) written", flush=True)
 
 
 if __name__ == "__main__":

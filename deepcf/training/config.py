@@ -90,8 +90,10 @@ def check_overrides(args: list[str]) -> DictConfig | None:
         parsed, values, hydra_groups = [], [], []
         for o in OverridesParser.create().parse_overrides(
                 [a for a in args if not a.startswith("-")]):
-            if o.key_or_group.startswith(("hydra/", "hydra.launcher.")):
-                hydra_groups.append(o.input_line)  # the launcher and its keys are checked too
+            if o.key_or_group.startswith(("hydra/", "hydra.launcher.", "hydra.searchpath")):
+                # the launcher and its keys are checked too; a search path adds config groups
+                # of the user's own (objective=huber from myconf/objective/huber.yaml)
+                hydra_groups.append(o.input_line)
                 continue
             if o.key_or_group.startswith("hydra"):
                 continue
