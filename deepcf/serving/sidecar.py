@@ -112,9 +112,7 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
                 titles=z.get("titles"), rating_min=lo, rating_max=hi,
                 train_mean=float(z["train_mean"]), orientation=str(z["orientation"]),
                 item_train_count=z["item_train_count"],
-                # sidecars written before ranking models: rating models on ratings
-                score_kind=str(z["score_kind"]) if "score_kind" in z else "rating",
-                implicit=str(z["implicit"]) if "implicit" in z else "",
+                score_kind=str(z["score_kind"]), implicit=str(z["implicit"]),
                 codes=_read_codes(z, path),
             )
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
