@@ -26,7 +26,13 @@ from deepcf.data.heldout import heldout_set
 from deepcf.data.matrix import RatingMatrix, load_matrix
 from deepcf.data.orientation import check_orientation, input_width, orient
 from deepcf.data.sources import RatingsSource
-from deepcf.data.split import Split, implicit_split, parse_implicit, parse_protocol
+from deepcf.data.split import (
+    Split,
+    implicit_split,
+    parse_implicit,
+    parse_protocol,
+    protocol_text,
+)
 from deepcf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -182,11 +188,11 @@ class RatingsDataModule(pl.LightningDataModule):
             self.split = self.protocol.split(self.matrix)
             for name in ("val", "test"):
                 if getattr(self.split, name).nnz == 0:  # nothing to select or report on
-                    frac = getattr(self.protocol, f"{name}_fraction", None)
                     raise DataError(
                         f"{self.matrix.source}: no {name} ratings: {self.matrix.ratings.nnz} "
-                        f"rating(s) x data.protocol.{name}_fraction={frac} leaves none; use more "
-                        f"ratings or a larger data.protocol.{name}_fraction")
+                        f"rating(s) split by {protocol_text(self.protocol)} leave none; use "
+                        f"more ratings or hold out more")
+        self.ratings_split = self.split  # before `implicit`: what a refit merges
         self.split = implicit_split(self.split, self.implicit)
         train, val, test = self.oriented(self.split)
         self.train_rows = train
@@ -244,7 +250,7 @@ class RatingsDataModule(pl.LightningDataModule):
         ds = self._sets[name]
         rank, world = self._shard()
         if world > 1 and shuffle:
-            batches = RankShare(len(ds), world, rank, batch_size, seed=self.protocol.seed)
+            batches = RankShare(len(ds), world, rank, batch_size, seed=getattr(self.protocol, "seed", 0))
         elif world > 1:
             base = np.array_split(np.arange(len(ds)), world)[rank].tolist()
             batches = EpochBatches(base, batch_size, drop_last=False)

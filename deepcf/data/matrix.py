@@ -22,7 +22,7 @@ from deepcf.data.sources import RatingsSource
 from deepcf.kernels import unique_inverse
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: synthetic sets give every user and movie a rating
+CACHE_VERSION = 3  # 2: synthetic sets give every user and movie a rating; 3: timestamps kept
 
 
 @dataclass
@@ -39,6 +39,9 @@ class RatingMatrix:
     # ratings from a separate test file (same id space), when the user gave one
     test_ratings: sp.csr_matrix | None = None
     info: dict = field(default_factory=dict)
+    # each rating's timestamp (int64, aligned with `ratings`' sorted CSR entries), when the
+    # source has them (data.protocol.kind=leave_last orders by them)
+    timestamps: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -111,6 +114,12 @@ def build_matrix(
         m = _csr_from_codes(np.searchsorted(user_ids, table.user).astype(np.int32),
                             np.searchsorted(item_ids, table.item).astype(np.int32),
                             table.rating, shape)
+    times = None
+    if table.timestamp is not None:
+        rows = np.searchsorted(user_ids, table.user) if dropped else u_code[:n]
+        cols = np.searchsorted(item_ids, table.item) if dropped else i_code[:n]
+        times = table.timestamp[np.argsort(rows.astype(np.int64) * shape[1] + cols,
+                                           kind="stable")].astype(np.int64)
     test = None
     if test_table is not None:
         test = _csr_from_codes(u_code[n:], i_code[n:], test_table.rating, shape)
@@ -119,7 +128,7 @@ def build_matrix(
         title_arr = np.array([titles.get(int(i), "") for i in item_ids], dtype=str)
     return RatingMatrix(m, user_ids.astype(np.int64), item_ids.astype(np.int64), title_arr,
                         float(rating_min), float(rating_max), table.source, test,
-                        {"duplicates_dropped": dropped})
+                        {"duplicates_dropped": dropped}, times)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +149,8 @@ def save_matrix(m: RatingMatrix, path: Path) -> None:
     }
     if m.titles is not None:
         arrays["titles"] = m.titles
+    if m.timestamps is not None:
+        arrays["timestamps"] = m.timestamps
     if m.test_ratings is not None:
         t = m.test_ratings
         arrays.update(t_indptr=t.indptr, t_indices=t.indices, t_data=t.data)
@@ -158,8 +169,9 @@ def load_cached(path: Path) -> RatingMatrix:
         meta = json.loads(str(z["meta"]))
         lo, hi = (float(x) for x in z["range"])
         titles = z["titles"] if "titles" in z else None
+        times = z["timestamps"] if "timestamps" in z else None
         return RatingMatrix(m, z["user_ids"], z["item_ids"], titles, lo, hi, meta["source"],
-                            test, meta.get("info", {}))
+                            test, meta.get("info", {}), times)
 
 
 def matrix_cache_path(source: RatingsSource, cache_dir: str | Path) -> Path:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from deepcf.data.matrix import RatingMatrix, csr_in_order
-from deepcf.data.split import split_matrix
+from deepcf.data.matrix import RatingMatrix
+from deepcf.data.split import per_user_holdout, split_matrix
 from deepcf.errors import ConfigError, DataError
 from deepcf.stats import fit_biases
 
@@ -149,28 +149,6 @@ class TopNSplit:
     fit: sp.csr_matrix  # train less its own per-user holdout
     val: sp.csr_matrix  # that holdout: the validation carve
     seed: int
-
-
-def per_user_holdout(X: sp.csr_matrix, seed, fraction: float = TEST_FRACTION,
-                     min_ratings: int = MIN_USER_RATINGS) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(kept, held out): for each row with >= `min_ratings` entries, a seeded random
-    round(fraction * n) of them (at least 1) held out; other rows are kept whole."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"holdout fraction={fraction} must be in (0, 1)")
-    if min_ratings < 2:
-        raise ConfigError(f"min_ratings={min_ratings} must be at least 2")
-    X = _csr(X)
-    n = np.diff(X.indptr).astype(np.int64)
-    n_out = np.where(n >= min_ratings, np.maximum(1, np.floor(fraction * n + 0.5)), 0)
-    n_out = np.minimum(n_out, n - 1).astype(np.int64)  # a user always keeps a training rating
-    row = np.repeat(np.arange(X.shape[0]), n)
-    key = np.random.default_rng(seed).random(X.nnz)
-    order = np.lexsort((key, row))  # within each row, a random order of its entries
-    rank = np.empty(X.nnz, np.int64)
-    rank[order] = np.arange(X.nnz) - X.indptr[row[order]]
-    out = rank < n_out[row]
-    mats = [csr_in_order(row[s], X.indices[s], X.data[s], X.shape) for s in (~out, out)]
-    return mats[0], mats[1]
 
 
 def topn_split(data: RatingMatrix | sp.spmatrix, seed: int,
