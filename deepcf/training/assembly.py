@@ -7,16 +7,22 @@
   `optimized_metric: auto` filled in from the module's output kind; a callback monitoring a
   metric the run does not log is one line.
 - `build_trainer(cfg, callbacks, loggers)`: the `trainer` node's Trainer.
+- `refit_datamodule(cfg, dm)`: the same data with the validation carve merged back into
+  training (train + val, nothing held out for validation, the same test part): what a refit at
+  the carve's chosen settings trains on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 from omegaconf import DictConfig, open_dict
 
 from deepcf.compat import MODULE_KEYS, check_moved
 from deepcf.data.datamodule import RatingsDataModule
+from deepcf.data.split import Split
 from deepcf.errors import ConfigError
 from deepcf.training.config import build
 from deepcf.training.module import RatingsModule, plain
@@ -38,6 +44,15 @@ def build_datamodule(cfg: DictConfig, matrix=None, split=None) -> RatingsDataMod
                                implicit=d.get("implicit"), protocol=plain(d.get("protocol")))
     dm.setup("fit")
     return dm
+
+
+def refit_datamodule(cfg: DictConfig, dm: RatingsDataModule) -> RatingsDataModule:
+    """`dm`'s data with its validation carve merged into training (see the module doc)."""
+    s = dm.ratings_split
+    empty = sp.csr_matrix(s.train.shape, dtype=np.float32)
+    merged = Split((s.train + s.val).tocsr(), empty, s.test)
+    merged.train.sort_indices()
+    return build_datamodule(cfg, dm.matrix, merged)
 
 
 def build_module(cfg: DictConfig, dm: RatingsDataModule) -> RatingsModule:

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class OnnxExport(pl.Callback):
-    """At the end of fit, export the best checkpoint's weights (else the last) to ONNX.
+    """At the end of fit, export the best checkpoint's weights (else the last: a refit's
+    trainer has no checkpoint callback, so a refit run exports the refit model) to ONNX.
 
     The file is reloaded with onnxruntime and compared with PyTorch on up to `n_rows` real rows
     of the training matrix; a difference above `atol` fails the run. The sidecar
@@ -30,10 +31,20 @@ class OnnxExport(pl.Callback):
         self.path, self.atol, self.n_rows = Path(path), atol, n_rows
         self.exported: Path | None = None
         self.max_abs_diff: float | None = None
+        self.seconds = 0.0  # what the export and its parity check took
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        import time
+
+        start = time.monotonic()
+        try:
+            self._export(trainer, pl_module)
+        finally:
+            self.seconds = time.monotonic() - start
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).exists():

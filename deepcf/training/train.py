@@ -5,6 +5,16 @@ tests the best checkpoint, writes the resolved config, metrics.json, checkpoints
 and a loss-curve PNG into the run dir, prints a short summary, and returns the metrics (the
 command returns `optimized_metric`, `val/rmse_best`, so that `-m` sweeps and sweeper plugins
 work).
+
+`refit=true`: the fit on the split's training part, scored on its validation carve, selects
+(the epochs early stopping chose, by the best checkpoint; a closed form's one pass); then the
+same config is fitted again from scratch (same seed, same optimizer and scheduler, the same run
+assembly) on all of the training ratings (train + the carve) for the chosen number of epochs,
+with nothing held out, and that model is the run's: it is tested (`test/...`), saved as
+checkpoints/refit.ckpt and exported to ONNX. The carve's model stays in the run dir
+(checkpoints/best.ckpt's epoch file, `best_checkpoint`) with its best validation score
+(`val/..._best`, the optimized metric) and its own test score (`carve/test/...`); metrics.json
+says what the refit cost (`refit/seconds`, `refit/epochs`).
 """
 
 from __future__ import annotations
@@ -13,14 +23,21 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.errors import ConfigError, TrainingInterrupted
-from deepcf.training.assembly import assemble, build_trainer, resolve_monitors
-from deepcf.training.callbacks import ResumeState, checked_best
+from deepcf.training.assembly import (
+    assemble,
+    build_module,
+    build_trainer,
+    refit_datamodule,
+    resolve_monitors,
+)
+from deepcf.training.callbacks import OnnxExport, ResumeState, checked_best
 from deepcf.training.config import build_all
 from deepcf.training.loggers import publish_to_wandb
 from deepcf.training.rundir import (
@@ -108,7 +125,10 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     resolve_monitors(cfg, model)
     callbacks = build_all(cfg.get("callbacks"), "callbacks") + [ResumeState()]
     loggers = build_all(cfg.get("logger"), "logger")
-    trainer = build_trainer(cfg, callbacks, loggers)
+    refits = refit_on(cfg)
+    # a refit run exports the refit model: the carve's trainer leaves the export to the refit's
+    carve_callbacks = [c for c in callbacks if not (refits and isinstance(c, OnnxExport))]
+    trainer = build_trainer(cfg, carve_callbacks, loggers)
 
     if rank0 and resume is None:  # a resume keeps the run's own config
         OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
@@ -150,12 +170,16 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
                 lightning_ckpt = out_dir / "checkpoints" / f".moved-{os.getpid()}.ckpt"
                 torch.save(moved, lightning_ckpt)
                 del moved
+            start = time.monotonic()
             try:
                 trainer.fit(model, datamodule=dm, weights_only=True,
                             ckpt_path=str(lightning_ckpt) if resume else None)
             finally:
                 if lightning_ckpt != resume:
                     lightning_ckpt.unlink(missing_ok=True)
+            metrics["fit/seconds"] = round(time.monotonic() - start - sum(
+                getattr(c, "seconds", 0.0) for c in callbacks if isinstance(c, OnnxExport)
+                and c in trainer.callbacks), 2)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if cfg.get("test", True):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -165,6 +189,9 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
                          verbose=False, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             metrics["best_checkpoint"] = best or None
+        carve_epochs = trainer.current_epoch
+        if refit_on(cfg):
+            model, dm = refit(cfg, trainer, model, dm, callbacks, out_dir, metrics)
 
     onnx = next((c.exported for c in callbacks if hasattr(c, "exported")), None)
     return {
@@ -178,12 +205,66 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
         "optimized_metric": cfg.optimized_metric,
         "shape": list(dm.matrix.shape),
         "seed": cfg.get("seed"),
-        "epochs": trainer.current_epoch,
+        "epochs": carve_epochs,
         "onnx": str(onnx) if onnx else None,
         "run_dir": str(out_dir),
         "resumed_from": str(resume) if resume else None,
         **metrics,
     }
+
+
+def refit_on(cfg: DictConfig) -> bool:
+    """`refit` (a top-level key, default false) for a run that trains."""
+    value = cfg.get("refit", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"refit={value!r} must be true or false")
+    return value and bool(cfg.get("train", True))
+
+
+def chosen_epochs(trainer) -> int:
+    """The epochs of the carve's selected model: those of the best checkpoint (early stopping's
+    choice; a closed form's one pass), else every epoch the carve's fit ran."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        from deepcf.files import safe_load  # start-up: torch, loaded only when refitting
+
+        return int(safe_load(checked_best(trainer, best)).get("epoch", 0)) + 1
+    return max(int(trainer.current_epoch), 1)
+
+
+def refit(cfg: DictConfig, trainer, carve_model, carve_dm, callbacks: list, out_dir: Path,
+          metrics: dict):
+    """Fit the run's config again on train + carve for the carve's chosen epochs, test it,
+    save checkpoints/refit.ckpt and export it (the module doc); (refit module, its data)."""
+    import pytorch_lightning as pl
+
+    epochs = chosen_epochs(trainer)
+    for key in [k for k in metrics if k.startswith("test/")]:
+        metrics[f"carve/{key}"] = metrics.pop(key)
+    start = time.monotonic()
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = refit_datamodule(cfg, carve_dm)
+    model = build_module(cfg, dm)
+    # the export, the progress lines and the resume state; no checkpoint, early stopping,
+    # loss curve or validation: nothing is held out
+    keep = [c for c in callbacks if isinstance(c, (OnnxExport, ResumeState))
+            or type(c).__name__ in ("EpochLines", "RichProgressBar")]
+    refit_trainer = build_trainer(cfg, keep, None, max_epochs=epochs, min_epochs=epochs,
+                                  limit_val_batches=0, num_sanity_val_steps=0,
+                                  enable_checkpointing=False)
+    refit_trainer.fit(model, datamodule=dm, weights_only=True)
+    export = sum(getattr(c, "seconds", 0.0) for c in keep if isinstance(c, OnnxExport))
+    seconds = time.monotonic() - start - export
+    path = out_dir / "checkpoints" / "refit.ckpt"
+    refit_trainer.save_checkpoint(path, weights_only=True)
+    metrics.update({"refit": True, "refit/epochs": epochs, "refit/seconds": round(seconds, 2),
+                    "refit/n_train": int(dm.split.train.nnz), "refit/checkpoint": str(path)})
+    if cfg.get("test", True):
+        refit_trainer.test(model, datamodule=dm, verbose=False)
+        metrics.update({k: float(v) for k, v in refit_trainer.callback_metrics.items()
+                        if k.startswith("test/")})
+    return model, dm
 
 
 def run_status(metrics: dict) -> str:
@@ -315,6 +396,12 @@ def _print_summary(s: dict) -> None:
             if tested else "  ") + f"best val {ranked[0]} {_fmt(s.get(best))} (each row's "
            "unseen movies ranked)"] if ranked else []),
         *([] if tested else ["  test split not scored (test=false)"]),
+        *([f"  refit on all {int(s['refit/n_train'])} training ratings (train + the carve) for "
+           f"the carve's {int(s['refit/epochs'])} epochs: {s['refit/seconds']:.1f} s (the "
+           f"carve's fit: {s.get('fit/seconds', 0):.1f} s); the "
+           f"carve's model: " + (f"test RMSE {_fmt(s.get('carve/test/rmse'))}" if rates else
+                                 f"test {ranked[0]} {_fmt(s.get(f'carve/test/{ranked[0]}'))}")]
+          if s.get("refit") else []),
         *([f"  rank with python -m deepcf.evaluate {s['run_dir']} --protocol topn"]
           if not rates and "run_dir" in s else []),
         *(["  training diverged (loss became NaN or inf): try a lower model.optimizer.lr"]
