@@ -206,6 +206,23 @@ class RatingsDataModule(pl.LightningDataModule):
                  self.matrix.source, *self.matrix.shape, s.train.nnz, s.val.nnz, s.test.nnz,
                  self.orientation)
 
+    def merged(self) -> RatingsDataModule:
+        """This data with its validation carve merged into training (train + val, no
+        validation part, the same test part), set up: what a refit trains on (refit=true) and
+        what a refit run's model is evaluated from."""
+        if self.split is None:
+            self.setup()
+        s = self.ratings_split
+        train = (s.train + s.val).tocsr()
+        train.sort_indices()
+        dm = RatingsDataModule(self.matrix, self.orientation, None, self.batch_size,
+                               self.eval_batch_size, self.implicit, self.cache_dir, self.cache,
+                               {"num_workers": self.num_workers, "pin_memory": self.pin_memory},
+                               Split(train, sp.csr_matrix(train.shape, dtype=np.float32), s.test))
+        dm.protocol = self.protocol
+        dm.setup()
+        return dm
+
     def oriented(self, split: Split) -> tuple[sp.csr_matrix, ...]:
         return orient((split.train, split.val, split.test), self.orientation)
 

@@ -19,9 +19,11 @@ user has not rated (in training, or for a run dir in validation) is ranked; Reca
 min(K, |held-out|) (recall_capped), NDCG@K binary with the ideal over min(K, |held-out|),
 coverage@K and Gini@K over the catalog, and the other metrics of deepcf.serving.metrics. Users
 with no training rating are not ranked by popularity here: the model scores them from an empty
-row, as the protocol does. It is not the per-user 20% holdout of `make accuracy` (the run's
-split is its datamodule's: a random share of all ratings), so its numbers compare runs with
-each other, not with ACCURACY.md. No RMSE: it is the protocol for ranking models (EDLAE's scores
+row, as the protocol does. The holdout is whatever the run's `data.protocol` split is (random,
+per_user, leave_last, or its test file); a run trained with `data/protocol=per_user` and
+`data.protocol.seed=0/1/2` has ACCURACY.md's top-N split of that seed, so its numbers compare
+with that table's. A run that was refit (refit=true) is scored with its carve merged into the
+inputs, as its model was trained. No RMSE: it is the protocol for ranking models (EDLAE's scores
 are not ratings).
 
 A model whose rows are movies (I-AutoRec) is scored from the item codes cached in its sidecar

@@ -142,7 +142,8 @@ def check_targets(node, conf: Path, key: str = "data") -> None:
 
 def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: bool = True):
     """The RatingsDataModule of a training run, from its config_resolved.yaml: same data,
-    same split (the split is a pure function of data, seed and fractions). Only deepcf's own
+    same split (the split is a pure function of data, seed and fractions); for a run that was
+    refit (metrics.json) its carve merged into training, as that model was trained. Only deepcf's own
     data classes are instantiated unless more are allowed (`check_targets`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -165,6 +166,8 @@ def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: boo
     dm = instantiate(data)
     if setup:
         dm.setup("test")
+        if best_metrics(run_dir).get("refit"):  # the run's model was fitted on train + carve
+            dm = dm.merged()
     else:
         dm.prepare_data()
     return dm
@@ -241,9 +244,11 @@ def read_ratings_source(path: str | Path, card: ModelCard,
 
 
 def find_checkpoint(target: Path) -> tuple[Path, Path]:
-    """(checkpoint, run dir) for a run dir (its best checkpoint, else last) or a .ckpt file."""
+    """(checkpoint, run dir) for a run dir (its refit model, else its best checkpoint, else
+    last) or a .ckpt file."""
     if target.is_dir():
-        best = best_metrics(target).get("best_checkpoint")
+        found = best_metrics(target)
+        best = found.get("refit/checkpoint") or found.get("best_checkpoint")
         for ckpt in (Path(best) if best else None, target / "checkpoints" / "last.ckpt"):
             if ckpt is not None and ckpt.is_file():
                 return ckpt, target

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
 from omegaconf import DictConfig, open_dict
 
 from deepcf.compat import MODULE_KEYS, check_moved
 from deepcf.data.datamodule import RatingsDataModule
-from deepcf.data.split import Split
 from deepcf.errors import ConfigError
 from deepcf.training.config import build
 from deepcf.training.module import RatingsModule, plain
@@ -48,11 +45,7 @@ def build_datamodule(cfg: DictConfig, matrix=None, split=None) -> RatingsDataMod
 
 def refit_datamodule(cfg: DictConfig, dm: RatingsDataModule) -> RatingsDataModule:
     """`dm`'s data with its validation carve merged into training (see the module doc)."""
-    s = dm.ratings_split
-    empty = sp.csr_matrix(s.train.shape, dtype=np.float32)
-    merged = Split((s.train + s.val).tocsr(), empty, s.test)
-    merged.train.sort_indices()
-    return build_datamodule(cfg, dm.matrix, merged)
+    return dm.merged()
 
 
 def build_module(cfg: DictConfig, dm: RatingsDataModule) -> RatingsModule:
