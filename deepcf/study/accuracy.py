@@ -3,6 +3,7 @@
     python -m deepcf.study.accuracy                 # ML-100K, split seeds 0, 1, 2
     python -m deepcf.study.accuracy --quick         # split seed 0 only
     python -m deepcf.study.accuracy --data synthetic:tiny --side-data none --out /tmp/a.md
+    python -m deepcf.study.accuracy --write-splits splits/   # the split files only
 
 The study is data plus two programs: the rows are declarations (deepcf.study.rows, their fit
 functions in deepcf.study.fits), the selection runner runs them on the protocols' splits
@@ -20,7 +21,7 @@ import deepcf.study.rows  # noqa: F401  (registers the rows)
 from deepcf.data.matrix import load_matrix
 from deepcf.data.sources import MovieLens100K, Synthetic
 from deepcf.errors import ConfigError, one_line_errors
-from deepcf.study.protocols import SEEDS
+from deepcf.study.protocols import SEEDS, write_splits
 from deepcf.study.render import render
 from deepcf.study.selection import build_report
 
@@ -48,11 +49,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--side-data", default="synthetic:movies_small",
                    help="where the untuned defaults are reported (synthetic:<scale>, ml100k "
                         "or none)")
+    p.add_argument("--write-splits", type=Path, metavar="DIR",
+                   help="write each split of both protocols as train/test CSVs with raw ids "
+                        "(DIR/rating/split<seed>/, DIR/topn/split<seed>/) and stop; train on "
+                        "one with python -m deepcf.train data=ratings_csv "
+                        "data.source.path=DIR/rating/split0/train.csv "
+                        "data.source.test_path=DIR/rating/split0/test.csv")
     p.add_argument("--cache-dir", default=os.environ.get("DEEPCF_CACHE_DIR", "~/.cache/deepcf"))
     args = p.parse_args(argv)
     with one_line_errors("deepcf.study.accuracy"):
         seeds = [0] if args.quick else list(SEEDS)
         data = load_data(args.data, args.cache_dir)
+        if args.write_splits is not None:
+            paths = write_splits(data, args.write_splits, seeds)
+            print(f"wrote {len(paths)} files under {args.write_splits} (split seeds "
+                  f"{', '.join(map(str, seeds))})")
+            return
         side = None if args.side_data == "none" else load_data(args.side_data, args.cache_dir)
         cmd = "python -m deepcf.study.accuracy" + (" --quick" if args.quick else "")
         if args.data != "ml100k":

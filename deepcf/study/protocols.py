@@ -159,3 +159,54 @@ def topn_split(data: RatingMatrix | sp.spmatrix, seed: int,
     train, test = per_user_holdout(X, _seed(seed, 0), fraction, min_ratings)
     fit, val = per_user_holdout(train, _seed(seed, 1), fraction, min_ratings)
     return TopNSplit(train, test, fit, val, int(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Split files
+
+
+def _write_csv(path, X: sp.csr_matrix, m: RatingMatrix, times: sp.csr_matrix | None) -> None:
+    C = X.tocoo()
+    order = np.lexsort((C.col, C.row))
+    rows, cols, vals = C.row[order], C.col[order], C.data[order]
+    cols_out = [m.user_ids[rows].astype(np.int64), m.item_ids[cols].astype(np.int64), vals]
+    header = "userId,movieId,rating"
+    if times is not None:
+        cols_out.append(np.asarray(times[rows, cols]).ravel().astype(np.int64))
+        header += ",timestamp"
+    with open(path, "x") as f:  # "x": a file already there is never overwritten
+        f.write(header + "\n")
+        for rec in zip(*cols_out):
+            f.write(f"{rec[0]},{rec[1]},{rec[2]:g}" + (f",{rec[3]}" if len(rec) > 3 else "")
+                    + "\n")
+
+
+def write_splits(m: RatingMatrix, out_dir, seeds=SEEDS) -> list:
+    """Each split of both protocols as ratings files with raw ids (userId,movieId,rating and
+    the timestamp where the source has one): OUT/rating/split<seed>/{train,test}.csv (the 80%
+    and the 20% of `rating_split`) and OUT/topn/split<seed>/{train,test}.csv (`topn_split`'s
+    training part and per-user holdout). `python -m deepcf.train data=ratings_csv
+    data.source.path=.../train.csv data.source.test_path=.../test.csv` trains on one of them.
+    A file that exists already is an error, never overwritten. Returns the paths written."""
+    from pathlib import Path
+
+    times = None
+    if m.timestamps is not None:
+        times = sp.csr_matrix((np.asarray(m.timestamps, np.int64), m.ratings.indices,
+                               m.ratings.indptr), shape=m.shape)
+    out, written = Path(out_dir), []
+    for seed in seeds:
+        for name, (train, test) in (
+                ("rating", (lambda s: (s.train, s.test))(rating_split(m, seed))),
+                ("topn", (lambda s: (s.train, s.test))(topn_split(m, seed)))):
+            folder = out / name / f"split{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for part, X in (("train", train), ("test", test)):
+                path = folder / f"{part}.csv"
+                try:
+                    _write_csv(path, X, m, times)
+                except FileExistsError:
+                    raise ConfigError(f"{path}: exists already; give --write-splits an empty "
+                                      f"or new directory") from None
+                written.append(path)
+    return written
