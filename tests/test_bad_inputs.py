@@ -336,5 +336,6 @@ def test_too_few_ratings_for_a_validation_split_is_one_line(tmp_path, cache_dir)
     tiny.write_text("userId,movieId,rating\n1,2,4\n1,3,5\n2,2,3\n")
     dm = RatingsDataModule(RatingsFile(str(tiny)), cache_dir=str(cache_dir))
     with pytest.raises(DataError,
-                       match="no val ratings: 3 rating.s. split by data.protocol kind=random val_fraction=0.1"):
+                       match="no val ratings: 3 rating.s. split by data.protocol "
+                             "kind=random val_fraction=0.1"):
         dm.setup()

@@ -267,7 +267,8 @@ class RatingsDataModule(pl.LightningDataModule):
         ds = self._sets[name]
         rank, world = self._shard()
         if world > 1 and shuffle:
-            batches = RankShare(len(ds), world, rank, batch_size, seed=getattr(self.protocol, "seed", 0))
+            batches = RankShare(len(ds), world, rank, batch_size,
+                                seed=getattr(self.protocol, "seed", 0))
         elif world > 1:
             base = np.array_split(np.arange(len(ds)), world)[rank].tolist()
             batches = EpochBatches(base, batch_size, drop_last=False)

@@ -143,8 +143,8 @@ def check_targets(node, conf: Path, key: str = "data") -> None:
 def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: bool = True):
     """The RatingsDataModule of a training run, from its config_resolved.yaml: same data,
     same split (the split is a pure function of data, seed and fractions); for a run that was
-    refit (metrics.json) its carve merged into training, as that model was trained. Only deepcf's own
-    data classes are instantiated unless more are allowed (`check_targets`)."""
+    refit (metrics.json) its carve merged into training, as that model was trained. Only
+    deepcf's own data classes are instantiated unless more are allowed (`check_targets`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
