@@ -59,7 +59,7 @@ def test_refit_trains_on_every_training_rating_and_is_what_is_exported(make_cfg,
     assert np.abs(got - want).max() < 1e-4 and np.abs(got - other).max() > 1e-4
     # evaluate re-creates the refit's inputs (carve merged) and gets the training test RMSE
     r = evaluate_run(run, cache_dir=cfg.paths.cache_dir)
-    assert r["rmse"] == pytest.approx(saved["test/rmse"], abs=1e-4)
+    assert r["rating"]["rmse"] == pytest.approx(saved["test/rmse"], abs=1e-4)
 
 
 def test_refit_replays_the_same_run_from_scratch(make_cfg, tmp_path):
@@ -141,3 +141,14 @@ def test_write_splits_and_train_on_them(tmp_path, cache_dir):
         main(["--data", "synthetic:tiny", "--quick", "--write-splits", str(tmp_path / "s"),
               "--cache-dir", str(cache_dir)])
     assert e.value.code == 2
+
+
+def test_options_a_net_chose_on_the_carve_are_given_to_the_refit(make_cfg, tmp_path,
+                                                                  monkeypatch):
+    from deepcf.models.edlae import EDLAE
+
+    monkeypatch.setattr(EDLAE, "chosen_options", lambda self: {"lam": 7.0}, raising=False)
+    m = train(make_cfg("experiment=edlae", "data=synthetic", output_dir=tmp_path / "run"))
+    assert m["refit/options"] == {"lam": 7.0}
+    ckpt = torch.load(m["refit/checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["net"]["config"]["lam"] == 7.0

@@ -245,7 +245,17 @@ def refit(cfg: DictConfig, trainer, carve_model, carve_dm, callbacks: list, out_
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = refit_datamodule(cfg, carve_dm)
-    model = build_module(cfg, dm)
+    # a net that chose some of its own options on the carve (e.g. a regularisation grid of a
+    # closed form) names them in `chosen_options()`: the refit takes them as given
+    chosen = getattr(carve_model.net, "chosen_options", None)
+    chosen = dict(chosen()) if callable(chosen) else {}
+    refit_cfg = cfg
+    if chosen:
+        refit_cfg = cfg.copy()
+        with open_dict(refit_cfg):
+            refit_cfg.model.net.update(chosen)
+        metrics["refit/options"] = chosen
+    model = build_module(refit_cfg, dm)
     # the export, the progress lines and the resume state; no checkpoint, early stopping,
     # loss curve or validation: nothing is held out
     keep = [c for c in callbacks if isinstance(c, (OnnxExport, ResumeState))
