@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.errors import ConfigError, TrainingInterrupted
+from deepcf.files import safe_load
 from deepcf.training.assembly import (
     assemble,
     build_module,
@@ -226,8 +227,6 @@ def chosen_epochs(trainer) -> int:
     choice; a closed form's one pass), else every epoch the carve's fit ran."""
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best:
-        from deepcf.files import safe_load  # start-up: torch, loaded only when refitting
-
         return int(safe_load(checked_best(trainer, best)).get("epoch", 0)) + 1
     return max(int(trainer.current_epoch), 1)
 
