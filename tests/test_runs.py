@@ -264,8 +264,11 @@ def test_ddp_on_cpu_closed_form_sums_every_ranks_rows(tmp_path, cache_dir):
     assert out.count("no RMSE") == 1 and "not exported" not in out
     (run,) = (tmp_path / "outputs" / "edlae" / "runs").iterdir()
     m = json.loads((run / "metrics.json").read_text())
-    net = load_net(Path(m["best_checkpoint"]))
+    # experiment=edlae refits: its model is the DDP refit on train + carve, which is what
+    # run_datamodule gives a refit run's training rows as
+    net = load_net(Path(m["refit/checkpoint"]))
     dm = run_datamodule(run, cache_dir=str(cache_dir))
+    assert dm.train_rows.nnz == m["refit/n_train"]
     want = EDLAE.build(dm.width, **{k: v for k, v in net.config.__dict__.items()
                                     if k != "width"})
     want.fit_closed_form(dm.train_rows)
