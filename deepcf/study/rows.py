@@ -145,12 +145,14 @@ register(Row("EDLAE + popularity correction", "topn", fits.edlae,
              note=EDLAE_NOTE + ", zero diagonal; `model.net.pop_beta`: scores / "
                   "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
 
-register(Row("EDLAE + popularity correction, experiment=edlae as shipped", "topn",
-             fits.edlae_shipped, kind="contender",
+register(Row("EDLAE, experiment=edlae as shipped (auto: chosen on the carve)", "topn",
+             fits.edlae_shipped, kind="contender", select_epochs=True,
              note="`python -m deepcf.train experiment=edlae`'s settings, read from "
-                  "conf/experiment/edlae.yaml (fixed; chosen beforehand: the highest mean carve "
-                  "NDCG@10 over the three carves among the settings of the row above whose carve "
-                  "coverage@10 >= 0.30 on every carve)"))
+                  "conf/experiment/edlae.yaml: lam=auto, dropout=auto, pop_beta=auto, chosen "
+                  "by the net on the carve (deepcf.training.objectives.closed_form: lam as "
+                  "multiples of mean diag(G), every (lam, dropout) of the net's grids, then "
+                  "pop_beta at that B against the declared carve coverage@10 floor), refitted "
+                  "on the training part at the chosen values"))
 
 register(Row("DLAE", "topn", fits.edlae,
              grid=fits.grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
