@@ -50,8 +50,8 @@ from deepcf.stats import binary_gram, popularity_weights
 AUTO = "auto"
 LAM_UNITS = ("absolute", "mean_diag")
 # the carve's grids (lam: multiples of mean diag(G)); Steck 2020 tunes p in about 0.1..0.9
-LAM_GRID = [0.5, 1.0, 2.0, 4.0, 8.0]
-DROPOUT_GRID = [0.0, 0.33, 0.5, 0.7, 0.85]
+LAM_GRID = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+DROPOUT_GRID = [0.0, 0.33, 0.5, 0.7, 0.85, 0.92]
 POP_BETA_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]
 
 

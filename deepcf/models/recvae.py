@@ -97,7 +97,13 @@ class RecVAE(RatingNet):
 
     def __init__(self, config: RecVAEConfig):
         super().__init__(config)
-        hidden, latent = int(config.hidden), int(config.latent)
+        hidden = config.hidden
+        if isinstance(hidden, (list, tuple)):  # the hidden=[n] of the other nets' configs
+            if len(hidden) != 1:
+                raise ConfigError(f"model.net.hidden={list(hidden)}: RecVAE's encoder layers "
+                                  f"share one width; give one number")
+            hidden = hidden[0]
+        hidden, latent = int(hidden), int(config.latent)
         if hidden < 1 or latent < 1:
             raise ConfigError(f"model.net.hidden={config.hidden}, latent={config.latent} must "
                               f"be >= 1")

@@ -39,6 +39,7 @@ from deepcf.training.objectives.closed_form import select_options
 # epochs with it)
 CONTENDER_EXTRA: list[str] = []
 MULT_DAE = ["experiment=mult_dae"]
+RECVAE = ["experiment=recvae"]
 
 
 class _Fitted:

@@ -186,6 +186,16 @@ register(Row("Mult-VAE", "topn",
                   "steps (~25 epochs); otherwise as the Mult-DAE row, with early stopping "
                   "patience 10 (not 20) to keep `make accuracy` short"))
 
+register(Row("RecVAE", "topn", fits.ranker(fits.RECVAE), kind="contender", select_epochs=True,
+             note="`experiment=recvae`: RecVAE (Shenbin et al. WSDM 2020): rows are users, "
+                  "every rating an interaction, a five-layer dense-skip swish/LayerNorm encoder "
+                  "of 600 units, latent 200, a linear decoder, the composite prior (standard, "
+                  "the previous encoder's posterior, wide; weights 0.15/0.75/0.1), KL weight "
+                  "0.005 * |x| per user, alternating 3 encoder epochs (input dropout 0.5) and 1 "
+                  "decoder epoch, Adam 5e-4 per block, batch 500 (the authors' settings); early "
+                  "stopping on the carve's NDCG@10 (patience 40 epochs), refit on the training "
+                  "part for the chosen epochs"))
+
 register(Row("ensemble: EASE + Mult-DAE", "topn", fits.ease_dae_blend, grid=[{"lam": 400.0}],
              kind="ensemble", select_epochs=True,
              note="an ensemble, never counted as a single model: (1 - w) * EASE + w * Mult-DAE "
