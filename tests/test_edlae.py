@@ -127,7 +127,7 @@ def test_trains_exports_evaluates_and_recommends(make_cfg, tmp_path):
 
     run = tmp_path / "run"
     cfg = make_cfg("experiment=edlae", "data=synthetic", "model.net.pop_beta=0.2",
-                   "logger=none", output_dir=run)
+                   "model.net.lam=100", "model.net.dropout=0.5", "logger=none", output_dir=run)
     m = train(cfg)
     assert m["onnx"] and m["epochs"] == 1 and m["scores"] == "ranking"
     assert m["monitor"] == "val/ndcg@10" and "val/rmse" not in m and "test/rmse" not in m
@@ -161,8 +161,114 @@ def test_the_shipped_row_measures_the_experiment_as_configured():
     from deepcf.training.config import compose
 
     net = compose(["experiment=edlae"]).model.net
-    assert shipped_model("edlae") == {"dropout": net.dropout, "lam": net.lam,
-                                      "emphasis": net.emphasis, "pop_beta": net.pop_beta}
+    shipped = shipped_model("edlae")
+    assert {k: shipped[k] for k in ("dropout", "lam", "pop_beta", "coverage_floor")} == {
+        "dropout": net.dropout, "lam": net.lam, "pop_beta": net.pop_beta,
+        "coverage_floor": net.coverage_floor}
+    assert (net.lam, net.dropout, net.pop_beta) == ("auto", "auto", "auto")
+
+
+# -- options chosen on the validation carve ---------------------------------------------------
+
+def carve_data(seed=0, n_users=120, n_movies=15):
+    from deepcf.study.protocols import per_user_holdout
+
+    rng = np.random.default_rng(seed)
+    # a few popular movies and a long tail: lam, dropout and pop_beta then matter
+    p = 0.6 / (1 + np.arange(n_movies)) ** 0.7
+    X = (rng.random((n_users, n_movies)) < p).astype(np.float64) * 4.0
+    X[0] = 4.0
+    return per_user_holdout(sp.csr_matrix(X), seed, 0.3, 3)
+
+
+GRIDS = {"lam_grid": [0.1, 1.0, 5.0], "dropout_grid": [0.0, 0.5], "pop_beta_grid": [0.0, 0.5, 1.0]}
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.9])
+def test_auto_options_are_the_carve_best_by_brute_force(floor):
+    """lam=auto, dropout=auto, pop_beta=auto: the chosen values are those a plain loop over the
+    grid picks (stage 1: best carve NDCG@10 of every (lam, dropout) with lam a multiple of mean
+    diag(G); stage 2: pop_beta at that B, best NDCG@10 among coverage@10 >= floor, else the
+    best coverage), and the net ends fitted at them."""
+    from deepcf.serving.evaluate import topn_metrics
+    from deepcf.training.objectives.closed_form import select_options
+
+    train, val = carve_data()
+    G = binary_gram(train)
+    scale = np.diag(G).mean()
+
+    def carve(dropout, lam, beta):
+        net = EDLAE.build(train.shape[1], dropout=dropout, lam=lam * scale, pop_beta=beta)
+        net.fit_closed_form(train)
+        m = topn_metrics(lambda u: net(torch.from_numpy(train[u].toarray()).float()).numpy(),
+                         train, val, (10,))
+        return m["ndcg@10"], m["coverage@10"]
+
+    first = {(lam, p): carve(p, lam, 0.0)[0] for lam in GRIDS["lam_grid"]
+             for p in GRIDS["dropout_grid"]}
+    lam, p = max(first, key=first.get)
+    second = {b: carve(p, lam, b) for b in GRIDS["pop_beta_grid"]}
+    ok = {b: v for b, v in second.items() if v[1] >= floor}
+    beta = (max(ok, key=lambda b: ok[b][0]) if ok
+            else max(second, key=lambda b: second[b][1]))
+
+    net = EDLAE.build(train.shape[1], lam="auto", dropout="auto", pop_beta="auto",
+                      coverage_floor=floor, **GRIDS)
+    from deepcf.models.sparse_ops import Pattern
+
+    rows = Pattern.from_offsets(torch.from_numpy(train.indptr[:-1].astype("int64")),
+                                torch.from_numpy(train.indices.astype("int64")), net.width)
+    stats = net.closed_form_stats(rows, torch.from_numpy(train.data))
+    chosen, tried = select_options(net, stats, train, val)
+    assert chosen == {"lam": lam, "dropout": p, "pop_beta": beta}
+    assert len(tried) == 6 + 3
+    net.solve(stats)
+    want = EDLAE.build(train.shape[1], dropout=p, lam=lam * scale, pop_beta=beta)
+    want.fit_closed_form(train)
+    torch.testing.assert_close(net.weight, want.weight)
+    torch.testing.assert_close(net.col_scale, want.col_scale)
+    # the spec holds the chosen numbers: a re-fit on other rows solves at them, lam relative
+    spec = net.spec()["config"]
+    assert (spec["lam"], spec["lam_unit"], spec["dropout"], spec["pop_beta"]) == (
+        lam, "mean_diag", p, beta)
+    from deepcf.models.contract import build_net
+
+    more = sp.vstack([train, train[:40]]).tocsr()
+    refit = build_net(net.spec())
+    refit.fit_closed_form(more)
+    want = EDLAE.build(train.shape[1], dropout=p, lam=lam * np.diag(binary_gram(more)).mean(),
+                       pop_beta=beta)
+    want.fit_closed_form(more)
+    torch.testing.assert_close(refit.weight, want.weight)
+
+
+def test_auto_needs_the_carve():
+    train, _ = carve_data()
+    net = EDLAE.build(train.shape[1], lam="auto")
+    with pytest.raises(ConfigError, match="auto"):
+        net.fit_closed_form(train)
+    for bad in ({"lam": "big"}, {"dropout": 1.0}, {"pop_beta": -1}, {"lam_unit": "x"},
+                {"dropout_grid": []}, {"coverage_floor": 2.0}):
+        with pytest.raises(ConfigError, match="model.net."):
+            EDLAE.build(train.shape[1], **bad)
+
+
+def test_train_chooses_on_the_run_carve_and_keeps_it(make_cfg, tmp_path):
+    """experiment=edlae (auto): the choice is logged, the checkpoint's net spec holds it, and
+    the checkpoint's weights are the closed form at it on the run's training rows."""
+    from deepcf.serving.runs import load_net
+    from deepcf.training.train import train
+
+    grids = [f"model.net.{k}=[{','.join(map(str, v))}]" for k, v in GRIDS.items()]
+    m = train(make_cfg("experiment=edlae", "data=synthetic", "logger=none", *grids,
+                       output_dir=tmp_path / "run"))
+    assert {"select/lam", "select/dropout", "select/pop_beta"} <= set(m)
+    state = torch.load(m["best_checkpoint"], weights_only=True)
+    spec = state["hyper_parameters"]["net"]["config"]
+    assert spec["lam"] == m["select/lam"] and spec["lam_unit"] == "mean_diag"
+    assert spec["dropout"] == m["select/dropout"] and spec["pop_beta"] == m["select/pop_beta"]
+    net = load_net(Path(m["best_checkpoint"]))
+    assert net.config.lam in GRIDS["lam_grid"] and net.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize("override,key", [("model.l2=1.0", "model.l2=1.0"),

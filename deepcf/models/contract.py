@@ -30,6 +30,10 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
   the sufficient statistics of a batch of rows (a dict of tensors that add up over batches and
   processes) and sets its weights from their sums (`objective=closed_form`); `fits_closed_form`
   says a net has them, `fit_closed_form(train_rows)` does both over a whole CSR.
+- `selection_stages()` and `set_options(**values)`: options a closed-form net leaves to the
+  validation carve (`lam=auto`): stages of (option -> grid, the carve coverage@10 floor), tried
+  by deepcf.training.objectives.closed_form.select_options, the chosen values fixed in the config
+  (so the spec and a re-fit use them). Default: none.
 - `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or
   "ranking" (outputs only order the movies, e.g. EDLAE's; `recommend` shows no predicted rating).
   The run's output kind follows from it and the objective (deepcf.training.objectives).
@@ -114,6 +118,15 @@ class RatingNet(nn.Module):
     def solve(self, stats: dict[str, torch.Tensor]) -> None:
         """Set the weights from the summed statistics of every training row."""
         raise ConfigError(f"{type(self).__name__} has no closed form: train it by gradient")
+
+    def selection_stages(self) -> list[tuple[dict[str, list], float]]:
+        """Options left to the validation carve ("auto"), as stages; see the module docstring."""
+        return []
+
+    def set_options(self, **values) -> None:
+        """Fix options chosen on the validation carve in the config."""
+        for name, value in values.items():
+            setattr(self.config, name, value)
 
     def fit_closed_form(self, train_rows) -> None:
         """`solve` on the statistics of every row of a rows x width CSR."""

@@ -20,11 +20,23 @@ closed form (`objective=closed_form`: the batches' Gram matrices summed, then `s
 with the checkpoint, part of the ONNX graph. Nothing is learned by gradient.
 The scores are ranking scores, not ratings: their held-out RMSE means nothing; rank with them
 (`deepcf.evaluate --protocol topn`, `deepcf.recommend`).
+
+`lam_unit`: "absolute" (lam as given) or "mean_diag" (lam times the mean of diag(G), the mean
+number of interactions per movie), so that one setting carries to catalogues and data sets of
+other sizes, whose Gram matrices have other scales (dropout's p/(1-p) diag(G) scales already).
+
+Chosen on the validation carve (`lam=auto`, `dropout=auto`, `pop_beta=auto`): `selection_stages`
+states the grids, deepcf.training.objectives.closed_form.select_options scores them. Stage 1:
+every (lam, dropout) of the auto ones' grids (lam as multiples of mean diag(G): `lam=auto`
+leaves `lam_unit=mean_diag`), the best carve NDCG@10 kept; stage 2: pop_beta over its grid at
+that B (no new solve), the best carve NDCG@10 among the settings whose carve coverage@10 >=
+`coverage_floor` (0: no floor; pop_beta 0 is "off"). The chosen numbers replace "auto" in the
+config, so the checkpoint's net spec holds them and a re-fit (on more rows) solves at them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,6 +46,26 @@ from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet
 from deepcf.models.sparse_ops import Pattern
 from deepcf.stats import binary_gram, popularity_weights
+
+AUTO = "auto"
+LAM_UNITS = ("absolute", "mean_diag")
+# the carve's grids (lam: multiples of mean diag(G)); Steck 2020 tunes p in about 0.1..0.9
+LAM_GRID = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+DROPOUT_GRID = [0.0, 0.33, 0.5, 0.7, 0.85, 0.92]
+POP_BETA_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]
+
+
+def check_option(name: str, value, lo: float, hi: float | None = None) -> None:
+    """A number in [lo, hi) (or >= lo), or "auto"; anything else is one line."""
+    if value == AUTO:
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model.net.{name}={value!r} must be a number or auto") from None
+    if not (v >= lo and (hi is None or v < hi)):
+        bound = f"in [{lo:g}, {hi:g})" if hi is not None else f">= {lo:g}"
+        raise ConfigError(f"model.net.{name}={value} must be {bound} (or auto)")
 
 
 def check_edlae(dropout: float, lam: float) -> None:
@@ -66,10 +98,15 @@ def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = Tr
 @dataclass
 class EDLAEConfig:
     width: int
-    dropout: float = 0.33  # p, the input dropout rate the closed form takes the expectation over
-    lam: float = 100.0  # the L2 on B on top of dropout's (lam * I)
+    dropout: float | str = 0.33  # p, the input dropout rate of the expectation; or auto
+    lam: float | str = 100.0  # the L2 on B on top of dropout's (lam * I), in lam_unit; or auto
     emphasis: bool = True  # EDLAE (zero diagonal); false: DLAE
-    pop_beta: float = 0.0  # popularity correction: scores * max(popularity, 1)^-pop_beta
+    pop_beta: float | str = 0.0  # scores * max(popularity, 1)^-pop_beta; or auto
+    lam_unit: str = "absolute"  # or mean_diag: lam times the mean of diag(G)
+    coverage_floor: float = 0.0  # pop_beta=auto: the carve coverage@10 a choice must reach
+    lam_grid: list[float] = field(default_factory=lambda: list(LAM_GRID))
+    dropout_grid: list[float] = field(default_factory=lambda: list(DROPOUT_GRID))
+    pop_beta_grid: list[float] = field(default_factory=lambda: list(POP_BETA_GRID))
 
 
 class EDLAE(RatingNet):
@@ -78,11 +115,46 @@ class EDLAE(RatingNet):
 
     def __init__(self, config: EDLAEConfig):
         super().__init__(config)
-        check_edlae(float(config.dropout), float(config.lam))
-        if not float(config.pop_beta) >= 0.0:
-            raise ConfigError(f"model.net.pop_beta={config.pop_beta} must be >= 0")
+        check_option("dropout", config.dropout, 0.0, 1.0)
+        check_option("lam", config.lam, 0.0)
+        check_option("pop_beta", config.pop_beta, 0.0)
+        if config.lam_unit not in LAM_UNITS:
+            raise ConfigError(f"model.net.lam_unit={config.lam_unit!r} is not one of "
+                              f"{', '.join(LAM_UNITS)}")
+        if not 0.0 <= float(config.coverage_floor) <= 1.0:
+            raise ConfigError(f"model.net.coverage_floor={config.coverage_floor} must be in "
+                              f"[0, 1]")
+        for name, lo, hi in (("lam_grid", 0.0, None), ("dropout_grid", 0.0, 1.0),
+                             ("pop_beta_grid", 0.0, None)):
+            values = list(getattr(config, name))
+            if not values:
+                raise ConfigError(f"model.net.{name}=[]: give at least one value")
+            for v in values:
+                check_option(name, v, lo, hi)
         self.register_buffer("weight", torch.zeros(self.width, self.width))
         self.register_buffer("col_scale", torch.ones(self.width))
+        self._solved: tuple | None = None  # what the weights were solved for (pop_beta
+        # alone changes nothing of B: the carve's pop_beta stage solves once)
+
+    def selection_stages(self) -> list[tuple[dict[str, list], float]]:
+        """The options left to the validation carve, as stages of (option -> grid, the carve
+        coverage@10 floor of the stage); see the module docstring."""
+        c, stages = self.config, []
+        first = {name: list(getattr(c, f"{name}_grid")) for name in ("lam", "dropout")
+                 if getattr(c, name) == AUTO}
+        if first:
+            stages.append((first, 0.0))
+        if c.pop_beta == AUTO:
+            stages.append(({"pop_beta": list(c.pop_beta_grid)}, float(c.coverage_floor)))
+        return stages
+
+    def set_options(self, **values) -> None:
+        """Fix options chosen on the carve (they replace "auto" in the config and the spec)."""
+        for name, value in values.items():
+            if name == "lam":
+                self.config.lam_unit = "mean_diag" if self.config.lam == AUTO else \
+                    self.config.lam_unit
+            setattr(self.config, name, float(value))
 
     def closed_form_stats(self, rows: Pattern, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch's binary Gram matrix X_b^T X_b (float64; they add up to X^T X)."""
@@ -93,14 +165,27 @@ class EDLAE(RatingNet):
                            rows.crow.cpu().numpy()), shape=(rows.n_rows, self.width))
         return {"gram": torch.from_numpy(binary_gram(X)).to(values.device)}
 
+    def absolute_lam(self, G: np.ndarray) -> float:
+        """lam in the units of G (lam_unit=mean_diag: times the mean of diag(G))."""
+        lam = float(self.config.lam)
+        return lam * float(np.diag(G).mean()) if self.config.lam_unit == "mean_diag" else lam
+
     @torch.no_grad()
     def solve(self, stats: dict[str, torch.Tensor]) -> None:
         c = self.config
+        if AUTO in (c.lam, c.dropout):
+            raise ConfigError("model.net.lam/dropout=auto: EDLAE chooses them on the validation "
+                              "carve, which this fit has not been given (objective=closed_form "
+                              "does it in deepcf.train); give numbers")
         G = stats["gram"].detach().cpu().double().numpy()
-        B = edlae_weights(G, float(c.dropout), float(c.lam), bool(c.emphasis))
-        self.weight.copy_(torch.from_numpy(B))
-        self.col_scale.copy_(torch.from_numpy(popularity_weights(np.diag(G),
-                                                                 float(c.pop_beta))))
+        key = (float(c.dropout), self.absolute_lam(G), bool(c.emphasis), G.shape, float(G.sum()),
+               float(np.trace(G)))
+        if self._solved != key:  # else the weights are those of this G and setting already
+            B = edlae_weights(G, float(c.dropout), self.absolute_lam(G), bool(c.emphasis))
+            self.weight.copy_(torch.from_numpy(B))
+            self._solved = key
+        beta = 0.0 if c.pop_beta == AUTO else float(c.pop_beta)  # auto: off until chosen
+        self.col_scale.copy_(torch.from_numpy(popularity_weights(np.diag(G), beta)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x != 0).to(self.weight.dtype) @ self.weight) * self.col_scale

@@ -20,9 +20,11 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from omegaconf import OmegaConf
 
 from deepcf.models.edlae import EDLAE
+from deepcf.models.sparse_ops import Pattern
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.serving.scoring import TorchScorer, densify
 from deepcf.stats import fit_biases, item_popularity, popularity_weights
@@ -31,11 +33,13 @@ from deepcf.study.contenders import fit_contender, fit_ranker, predict_rows
 from deepcf.study.protocols import KS
 from deepcf.study.selection import COVERAGE_TARGET
 from deepcf.training.config import compose
+from deepcf.training.objectives.closed_form import select_options
 
 # appended to every contender's overrides, after its params (the tests shrink the nets and
 # epochs with it)
 CONTENDER_EXTRA: list[str] = []
 MULT_DAE = ["experiment=mult_dae"]
+RECVAE = ["experiment=recvae"]
 
 
 class _Fitted:
@@ -174,11 +178,21 @@ def ranker(overrides: list[str]) -> Callable:
 
 def edlae(train, val, params, task):
     """deepcf's EDLAE net (deepcf.models.edlae) fitted in closed form on the training rows;
-    a user's scores are its forward on the user's training row, as served."""
+    a user's scores are its forward on the user's training row, as served. Options set to
+    `auto` are chosen on the carve `val` (deepcf.training.objectives.closed_form.select_options,
+    as `deepcf.train` does); the info holds the chosen values, which the refit gets back."""
     net = EDLAE.build(train.shape[1], **params)
+    info = {}
+    if net.selection_stages():
+        X = train.tocsr()
+        rows = Pattern.from_offsets(torch.from_numpy(X.indptr[:-1].astype("int64")),
+                                    torch.from_numpy(X.indices.astype("int64")), net.width)
+        chosen, _ = select_options(net, net.closed_form_stats(rows, torch.from_numpy(X.data)),
+                                   X, val)
+        info = {**chosen, "lam_unit": net.config.lam_unit}
     net.fit_closed_form(train)
     scorer = TorchScorer(net)
-    return _Fitted(lambda users: scorer(densify(train, users)))
+    return _Fitted(lambda users: scorer(densify(train, users)), info)
 
 
 def shipped_model(experiment: str) -> dict:
@@ -191,9 +205,12 @@ def shipped_model(experiment: str) -> dict:
 
 
 def edlae_shipped(train, val, params, task):
-    shipped = shipped_model("edlae")
+    """`experiment=edlae` as shipped: its auto options chosen on the carve, then refitted at
+    the chosen values (`params`: what the carve fit chose)."""
+    shipped = {**shipped_model("edlae"), **params}
     pred = edlae(train, val, shipped, task)
-    pred.info = shipped
+    if not pred.info:
+        pred.info = {k: v for k, v in shipped.items() if not k.endswith("_grid")}
     return pred
 
 

@@ -145,12 +145,14 @@ register(Row("EDLAE + popularity correction", "topn", fits.edlae,
              note=EDLAE_NOTE + ", zero diagonal; `model.net.pop_beta`: scores / "
                   "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
 
-register(Row("EDLAE + popularity correction, experiment=edlae as shipped", "topn",
-             fits.edlae_shipped, kind="contender",
+register(Row("EDLAE, experiment=edlae as shipped (auto: chosen on the carve)", "topn",
+             fits.edlae_shipped, kind="contender", select_epochs=True,
              note="`python -m deepcf.train experiment=edlae`'s settings, read from "
-                  "conf/experiment/edlae.yaml (fixed; chosen beforehand: the highest mean carve "
-                  "NDCG@10 over the three carves among the settings of the row above whose carve "
-                  "coverage@10 >= 0.30 on every carve)"))
+                  "conf/experiment/edlae.yaml: lam=auto, dropout=auto, pop_beta=auto, chosen "
+                  "by the net on the carve (deepcf.training.objectives.closed_form: lam as "
+                  "multiples of mean diag(G), every (lam, dropout) of the net's grids, then "
+                  "pop_beta at that B against the declared carve coverage@10 floor), refitted "
+                  "on the training part at the chosen values"))
 
 register(Row("DLAE", "topn", fits.edlae,
              grid=fits.grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
@@ -183,6 +185,16 @@ register(Row("Mult-VAE", "topn",
                   "with the Gaussian code (mean at inference), KL annealed to beta 0.2 over 200 "
                   "steps (~25 epochs); otherwise as the Mult-DAE row, with early stopping "
                   "patience 10 (not 20) to keep `make accuracy` short"))
+
+register(Row("RecVAE", "topn", fits.ranker(fits.RECVAE), kind="contender", select_epochs=True,
+             note="`experiment=recvae`: RecVAE (Shenbin et al. WSDM 2020): rows are users, "
+                  "every rating an interaction, a five-layer dense-skip swish/LayerNorm encoder "
+                  "of 600 units, latent 200, a linear decoder, the composite prior (standard, "
+                  "the previous encoder's posterior, wide; weights 0.15/0.75/0.1), KL weight "
+                  "0.005 * |x| per user, alternating 3 encoder epochs (input dropout 0.5) and 1 "
+                  "decoder epoch, Adam 5e-4 per block, batch 500 (the authors' settings); early "
+                  "stopping on the carve's NDCG@10 (patience 40 epochs), refit on the training "
+                  "part for the chosen epochs"))
 
 register(Row("ensemble: EASE + Mult-DAE", "topn", fits.ease_dae_blend, grid=[{"lam": 400.0}],
              kind="ensemble", select_epochs=True,

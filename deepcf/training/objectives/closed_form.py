@@ -7,16 +7,95 @@ batch sums them over the DDP ranks and solves, and training stops there; validat
 checkpoint and the ONNX export then follow as for any run. There is no optimizer and nothing is
 learned by gradient, so `model.l2` and the noise group are refused (the net's own options
 regularise it, e.g. EDLAE's `model.net.lam` and `model.net.dropout`).
+
+Options left to the validation carve (`model.net.lam=auto` ...; `net.selection_stages()`) are
+chosen at the solve, before the final one: `select_options` solves at each setting of a stage's
+grid from the training rows' statistics and ranks the DataModule's validation rows (inputs: the
+users' training rows; relevant: their validation entries), keeping the best carve NDCG@10 among
+the settings whose carve coverage@10 reaches the stage's floor (none does: the best coverage).
+The chosen values are fixed in the net's config (so the checkpoint's net spec holds them, and a
+re-fit at them is a plain closed-form fit), logged as `select/<option>` and kept in the
+objective's `chosen`. A grid of a few dozen solves of a movies x movies system: seconds on
+ML-100K's 1,682 movies.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet
 from deepcf.models.sparse_ops import Pattern
+from deepcf.serving.evaluate import topn_metrics
 from deepcf.training.objectives import Objective, Setup
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC, SELECT_COVERAGE = "ndcg@10", "coverage@10"
+
+
+def carve_scores(net: RatingNet, train_rows: sp.csr_matrix, val_rows: sp.csr_matrix
+                 ) -> dict[str, float]:
+    """NDCG@10 and coverage@10 of the net ranking the carve: each row with validation entries
+    ranks its unseen candidate columns by the net's forward of its training row."""
+    X = train_rows.tocsr()
+    device = next(itertools.chain(net.parameters(), net.buffers())).device
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(X[rows].toarray().astype(np.float32))
+        with torch.no_grad():
+            return net(x.to(device)).float().cpu().numpy()
+
+    m = topn_metrics(score, X, val_rows.tocsr(), (10,), metrics=["ndcg", "coverage"])
+    return {SELECT_METRIC: float(m[SELECT_METRIC]), SELECT_COVERAGE: float(m[SELECT_COVERAGE])}
+
+
+def select_options(net: RatingNet, stats: dict[str, torch.Tensor], train_rows: sp.csr_matrix,
+                   val_rows: sp.csr_matrix) -> tuple[dict, list[dict]]:
+    """Choose the net's carve options (`net.selection_stages()`) stage by stage; returns (the
+    chosen values, every setting tried with its carve scores). The net's config then holds the
+    chosen values; solve again to fit at them."""
+    chosen, tried = {}, []
+    if val_rows is None or val_rows.nnz == 0:
+        names = sorted(n for grid, _ in net.selection_stages() for n in grid)
+        raise ConfigError(f"model.net.{names[0]}=auto: chosen on the validation carve, but the "
+                          f"run has no validation ratings (data.protocol.val_fraction > 0)")
+    for stage, floor in net.selection_stages():
+        results = []
+        for combo in itertools.product(*stage.values()):
+            setting = dict(zip(stage, combo))
+            net.set_options(**setting)
+            net.solve(stats)
+            m = carve_scores(net, train_rows, val_rows)
+            tried.append({**chosen, **setting, **m})
+            results.append((m[SELECT_COVERAGE] >= floor, m[SELECT_METRIC], m[SELECT_COVERAGE],
+                            setting))
+        eligible = [r for r in results if r[0]]
+        best = (max(eligible, key=lambda r: r[1]) if eligible
+                else max(results, key=lambda r: r[2]))
+        if not eligible:
+            log.warning("closed form: no setting of %s reaches the carve coverage@10 floor %g; "
+                        "the best coverage kept", "/".join(stage), floor)
+        net.set_options(**best[3])
+        chosen.update(best[3])
+        log.info("closed form: chosen on the carve %s (carve %s %.4f, %s %.4f; %d settings)",
+                 ", ".join(f"{k}={v:g}" for k, v in best[3].items()), SELECT_METRIC, best[1],
+                 SELECT_COVERAGE, best[2], len(results))
+    return chosen, tried
+
+
+def carve_of(trainer) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
+    """(training rows, validation rows) of the trainer's DataModule, net-oriented."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None or getattr(dm, "split", None) is None:
+        return None, None
+    train, val, _ = dm.oriented(dm.split)
+    return train, val
 
 
 class ClosedForm(Objective):
@@ -28,6 +107,7 @@ class ClosedForm(Objective):
     def __init__(self):
         super().__init__()
         self._stats: dict[str, torch.Tensor] = {}
+        self.chosen: dict = {}  # the options chosen on the carve (none: {})
 
     def bind(self, net: RatingNet, setup: Setup) -> None:
         if not net.fits_closed_form:
@@ -50,6 +130,8 @@ class ClosedForm(Objective):
         if trainer is not None and batch_idx + 1 >= trainer.num_training_batches:
             stats = {name: trainer.strategy.reduce(value, reduce_op="sum")
                      for name, value in self._stats.items()}
+            if net.selection_stages():
+                self.select(module, net, stats, *carve_of(trainer))
             net.solve(stats)
             self._stats = {}
             # the solve is the fit's one optimisation step: count it as Lightning counts a
@@ -59,3 +141,14 @@ class ClosedForm(Objective):
             progress.increment_completed()
             trainer.should_stop = True  # the fit is complete after one pass
         return None
+
+    def select(self, module, net: RatingNet, stats: dict, train_rows, val_rows) -> None:
+        if train_rows is None:
+            raise ConfigError("model.net options set to auto are chosen on the DataModule's "
+                              "validation rows: train through deepcf.train (or give numbers)")
+        self.chosen, _ = select_options(net, stats, train_rows, val_rows)
+        for name, value in self.chosen.items():
+            module.log(f"select/{name}", float(value), on_step=False, on_epoch=True,
+                       batch_size=1)
+        if "net" in getattr(module, "hparams", {}):  # the checkpoint's spec: the chosen values
+            module.hparams["net"] = net.spec()
