@@ -103,8 +103,8 @@ IMPLICIT_ALGOS = {"als": ("implicit.als", "AlternatingLeastSquares"),
 
 def implicit_fit(algo: str):
     """The top-N fit function of implicit's `algo` ("als", "bpr") on the binary interactions;
-    params are the model's keyword arguments; seeded by the split seed, on the CPU, BLAS at
-    one thread while fitting (implicit's own advice for ALS)."""
+    params are the model's keyword arguments; seeded by the split seed, on the CPU, one thread
+    and BLAS at one thread (implicit's own advice for ALS)."""
     if algo not in IMPLICIT_ALGOS:
         raise ConfigError(f"implicit algorithm {algo!r} is not one of "
                           f"{', '.join(IMPLICIT_ALGOS)}")
@@ -117,8 +117,11 @@ def implicit_fit(algo: str):
         X = sp.csr_matrix(train, dtype=np.float32, copy=True)
         X.eliminate_zeros()
         X.data[:] = 1.0
-        model = cls(random_state=int(task.seed), use_gpu=False, **params)
+        # one thread: implicit's multi-threaded updates (BPR's Hogwild SGD) are not
+        # reproducible from the seed
+        params = {"num_threads": 1, **params}
         with threadpool_limits(1, "blas"):
+            model = cls(random_state=int(task.seed), use_gpu=False, **params)
             model.fit(X, show_progress=False)
         U = np.asarray(model.user_factors, np.float64)
         V = np.asarray(model.item_factors, np.float64)
