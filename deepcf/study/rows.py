@@ -84,7 +84,7 @@ register(Row(f"KNNBaseline ({SURPRISE_LIB})", "rating", peers.surprise_fit("knn_
                   "advise for it), k neighbours (default 40) among users or movies"))
 
 register(Row(f"ALS ({IMPLICIT_LIB})", "topn", peers.implicit_fit("als"),
-             grid=fits.grid(factors=[64, 128], regularization=[0.01, 1.0, 10.0],
+             grid=fits.grid(factors=[64, 128], regularization=[1.0, 10.0, 30.0, 100.0],
                             alpha=[1.0, 10.0]),
              defaults={"factors": 100, "regularization": 0.01, "alpha": 1.0},
              note=f"{IMPLICIT_LIB}: implicit.als.AlternatingLeastSquares (Hu, Koren & "
@@ -93,14 +93,16 @@ register(Row(f"ALS ({IMPLICIT_LIB})", "topn", peers.implicit_fit("als"),
                   "defaults: implicit's documented ones"))
 
 register(Row(f"BPR ({IMPLICIT_LIB})", "topn", peers.implicit_fit("bpr"),
-             grid=fits.grid(factors=[64, 128], learning_rate=[0.01, 0.05],
-                            regularization=[0.001, 0.01]),
+             grid=fits.grid(factors=[64, 128], learning_rate=[0.005, 0.01],
+                            regularization=[0.01, 0.05]),
              defaults={"factors": 100, "learning_rate": 0.01, "regularization": 0.01},
              note=f"{IMPLICIT_LIB}: implicit.bpr.BayesianPersonalizedRanking (Rendle et al. "
                   "2009) on the binary interactions, 100 iterations of SGD on sampled "
                   "(user, movie, unseen movie) triples, CPU, seeded; scores = user factors . "
                   "movie factors (with the item bias); untuned defaults: implicit's documented "
-                  "ones"))
+                  "ones. The grid's learning rates: on split 0's carve 0.05 and 0.1 (300 "
+                  "iterations) scored NDCG@10 0.12, 0.002 and 0.001 0.15 and 0.14, against 0.21 "
+                  "at 0.005"))
 
 I_AUTOREC = ["experiment=i_autorec"]
 
