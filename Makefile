@@ -81,13 +81,23 @@ TRANSCRIPTS := README.md docs/serving.md $(filter-out docs/serving.md,$(sort $(w
 readme: install
 	$(PY) -m deepcf.study.transcripts $(TRANSCRIPTS) $(if $(MATCH),--match '$(MATCH)')
 
-# every registered row (baselines, deepcf's contenders, ensembles) on the rating and top-N
-# protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (under an hour on 2 cores)
-.PHONY: accuracy accuracy-quick
-accuracy: install
+# every registered row (baselines, the peers of deepcf[peers], deepcf's contenders, ensembles)
+# on the rating and top-N protocols of ML-100K, split seeds 0, 1, 2; rewrites ACCURACY.md (under
+# an hour on 2 cores)
+.PHONY: accuracy accuracy-quick peers
+PEERS_STAMP := $(VENV)/.deepcf-peers-installed
+
+# the optional extra deepcf[peers]: Surprise and implicit, the libraries of the peer rows
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,peers]'
+	touch $(PEERS_STAMP)
+
+accuracy: install peers
 	$(PY) -m deepcf.study.accuracy --out ACCURACY.md
 
 # the same on split seed 0 only, written under outputs/ (development)
-accuracy-quick: install
+accuracy-quick: install peers
 	mkdir -p outputs
 	$(PY) -m deepcf.study.accuracy --quick --out outputs/ACCURACY-quick.md

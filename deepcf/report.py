@@ -24,9 +24,17 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("dirs", nargs="+", help="run dirs, sweep dirs, or any dir above runs")
     p.add_argument("--out", type=Path, default=Path("outputs/report"),
                    help="where the PNGs and report.md go (default outputs/report)")
+    p.add_argument("--baseline", metavar="RUN", default=None,
+                   help="a run dir every run is tested against: a paired Wilcoxon test over "
+                        "the users of the test split (per-user squared error, or NDCG@10 for "
+                        "ranking models), its p-value in the table; scores every run's model")
+    p.add_argument("--evaluate", action="store_true",
+                   help="score every run's model on its test split for the ranking metrics it "
+                        "did not log (precision, MAP, MRR, hit rate, novelty, ...)")
+    p.add_argument("--cache-dir", default=None, help="the data cache of the runs' data")
     args = p.parse_args(argv)
     with one_line_errors(PROG):
-        files = report(args.dirs, args.out)
+        files = report(args.dirs, args.out, args.baseline, args.evaluate, args.cache_dir)
         print(files["table"].read_text().split("\n\n")[0], flush=True)
         print(f"curves: {files['curves']}\ntest metrics: {files['bars']}\n"
               f"table: {files['table']}")

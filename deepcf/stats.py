@@ -50,3 +50,36 @@ def binary_gram(X: sp.spmatrix) -> np.ndarray:
     X.eliminate_zeros()
     X.data[:] = 1.0
     return (X.T @ X).toarray()
+
+
+PAIRED_TESTS = ("wilcoxon", "ttest")
+
+
+def paired_test(a, b, test: str = "wilcoxon") -> dict:
+    """Whether two models differ beyond noise on the same units (users of one test set):
+    `a`, `b` are their per-unit values in the same order (per-user NDCG@10, per-user squared
+    error). `test`: "wilcoxon" (scipy.stats.wilcoxon, signed ranks, zero differences dropped)
+    or "ttest" (scipy.stats.ttest_rel), two-sided. Returns {"test", "n" (paired units),
+    "mean_diff" (mean of a - b), "p" (NaN with fewer than 2 units; 1 when every difference is
+    0)}."""
+    from scipy import stats as st
+
+    if test not in PAIRED_TESTS:
+        raise ConfigError(f"paired test {test!r} is not one of {', '.join(PAIRED_TESTS)}")
+    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ConfigError(f"a paired test needs the same units: {len(a)} values against "
+                          f"{len(b)}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    d = a - b
+    out = {"test": test, "n": int(len(d)), "mean_diff": float(d.mean()) if len(d) else
+           float("nan"), "p": float("nan")}
+    if len(d) < 2:
+        return out
+    if not np.any(d != 0):
+        out["p"] = 1.0
+        return out
+    res = st.wilcoxon(a, b) if test == "wilcoxon" else st.ttest_rel(a, b)
+    out["p"] = float(res.pvalue)
+    return out

@@ -62,3 +62,51 @@ def test_no_runs_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nope")])
     assert "no such run or sweep dir" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_models(train_run, tmp_path_factory):
+    """Two nets (hidden [32,16] and [4]) trained on the same data and split, with ONNX models."""
+    from tests.helpers import TINY_RUN
+
+    out = []
+    for name, hidden in (("base", "[32,16]"), ("other", "[4]")):
+        ov = [*TINY_RUN, f"model.net.hidden={hidden}"]
+        run = train_run(tmp_path_factory.mktemp(name), ov)
+        (run / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(OmegaConf.create(ov), run / ".hydra" / "overrides.yaml")
+        out.append(run)
+    return tuple(out)
+
+
+def test_report_pairs_runs_against_a_baseline(two_models, tmp_path):
+    from scipy import stats
+
+    from deepcf.serving.paired import run_per_user
+
+    base, other = two_models
+    files = main([str(other), "--baseline", str(base), "--out", str(tmp_path / "rep")])
+    text = files["table"].read_text()
+    head = text.splitlines()[0]
+    for col in ("Precision@10", "MAP@10", "MRR@10", "hit@10", "novelty@10", "NDCG@10"):
+        assert f"| {col} |" in head
+    assert "paired p |" in head
+    a, b = run_per_user(other), run_per_user(base)
+    assert a["fingerprint"] == b["fingerprint"] and a["rates"]
+    p = stats.wilcoxon(a["per_user"]["se"], b["per_user"]["se"]).pvalue
+    from deepcf.study.report import _p
+
+    line = next(x for x in text.splitlines() if "hidden=[4]" in x)
+    assert f"p = {_p(p)}" in line and "| baseline |" in text
+    # the per-user squared errors are the run's own test RMSE, user-weighted back
+    m = json.loads((other / "metrics.json").read_text())
+    assert a["metrics"]["rmse"] == pytest.approx(m["test/rmse"], rel=1e-4)
+    # the ranking columns the rating run did not log come from its model on the test split
+    assert f"{a['metrics']['precision@10']:.4f}" in line
+
+
+def test_a_baseline_that_is_not_a_run_is_one_line(tmp_path, tiny_run, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tiny_run), "--baseline", str(tmp_path), "--out", str(tmp_path / "rep")])
+    assert e.value.code == 2
+    assert "--baseline" in capsys.readouterr().err

@@ -179,11 +179,11 @@ def topn_metrics(score, train: sp.csr_matrix, test: sp.csr_matrix, ks=(10, 20),
 
 def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,
                   test: sp.csr_matrix, ks=(10, 20), chunk: int = 1024,
-                  pop_beta: float = 0.0, metrics=None) -> dict[str, float]:
+                  pop_beta: float = 0.0, metrics=None, per_user: bool = False) -> dict:
     """The top-N protocol's metrics (`topn_metrics`) of the model on `test`, its inputs the
     `train` rows; movies in `seen` (a superset of train's pattern, e.g. train + validation) are
     never ranked; scores / popularity^pop_beta when pop_beta > 0; all matrices users x movies in
-    the model's id space."""
+    the model's id space; `per_user`: as topn_metrics'."""
     rows = UserScores(scorer, train, card.orientation, chunk, card.codes)
     w = popularity_weights(card.item_train_count, pop_beta)
     known = sp.csr_matrix(seen, dtype=np.float32, copy=True)
@@ -195,7 +195,7 @@ def topn_protocol(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_ma
         out[np.repeat(np.arange(len(users)), np.diff(part.indptr)), part.indices] = -np.inf
         return out
 
-    return topn_metrics(score, train, test, ks, chunk, metrics)
+    return topn_metrics(score, train, test, ks, chunk, metrics, per_user)
 
 
 def evaluate_matrices(scorer, card: ModelCard, train: sp.csr_matrix, seen: sp.csr_matrix,

@@ -113,10 +113,12 @@ def bias_fallback(train: sp.csr_matrix) -> Callable[[np.ndarray, np.ndarray], np
 
 def rating_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
                   train: sp.csr_matrix, test: sp.csr_matrix, rating_min: float,
-                  rating_max: float, fallback: bool = True) -> dict[str, float]:
+                  rating_max: float, fallback: bool = True, per_user: bool = False) -> dict:
     """RMSE/MAE of `predict(rows, cols)` over every rating of `test`, clipped to the range;
     cold ratings (no training rating for the user or the movie) get `bias_fallback(train)`
-    when `fallback`, and are counted either way. A non-finite prediction makes both NaN."""
+    when `fallback`, and are counted either way. A non-finite prediction makes both NaN.
+    With `per_user`, the result's "per_user" holds {"se": each test user's mean squared
+    error} (the users with a test rating, in order), for paired significance tests."""
     T = test.tocoo()
     rows, cols = T.row.astype(np.int64), T.col.astype(np.int64)
     pred = np.asarray(predict(rows, cols), np.float64).reshape(-1)
@@ -129,10 +131,15 @@ def rating_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
     pred = np.clip(pred, rating_min, rating_max)
     finite = np.isfinite(pred)  # a diverged model's RMSE is NaN, reported as such, never hidden
     err = pred - T.data.astype(np.float64)
-    return {"rmse": float(np.sqrt(np.mean(err**2))) if T.nnz else float("nan"),
-            "mae": float(np.mean(np.abs(err))) if T.nnz else float("nan"),
-            "n_ratings": int(T.nnz), "n_cold": int(cold.sum()),
-            "n_nonfinite": int((~finite).sum())}
+    out = {"rmse": float(np.sqrt(np.mean(err**2))) if T.nnz else float("nan"),
+           "mae": float(np.mean(np.abs(err))) if T.nnz else float("nan"),
+           "n_ratings": int(T.nnz), "n_cold": int(cold.sum()),
+           "n_nonfinite": int((~finite).sum())}
+    if per_user:
+        n = np.bincount(rows, minlength=test.shape[0])
+        se = np.bincount(rows, err**2, minlength=test.shape[0])
+        out["per_user"] = {"se": se[n > 0] / n[n > 0]}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,6 +100,22 @@ def _targets(targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _p(p: float) -> str:
+    return "–" if p != p else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def significance_table(comparisons: list[dict], seeds) -> str:
+    """One line per comparison: per split, the mean paired difference (a - b) and its p-value."""
+    if not comparisons:
+        return "No pair of rows to compare (a row failed or is missing)."
+    head = ["a", "b", "paired over test users", *(f"split {s}: mean(a - b), p" for s in seeds)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in comparisons:
+        cells = [f"{t['mean_diff']:+.4f}, p = {_p(t['p'])} (n {t['n']})" for t in c["splits"]]
+        lines.append("| " + " | ".join([c["a"], c["b"], c["metric"], *cells]) + " |")
+    return "\n".join(lines)
+
+
 def _side(side: dict | None) -> str:
     if side is None:
         return ""
@@ -121,5 +137,6 @@ def render(report: dict) -> str:
         rating_table="\n".join(rating_table(d["rating"])),
         topn_table="\n".join(topn_table(d["topn"])),
         anchors="\n".join(f"| {a} | {b} | {c} | {v} | {s} |" for a, b, c, v, s in ANCHORS),
-        rows="\n".join(_row_notes(d["rows"])), side=_side(d.get("side")))
+        rows="\n".join(_row_notes(d["rows"])), side=_side(d.get("side")),
+        significance=significance_table(d.get("significance") or [], d["seeds"]))
     return text.rstrip("\n") + "\n"

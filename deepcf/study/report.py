@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from deepcf.errors import DeepCFError
+from deepcf.serving.paired import run_per_user
+from deepcf.stats import paired_test
 from deepcf.study.experiments import _value, mean_std
 
 CURVES, BARS, TABLE = "curves.png", "test_metrics.png", "report.md"
@@ -32,6 +34,7 @@ class Run:
     overrides: list[str]
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     group: str = ""
+    paired: dict | None = None  # per-user values of its test split (evaluate)
 
     @property
     def seed(self):
@@ -109,9 +112,26 @@ def groups(runs: list[Run]) -> dict[str, list[Run]]:
     return out
 
 
-def table(runs: list[Run]) -> str:
-    lines = ["| runs | test RMSE | test MAE | best val RMSE | epochs | seeds |",
-             "|---|---|---|---|---|---|"]
+# the ranking columns of the table (test/<key>: what the run logged, or what `evaluate` gave)
+RANKING_COLS = [("NDCG@10", "ndcg@10"), ("Precision@10", "precision@10"),
+                ("Recall@10", "recall@10"), ("MAP@10", "map@10"), ("MRR@10", "mrr@10"),
+                ("hit@10", "hit@10"), ("coverage@10", "coverage@10"), ("novelty@10", "novelty@10")]
+
+
+def _p(p: float) -> str:
+    return "–" if p != p else (f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def table(runs: list[Run], baseline: Run | None = None) -> str:
+    """One line per group: test RMSE/MAE, the ranking metrics at 10, best val RMSE, epochs,
+    seeds; with a `baseline` run (whose `paired` was set by `evaluate`), the paired test of
+    each run of the group against it, seed by seed."""
+    head = ["runs", "test RMSE", "test MAE", *(c for c, _ in RANKING_COLS), "best val RMSE",
+            "epochs", "seeds"]
+    if baseline is not None:
+        head.append(f"vs `{baseline.group}` (seed {baseline.seed}): paired p")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
     def cell(m: list[dict], key: str) -> str:
         # a key no run recorded was not scored (test=false, as searches run), not diverged
         if not any(key in x for x in m):
@@ -121,10 +141,48 @@ def table(runs: list[Run]) -> str:
     for name, rs in groups(runs).items():
         m = [r.metrics for r in rs]
         seeds = "/".join(str(r.seed) for r in rs)
-        lines.append(f"| `{name}` | {cell(m, 'test/rmse')} | {cell(m, 'test/mae')} | "
-                     f"{cell(m, 'val/rmse_best')} | "
-                     f"{'/'.join(str(x.get('epochs')) for x in m)} | {seeds} |")
+        cells = [f"`{name}`", cell(m, "test/rmse"), cell(m, "test/mae"),
+                 *(cell(m, f"test/{k}") for _, k in RANKING_COLS), cell(m, "val/rmse_best"),
+                 "/".join(str(x.get("epochs")) for x in m), seeds]
+        if baseline is not None:
+            cells.append("; ".join(_versus(r, baseline) for r in rs))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _versus(run: Run, baseline: Run) -> str:
+    if run.dir.resolve() == baseline.dir.resolve():
+        return "baseline"
+    c = paired(run, baseline)
+    if "why" in c:
+        return c["why"]
+    return f"{c['metric']} {c['mean_diff']:+.4f}, p = {_p(c['p'])}"
+
+
+def paired(run: Run, baseline: Run, test: str = "wilcoxon") -> dict:
+    """The paired test of `run` against `baseline` over the users of their (same) test split:
+    per-user squared error when both predict ratings, else per-user NDCG@10."""
+    a, b = run.paired, baseline.paired
+    if a is None or b is None:
+        return {"why": "no model to evaluate"}
+    if a["fingerprint"] != b["fingerprint"]:
+        return {"why": "another test split: not paired"}
+    key, label = ("se", "SE") if a["rates"] and b["rates"] else ("ndcg@10", "NDCG@10")
+    return {"metric": label, **paired_test(a["per_user"][key], b["per_user"][key], test)}
+
+
+def evaluate(runs: list[Run], cache_dir: str | None = None) -> None:
+    """Score each run's exported model on its own test split (deepcf.serving.paired): its
+    per-user values for the paired tests (`run.paired`), and the ranking metrics the run did
+    not log itself (the top-N protocol of `deepcf.evaluate --protocol topn`) filled into its
+    metrics. A run without a model.onnx keeps what it logged."""
+    for r in runs:
+        if not (r.dir / "model.onnx").is_file():
+            continue
+        r.paired = run_per_user(r.dir, cache_dir)
+        for key, value in r.paired["metrics"].items():
+            if key in {k for _, k in RANKING_COLS}:
+                r.metrics.setdefault(f"test/{key}", value)
 
 
 def plot_curves(runs: list[Run], path: Path) -> None:
@@ -186,15 +244,41 @@ def plot_bars(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def report(paths: list[str | Path], out: Path) -> dict[str, Path]:
-    """Write curves.png, test_metrics.png and report.md (the table) into `out`."""
+def report(paths: list[str | Path], out: Path, baseline: str | Path | None = None,
+           evaluate_runs: bool = False, cache_dir: str | None = None) -> dict[str, Path]:
+    """Write curves.png, test_metrics.png and report.md (the table) into `out`. `baseline`: a
+    run dir (compared too when it is not among `paths`) every run is tested against (paired,
+    over the users of the test split); it and `evaluate_runs` score every run's model on its
+    test split (`evaluate`)."""
     runs = find_runs(paths)
+    base = None
+    if baseline is not None:
+        bdir = Path(baseline)
+        if not (bdir / "metrics.json").is_file():
+            raise DeepCFError(f"--baseline {bdir}: not a run dir (no metrics.json)")
+        base = next((r for r in runs if r.dir.resolve() == bdir.resolve()), None)
+        if base is None:
+            base = read_run(bdir)
+            runs.append(base)
+            label_groups(runs)
+        if not (bdir / "model.onnx").is_file():
+            raise DeepCFError(f"--baseline {bdir}: no model.onnx to evaluate (train it with "
+                              f"the ONNX export on, or `python -m deepcf.export {bdir}`)")
+    if base is not None or evaluate_runs:
+        evaluate(runs, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"curves": out / CURVES, "bars": out / BARS, "table": out / TABLE}
     plot_curves(runs, files["curves"])
     plot_bars(runs, files["bars"])
-    text = table(runs)
+    text = table(runs, base)
+    test = (" The p-values: scipy.stats.wilcoxon (two-sided) over the test users, paired on "
+            "per-user squared error (SE, both models rate) or NDCG@10; the difference is "
+            "run - baseline.") if base is not None else ""
+    scored = (" Ranking metrics a run did not log: its model on its test split, every held-out "
+              "rating relevant (`deepcf.evaluate --protocol topn`)."
+              if base is not None or evaluate_runs else "")
     files["table"].write_text(
         f"{text}\n\n{len(runs)} runs from {', '.join(str(p) for p in paths)} (mean ± std over "
-        f"the seeds that did not diverge).\n\n![curves]({CURVES})\n\n![test metrics]({BARS})\n")
+        f"the seeds that did not diverge).{scored}{test}\n\n![curves]({CURVES})\n\n"
+        f"![test metrics]({BARS})\n")
     return files

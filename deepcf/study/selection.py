@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from deepcf.errors import ConfigError, DeepCFError
 from deepcf.serving.evaluate import topn_metrics
+from deepcf.stats import paired_test
 from deepcf.study.experiments import mean_std
 from deepcf.study.protocols import KS, SEEDS, rating_errors, rating_split, topn_split
 
@@ -39,6 +40,10 @@ NDCG_TARGET = 0.46
 # `min_coverage` are eligible
 COVERAGE_TARGET = 0.30
 EASE_ROW = "EASE"  # the ranking targets' reference row
+# the paired test over the users of a test set (deepcf.stats.paired_test) and what it pairs:
+# per-user NDCG@10 (top-N), per-user mean squared error (rating)
+SIGNIFICANCE_TEST = "wilcoxon"
+PAIRED_METRIC = {"topn": "ndcg@10", "rating": "se"}
 
 
 @dataclass
@@ -110,6 +115,8 @@ class RowResult:
     params: list[dict] = field(default_factory=list)  # per split, chosen settings
     info: list[dict] = field(default_factory=list)  # per split, the predictor's info
     val: list[float] = field(default_factory=list)  # per split, the chosen entry's val score
+    # per split, each test user's values ({"ndcg@10": ...} / {"se": ...}, users in order)
+    per_user: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
 
@@ -146,9 +153,9 @@ def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict,
         pred, fitted_on = best_pred, split.fit
     if row.protocol == "rating":
         metrics = rating_errors(pred, fitted_on, split.test, task.rating_min, task.rating_max,
-                                row.fallback)
+                                row.fallback, per_user=True)
     else:
-        metrics = topn_metrics(pred, fitted_on, split.test, KS)
+        metrics = topn_metrics(pred, fitted_on, split.test, KS, per_user=True)
     return metrics, best, dict(getattr(pred, "info", {}) or {}), best_val
 
 
@@ -164,6 +171,7 @@ def run_protocol(protocol: str, data, seeds, rows: list[Row], tune: bool = True,
             for seed, split in zip(seeds, splits):
                 task = Task(data.rating_min, data.rating_max, int(seed))
                 m, p, info, v = run_row(res.row, split, task, tune)
+                res.per_user.append(m.pop("per_user", {}))
                 res.metrics.append(m)
                 res.params.append(p)
                 res.info.append(info)
@@ -233,6 +241,41 @@ def targets(rating: list[RowResult], topn: list[RowResult]) -> list[dict]:
     return out
 
 
+def compare(a: RowResult, b: RowResult, test: str = SIGNIFICANCE_TEST) -> dict:
+    """Whether rows `a` and `b` differ beyond noise, split by split: the paired test over the
+    test users of each split on the protocol's per-user metric (PAIRED_METRIC)."""
+    key = PAIRED_METRIC[a.row.protocol]
+    splits = [paired_test(pa[key], pb[key], test) for pa, pb in zip(a.per_user, b.per_user)
+              if key in pa and key in pb]
+    return {"protocol": a.row.protocol, "a": a.row.name, "b": b.row.name,
+            "metric": "per-user NDCG@10" if key == "ndcg@10" else "per-user squared error",
+            "splits": splits}
+
+
+def significance(rating: list[RowResult], topn: list[RowResult]) -> list[dict]:
+    """The paired tests ACCURACY.md shows: the best single ranking row (by mean NDCG@10; the
+    best with coverage@10 >= EASE's too when that is another row) against EASE, and the best
+    single rating row (by mean RMSE) against the runner-up."""
+    out = []
+
+    def ok(rs):
+        return [r for r in rs if not r.error and r.row.kind != "ensemble" and r.per_user]
+
+    ranked = sorted(ok(rating), key=lambda r: np.nan_to_num(_mean(r, "rmse"), nan=np.inf))
+    if len(ranked) >= 2:
+        out.append(compare(ranked[0], ranked[1]))
+    single = ok(topn)
+    ease = next((r for r in single if r.row.name == EASE_ROW), None)
+    if ease is not None:
+        rivals = sorted((r for r in single if r is not ease),
+                        key=lambda r: -np.nan_to_num(_mean(r, "ndcg@10"), nan=-np.inf))
+        cov = _mean(ease, "coverage@10")
+        covered = [r for r in rivals if _mean(r, "coverage@10") >= cov]
+        for r in rivals[:1] + [r for r in covered[:1] if r is not rivals[0]]:
+            out.append(compare(r, ease))
+    return out
+
+
 def describe(m) -> str:
     return (f"{m.source or 'ratings'} ({m.shape[0]:,} users x {m.shape[1]:,} movies, "
             f"{m.ratings.nnz:,} ratings, {m.rating_min:g}..{m.rating_max:g})")
@@ -255,4 +298,5 @@ def build_report(data, seeds=SEEDS, side_data=None, side_seeds=None,
     return {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": time.perf_counter() - t0, "cpus": os.cpu_count(), "data": describe(data),
             "seeds": list(seeds), "rating": rating, "topn": topn, "side": side,
-            "rows": selected, "targets": targets(rating, topn)}
+            "rows": selected, "targets": targets(rating, topn),
+            "significance": significance(rating, topn)}
