@@ -320,12 +320,13 @@ def _cover_every_movie(rng: np.random.Generator, users: np.ndarray, items: np.nd
         return users, items
     n = len(users)
     key = rng.random(n)
+    droppable = np.ones(n, dtype=bool)
     rank_in = np.empty(n, np.int64)
-    for group in (users, items):
+    for group in (users, items):  # never the first pair (in a random order) of either
         order = np.lexsort((key, group))
         g = group[order]
         rank_in[order] = np.arange(n) - np.searchsorted(g, g, side="left")
-        droppable = rank_in > 0 if group is users else droppable & (rank_in > 0)
+        droppable &= rank_in > 0
     drop = rng.choice(np.flatnonzero(droppable), size=len(missing), replace=False)
     keep = np.ones(n, dtype=bool)
     keep[drop] = False
