@@ -74,7 +74,7 @@ def generate_ratings(
     n_ratings: int,
     seed: int = 0,
     rank: int | None = None,
-    noise: float = 0.6,
+    noise: float | None = None,
     half_stars: bool = False,
     max_item_id: int | None = None,
     popularity_exponent: float = 1.0,
@@ -85,9 +85,9 @@ def generate_ratings(
     """Generate `n_ratings` distinct (user, movie, rating, timestamp) rows; `mode` says which
     movies a user rates (module docstring), `taste_options` are `generate_taste`'s own."""
     if mode == "taste":
-        if rank is not None:
-            taste_options["rank"] = rank
-        return generate_taste(n_users, n_items, n_ratings, seed=seed, noise=noise,
+        taste_options.update({k: v for k, v in (("rank", rank), ("noise", noise))
+                              if v is not None})
+        return generate_taste(n_users, n_items, n_ratings, seed=seed,
                               half_stars=half_stars, max_item_id=max_item_id,
                               popularity_exponent=popularity_exponent,
                               activity_sigma=activity_sigma, **taste_options)
@@ -97,6 +97,7 @@ def generate_ratings(
     _check_shape(n_users, n_items, n_ratings)
     rng = np.random.default_rng(seed)
     rank = 8 if rank is None else rank
+    noise = 0.6 if noise is None else noise
     # Item popularity: Zipf over a random permutation of the items.
     pop = 1.0 / np.arange(1, n_items + 1, dtype=np.float64) ** popularity_exponent
     pop = pop[rng.permutation(n_items)]
@@ -212,16 +213,16 @@ def generate_taste(
     n_items: int,
     n_ratings: int,
     seed: int = 0,
-    rank: int = 16,
-    noise: float = 0.6,
+    rank: int = 8,
+    noise: float = 0.65,
     half_stars: bool = False,
     max_item_id: int | None = None,
     popularity_exponent: float = 1.0,
     activity_sigma: float = 1.1,
-    taste: float = 1.5,
-    taste_rating: float = 0.35,
-    drift: float = 0.5,
-    pool: float = 3.0,
+    taste: float = 3.0,
+    taste_rating: float = 1.3,
+    drift: float = 1.0,
+    pool: float = 10.0,
     chunk: int = 4_000_000,
 ) -> RatingsTable:
     """The taste mode (module docstring): `taste` how strongly the latent tastes pick the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import deepcf.study.rows  # noqa: F401  (registers the rows)
@@ -30,7 +31,7 @@ from deepcf.study.render import (
 )
 from deepcf.study.rows import SCALE_ROWS
 from deepcf.study.scale import EVAL_USERS, run_scale
-from deepcf.study.selection import build_report
+from deepcf.study.selection import build_report, describe
 
 
 def load_data(spec: str, cache_dir: str):
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _scale(args) -> None:
     spec = "synthetic:movies_full" if args.data == "ml100k" else args.data
+    t0 = time.perf_counter()
     data = load_data(spec, args.cache_dir)
+    print(f"data: {describe(data)} in {time.perf_counter() - t0:.0f} s (generated or read, "
+          f"then cached)", flush=True)
     mode = (Synthetic(scale=spec.split(":", 1)[1]).params["mode"]
             if spec.startswith("synthetic:") else "file")
     report = run_scale(data, SCALE_ROWS, args.eval_users, log=lambda s: print(s, flush=True))

@@ -43,10 +43,10 @@ TOPN_ROWS = ("popularity", "EASE", "ItemKNN (cosine)")
 def load(spec: str, cache_dir: str):
     """`synthetic:<scale>[:<mode>]` or a ratings file, as a RatingMatrix."""
     if spec.startswith("synthetic:"):
-        scale, _, mode = spec.split(":", 2)[1:] + [""] * (2 - spec.count(":"))
-        source = Synthetic(scale=scale, mode=mode or None)
+        parts = spec.split(":")
+        source = Synthetic(scale=parts[1], mode=parts[2] if len(parts) > 2 else None)
         m = load_matrix(source, cache_dir)
-        m.source = f"synthetic {scale} (mode {source.params['mode']})"
+        m.source = f"synthetic {source.scale} (mode {source.params['mode']})"
         return m
     if not os.path.exists(spec):
         raise ConfigError(f"--data {spec!r} is not synthetic:<scale>[:<mode>] or a file")
