@@ -43,8 +43,8 @@ def load_data(spec: str, cache_dir: str):
     else:
         raise ConfigError(f"--data {spec!r} is not ml100k or synthetic:<scale>")
     m = load_matrix(source, cache_dir)
-    if spec.startswith("synthetic:"):
-        m.source = f"Synthetic(scale={source.scale!r})"
+    if spec.startswith("synthetic:"):  # the generator named: its mode decides what top-N means
+        m.source = f"Synthetic(scale={source.scale!r}, mode={source.params['mode']!r})"
     return m
 
 
