@@ -197,3 +197,37 @@ def als_side(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, other_f:
               np.float64), np.asarray(other_b, np.float64), float(mu), float(reg),
               float(reg_bias), F, b)
     return F, b
+
+
+@numba.njit(**_JIT)
+def _pool_top_k(seg, users, items, logit, k, mark, out, got):  # pragma: no cover
+    pos = 0
+    for j in range(len(users)):
+        lo, hi = seg[j], seg[j + 1]
+        stamp = users[j] + 1
+        order = np.argsort(-logit[lo:hi])
+        c = 0
+        for t in range(hi - lo):
+            if c == k[j]:
+                break
+            it = items[lo + order[t]]
+            if mark[it] != stamp:
+                mark[it] = stamp
+                out[pos + c] = it
+                c += 1
+        got[j] = c
+        pos += k[j]
+
+
+def pool_top_k(seg: np.ndarray, users: np.ndarray, items: np.ndarray, logit: np.ndarray,
+               k: np.ndarray, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per user j (candidates items[seg[j]:seg[j+1]]), the k[j] distinct items of the largest
+    logits, best first (an item drawn twice counts with its largest logit). Returns (out, got):
+    user j's items in out[sum(k[:j]) : sum(k[:j]) + got[j]], got[j] < k[j] where the pool had
+    fewer distinct items. `mark` (one int64 per item, zeros before the first call) is scratch
+    stamped with user id + 1, so `users` must be distinct across the calls sharing it."""
+    out = np.full(int(k.sum()), -1, np.int64)
+    got = np.zeros(len(users), np.int64)
+    _pool_top_k(seg.astype(np.int64), users.astype(np.int64), items.astype(np.int64),
+                np.asarray(logit, np.float32), k.astype(np.int64), mark, out, got)
+    return out, got

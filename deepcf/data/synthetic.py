@@ -31,6 +31,7 @@ import pandas as pd
 
 from deepcf.data.readers import RatingsTable
 from deepcf.errors import ConfigError
+from deepcf.kernels import pool_top_k
 
 MODES = ("popularity", "taste")
 
@@ -191,23 +192,6 @@ def _user_counts(rng: np.random.Generator, act: np.ndarray, n_ratings: int, cap:
     return k.astype(np.int64)
 
 
-def _gumbel_top_k(users: np.ndarray, items: np.ndarray, logit: np.ndarray, k: np.ndarray,
-                  n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, the `k[user]` distinct items of the largest logits (a candidate drawn twice
-    keeps its largest). Returns (users, items) of the kept pairs, sorted by user."""
-    order = np.lexsort((-logit, users * n_items + items))
-    key = users[order] * n_items + items[order]
-    first = np.ones(len(key), dtype=bool)
-    np.not_equal(key[1:], key[:-1], out=first[1:])
-    order = order[first]
-    u, i, lg = users[order], items[order], logit[order]
-    by_user = np.lexsort((-lg, u))
-    u, i = u[by_user], i[by_user]
-    start = np.searchsorted(u, u, side="left")
-    keep = (np.arange(len(u)) - start) < k[u]
-    return u[keep], i[keep]
-
-
 def generate_taste(
     n_users: int,
     n_items: int,
@@ -251,6 +235,7 @@ def generate_taste(
     exact = m > n_items // 4
     parts_u, parts_i = [], []
     light = np.flatnonzero(~exact)
+    mark = np.zeros(n_items, np.int64)  # pool_top_k's scratch
     group = np.cumsum(m[light]) // chunk  # users in chunks of about `chunk` candidates
     for us in np.split(light, np.flatnonzero(np.diff(group)) + 1):
         if len(us) == 0:
@@ -260,12 +245,11 @@ def generate_taste(
         np.minimum(i, n_items - 1, out=i)
         lg = taste * np.einsum("nk,nk->n", P[u], Q[i]) + rng.gumbel(size=len(u)).astype(
             np.float32)
-        u, i = _gumbel_top_k(u, i, lg, k, n_items)
-        short = np.flatnonzero(np.bincount(u, minlength=n_users)[us] < k[us])
-        exact[us[short]] = True  # a pool with too few distinct movies: the exact draw
-        ok = ~exact[u]
-        parts_u.append(u[ok])
-        parts_i.append(i[ok])
+        out, got = pool_top_k(np.r_[0, np.cumsum(m[us])], us, i, lg, k[us], mark)
+        exact[us[got < k[us]]] = True  # a pool with too few distinct movies: the exact draw
+        full = np.repeat(got == k[us], k[us])
+        parts_u.append(np.repeat(us, k[us])[full])
+        parts_i.append(out[full])
     for u0 in np.flatnonzero(exact):
         lg = log_pop + taste * (Q @ P[u0]) + rng.gumbel(size=n_items).astype(np.float32)
         top = np.argpartition(-lg, k[u0] - 1)[:k[u0]]
