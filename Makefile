@@ -101,3 +101,14 @@ accuracy: install peers
 accuracy-quick: install peers
 	mkdir -p outputs
 	$(PY) -m deepcf.study.accuracy --quick --out outputs/ACCURACY-quick.md
+
+# the rating and top-N protocols at the Movies-Dataset scale: synthetic movies_full (the taste
+# generator), one split, the bias / ALS MF / popularity / EASE baselines and any row of
+# deepcf.study.rows.SCALE_ROWS, each with its wall time and peak RSS; rewrites only the
+# at-scale section of ACCURACY.md. Also the generator's calibration figures (docs/data.md)
+.PHONY: accuracy-scale calibrate
+accuracy-scale: install
+	$(PY) -m deepcf.study.accuracy --scale --out ACCURACY.md
+
+calibrate: install
+	$(PY) -m deepcf.study.calibrate

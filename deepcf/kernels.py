@@ -130,3 +130,104 @@ def unique_inverse_torch(idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch
 
     ids, pos = unique_inverse(idx.numpy(), n)
     return torch.from_numpy(ids), torch.from_numpy(pos)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _als_side(indptr, indices, data, other_f, other_b, mu, reg, reg_bias, F, b
+              ):  # pragma: no cover
+    n, k = len(indptr) - 1, other_f.shape[1]
+    for u in numba.prange(n):
+        lo, hi = indptr[u], indptr[u + 1]
+        if lo == hi:
+            F[u, :] = 0.0
+            b[u] = 0.0
+            continue
+        A = np.zeros((k + 1, k + 1))
+        y = np.zeros(k + 1)
+        for j in range(lo, hi):
+            it = indices[j]
+            r = data[j] - mu - other_b[it]
+            for a in range(k):
+                qa = other_f[it, a]
+                y[a] += qa * r
+                for c in range(a + 1):
+                    A[a, c] += qa * other_f[it, c]
+                A[k, a] += qa
+            A[k, k] += 1.0
+            y[k] += r
+        for a in range(k):
+            A[a, a] += reg
+        A[k, k] += reg_bias
+        # Cholesky of the lower triangle in place, then the two triangular solves
+        for a in range(k + 1):
+            s = A[a, a]
+            for c in range(a):
+                s -= A[a, c] * A[a, c]
+            d = np.sqrt(s)
+            A[a, a] = d
+            for r_ in range(a + 1, k + 1):
+                t = A[r_, a]
+                for c in range(a):
+                    t -= A[r_, c] * A[a, c]
+                A[r_, a] = t / d
+        for a in range(k + 1):
+            t = y[a]
+            for c in range(a):
+                t -= A[a, c] * y[c]
+            y[a] = t / A[a, a]
+        for a in range(k, -1, -1):
+            t = y[a]
+            for c in range(a + 1, k + 1):
+                t -= A[c, a] * y[c]
+            y[a] = t / A[a, a]
+        F[u, :] = y[:k]
+        b[u] = y[k]
+
+
+def als_side(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, other_f: np.ndarray,
+             other_b: np.ndarray, mu: float, reg: float, reg_bias: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """One side of biased-MF ALS: every CSR row's (factors, bias) by ridge regression of
+    r - mu - b_other on [q, 1] (penalty `reg` on the factors, `reg_bias` on the bias), the
+    normal equations built and Cholesky-solved per row, rows in parallel: O(nnz k^2) without a
+    Python loop. Rows without entries get zeros."""
+    n, k = len(indptr) - 1, other_f.shape[1]
+    F, b = np.empty((n, k)), np.empty(n)
+    _als_side(indptr, indices, np.asarray(data, np.float64), np.ascontiguousarray(other_f,
+              np.float64), np.asarray(other_b, np.float64), float(mu), float(reg),
+              float(reg_bias), F, b)
+    return F, b
+
+
+@numba.njit(**_JIT)
+def _pool_top_k(seg, users, items, logit, k, mark, out, got):  # pragma: no cover
+    pos = 0
+    for j in range(len(users)):
+        lo, hi = seg[j], seg[j + 1]
+        stamp = users[j] + 1
+        order = np.argsort(-logit[lo:hi])
+        c = 0
+        for t in range(hi - lo):
+            if c == k[j]:
+                break
+            it = items[lo + order[t]]
+            if mark[it] != stamp:
+                mark[it] = stamp
+                out[pos + c] = it
+                c += 1
+        got[j] = c
+        pos += k[j]
+
+
+def pool_top_k(seg: np.ndarray, users: np.ndarray, items: np.ndarray, logit: np.ndarray,
+               k: np.ndarray, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per user j (candidates items[seg[j]:seg[j+1]]), the k[j] distinct items of the largest
+    logits, best first (an item drawn twice counts with its largest logit). Returns (out, got):
+    user j's items in out[sum(k[:j]) : sum(k[:j]) + got[j]], got[j] < k[j] where the pool had
+    fewer distinct items. `mark` (one int64 per item, zeros before the first call) is scratch
+    stamped with user id + 1, so `users` must be distinct across the calls sharing it."""
+    out = np.full(int(k.sum()), -1, np.int64)
+    got = np.zeros(len(users), np.int64)
+    _pool_top_k(seg.astype(np.int64), users.astype(np.int64), items.astype(np.int64),
+                np.asarray(logit, np.float32), k.astype(np.int64), mark, out, got)
+    return out, got

@@ -380,7 +380,7 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
     assert text.count("| best single rating model: RMSE <= 0.878") == 1
     assert "a single ranking model above EASE by more than its std" in text
     assert "stretch: a single ranking model with NDCG@10 >= 0.46" in text
-    assert "## Untuned defaults on Synthetic(scale='tiny')" in text
+    assert "## Untuned defaults on Synthetic(scale='tiny', mode='popularity')" in text
     assert "split seeds 0, 1." in text
     rating = {r.row.name: r for r in report["rating"]}
     assert len(rating["user+item bias"].metrics) == 2

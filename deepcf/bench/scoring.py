@@ -40,7 +40,7 @@ def ml100k_matrix(cache_dir: str):
 
 
 def movies_matrix(n_users: int):
-    p = dict(SCALES["movies_full"])
+    p = dict(SCALES["movies_full"], mode="popularity")  # the benchmarks' generator
     # the full file's ratings per user; the generator gives every user and movie one rating,
     # so a small sample needs at least n_users + n_items of them
     p.update(n_users=n_users, n_ratings=max(round(FULL_RATINGS * n_users / FULL_USERS),

@@ -42,6 +42,7 @@ MODELS = [
     ("I-AutoRec + residual target (rows = movies, cached item codes)",
      "synthetic `movies_small` (671 users x 9,066 movies)",
      ["experiment=i_autorec_target", "data=synthetic", "data.source.scale=movies_small",
+      "data.source.mode=popularity",
       "trainer.max_epochs=3"]),
     ("EDLAE (rows = users, onnxruntime)", "ML-100K", ["experiment=edlae"]),
 ]

@@ -107,7 +107,9 @@ class RatingsFile(RatingsSource):
 @dataclass
 class Synthetic(RatingsSource):
     """Seeded synthetic ratings with realistic skew (deepcf.data.synthetic). `scale` names a
-    shape (tiny, ml100k, movies_small, movies_full); n_users / n_items / n_ratings override it.
+    shape (tiny, ml100k, movies_small, movies_full); n_users / n_items / n_ratings override it,
+    and `mode` the scale's generator (`taste` for the movies_* scales, `popularity` for the
+    others and the benchmarks' data).
     The rating range follows the scale: 0.5..5 in half stars where it has them, else 1..5."""
 
     scale: str | None = "tiny"
@@ -115,11 +117,12 @@ class Synthetic(RatingsSource):
     n_items: int | None = None
     n_ratings: int | None = None
     seed: int = 0
+    mode: str | None = None
     params: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.params = scale_params(self.scale, n_users=self.n_users, n_items=self.n_items,
-                                   n_ratings=self.n_ratings)
+                                   n_ratings=self.n_ratings, mode=self.mode)
         self.rating_min = 0.5 if self.params["half_stars"] else 1.0
         self.rating_max = 5.0
 

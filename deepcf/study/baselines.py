@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.kernels import als_side
 from deepcf.stats import binary_gram, fit_biases
 
 
@@ -78,32 +79,11 @@ class BiasedMF:
         return self.mu + self.b_u[users, None] + self.b_i[None, :] + self.P[users] @ self.Q.T
 
 
-def _als_side(X: sp.csr_matrix, other_f: np.ndarray,
-              other_b: np.ndarray, mu: float, reg: float, reg_bias: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Solve every row of X for its factors and bias with the other side fixed: ridge regression
-    of r - mu - b_other on [q, 1], penalty reg on the factors and reg_bias on the bias."""
-    n, k = X.shape[0], other_f.shape[1]
-    F, b = np.zeros((n, k)), np.zeros(n)
-    penalty = np.diag(np.r_[np.full(k, reg), reg_bias])
-    for u in range(n):
-        lo, hi = X.indptr[u], X.indptr[u + 1]
-        if lo == hi:
-            continue
-        idx = X.indices[lo:hi]
-        A = np.empty((hi - lo, k + 1))
-        A[:, :k] = other_f[idx]
-        A[:, k] = 1.0
-        y = X.data[lo:hi] - mu - other_b[idx]
-        sol = np.linalg.solve(A.T @ A + penalty, A.T @ y)
-        F[u], b[u] = sol[:k], sol[k]
-    return F, b
-
-
 def fit_mf(train: sp.csr_matrix, rank: int = 20, reg: float = 10.0, reg_bias: float = 10.0,
            sweeps: int = 15, seed: int = 0) -> BiasedMF:
     """Biased MF by alternating least squares: each sweep solves every user's (factors, bias)
-    exactly with the movies fixed, then every movie's; L2 penalties `reg` (factors) and
+    exactly with the movies fixed, then every movie's (deepcf.kernels.als_side, rows in
+    parallel: 26M ratings at rank 20 in seconds a side); L2 penalties `reg` (factors) and
     `reg_bias` (biases) per user/movie. Deterministic given `seed` (the initial movie factors)."""
     if rank < 1 or reg < 0 or reg_bias < 0 or sweeps < 1:
         raise ValueError(f"fit_mf: rank={rank}, reg={reg}, reg_bias={reg_bias}, "
@@ -118,6 +98,43 @@ def fit_mf(train: sp.csr_matrix, rank: int = 20, reg: float = 10.0, reg_bias: fl
     b_i = np.zeros(X.shape[1])
     P, b_u = np.zeros((X.shape[0], rank)), np.zeros(X.shape[0])
     for _ in range(sweeps):
-        P, b_u = _als_side(X, Q, b_i, mu, reg, reg_bias)
-        Q, b_i = _als_side(XT, P, b_u, mu, reg, reg_bias)
+        P, b_u = als_side(X.indptr, X.indices, X.data, Q, b_i, mu, reg, reg_bias)
+        Q, b_i = als_side(XT.indptr, XT.indices, XT.data, P, b_u, mu, reg, reg_bias)
     return BiasedMF(mu, b_u, b_i, P, Q)
+
+
+def fit_ease_f32(train: sp.csr_matrix, lam: float, items: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """EASE (Steck 2019) in float32 with an in-place Cholesky inverse, on the movies `items`
+    (default: all): B = I - P / diag(P), P = (G + lam I)^-1, G the binary Gram of those movies'
+    columns. One movies x movies float32 matrix is held (plus G's sparse product): 8 GB at
+    45K movies, 0.4 GB at 10K. Returns (items, B) with B over `items`."""
+    # start-up: scipy.linalg's LAPACK wrappers are only needed by this fit
+    from scipy.linalg import lapack
+
+    if not lam > 0:
+        raise ValueError(f"EASE needs lam > 0, got {lam}")
+    items = np.arange(train.shape[1]) if items is None else np.asarray(items)
+    X = sp.csr_matrix(train[:, items], dtype=np.float32, copy=True)
+    X.eliminate_zeros()
+    X.data[:] = 1.0
+    G = (X.T @ X).toarray()
+    del X
+    G[np.diag_indices_from(G)] += np.float32(lam)
+    c, info = lapack.spotrf(G, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        raise ValueError(f"EASE: Cholesky failed (info {info})")
+    P, info = lapack.spotri(c, lower=1, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"EASE: inverse failed (info {info})")
+    del c, G
+    n, b = P.shape[0], 2048  # spotri leaves the lower triangle: mirror it, block by block
+    for s0 in range(0, n, b):
+        e = min(s0 + b, n)
+        low = np.tril(P[s0:e, s0:e])
+        P[s0:e, s0:e] = low + np.tril(low, -1).T
+        P[s0:e, e:] = P[e:, s0:e].T
+    d = np.diag(P).copy()
+    P /= -d[None, :]
+    P[np.diag_indices_from(P)] = 0.0
+    return items, P

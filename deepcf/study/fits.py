@@ -253,3 +253,24 @@ def ease_dae_blend(train, val, params, task):
     info = {"epochs": dae.info["epochs"], "w": float(w)}
     return _Fitted(lambda users: (1 - w) * _standardised(ease_fit(users))
                    + w * _standardised(dae(users)), info)
+
+
+def ease_top(train, val, params, task):
+    """EASE in float32 (deepcf.study.baselines.fit_ease_f32) on the `max_items` movies with the
+    most training interactions (all when 0 or absent); the other movies score -inf (never
+    recommended): the EASE baseline where a movies x movies matrix of the whole catalogue does
+    not fit in memory."""
+    cap = int(params.get("max_items", 0) or 0)
+    pop = item_popularity(train)
+    items = (np.sort(np.argsort(-pop, kind="stable")[:cap]) if 0 < cap < len(pop)
+             else np.arange(len(pop)))
+    items, B = bl.fit_ease_f32(train, float(params["lam"]), items)
+    X = sp.csr_matrix(train[:, items], dtype=np.float32, copy=True)
+    X.data[:] = 1.0
+
+    def score(users):
+        out = np.full((len(users), train.shape[1]), -np.inf, np.float32)
+        out[:, items] = X[users] @ B
+        return out
+
+    return _Fitted(score, {"movies": len(items)})

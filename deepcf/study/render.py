@@ -140,3 +140,57 @@ def render(report: dict) -> str:
         rows="\n".join(_row_notes(d["rows"])), side=_side(d.get("side")),
         significance=significance_table(d.get("significance") or [], d["seeds"]))
     return text.rstrip("\n") + "\n"
+
+
+SCALE_TEMPLATE = TEMPLATE.with_name("accuracy_scale.md")
+SCALE_BEGIN, SCALE_END = "<!-- accuracy-scale -->", "<!-- /accuracy-scale -->"
+
+
+def _gb(x: float) -> str:
+    return f"{x:.2f} GB"
+
+
+def render_scale(report: dict) -> str:
+    """ACCURACY.md's at-scale section (between SCALE_BEGIN and SCALE_END) from
+    deepcf.study.scale.run_scale's dict (plus its `command` and `mode`)."""
+    d = report
+    res = d["results"]
+
+    def table(protocol, cols):
+        head = ["row", *(c for c, _ in cols), "wall", "peak RSS", "runner RSS"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in (x for x in res if x["row"].protocol == protocol):
+            cells = ([f"{r['ok'][k]:.4f}" for _, k in cols] if "ok" in r
+                     else [f"failed: {r['error']}"] + [""] * (len(cols) - 1))
+            lines.append("| " + " | ".join([_label(r["row"]), *cells, f"{r['seconds']:.0f} s",
+                                            _gb(r["peak_rss_gb"]), _gb(r["parent_rss_gb"])])
+                         + " |")
+        return "\n".join(lines)
+
+    text = Template(SCALE_TEMPLATE.read_text()).substitute(
+        command=d["command"],
+        make=" (`make accuracy-scale`)" if d["command"].endswith("--scale") else "",
+        date=d["date"], seconds=f"{d['seconds']:.0f}", cpus=d["cpus"], data=d["data"],
+        mode=d["mode"], eval_users=f"{d['eval_users']:,}",
+        rating_table=table("rating", RATING_COLS), topn_table=table("topn", TOPN_COLS),
+        rows="\n".join(_row_notes([r["row"] for r in res])))
+    return f"{SCALE_BEGIN}\n{text.strip()}\n{SCALE_END}\n"
+
+
+def with_scale_section(text: str, section: str | None) -> str:
+    """`text` (ACCURACY.md) with its at-scale section replaced by `section` (appended where it
+    has none; kept as it is when `section` is None)."""
+    if section is None:
+        return text
+    if SCALE_BEGIN in text and SCALE_END in text:
+        head, rest = text.split(SCALE_BEGIN, 1)
+        tail = rest.split(SCALE_END, 1)[1].lstrip("\n")
+        return head + section + (("\n" + tail) if tail else "")
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def scale_section(text: str) -> str | None:
+    """The at-scale section of an ACCURACY.md text, None where it has none."""
+    if SCALE_BEGIN not in text or SCALE_END not in text:
+        return None
+    return SCALE_BEGIN + text.split(SCALE_BEGIN, 1)[1].split(SCALE_END, 1)[0] + SCALE_END + "\n"

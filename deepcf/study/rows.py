@@ -253,3 +253,27 @@ register(Row("ensemble: EASE + Mult-DAE", "topn", fits.ease_dae_blend, grid=[{"l
                   f"{'/'.join(f'{w:g}' for w in fits.BLEND_WEIGHTS)} by the best carve NDCG@10 "
                   "(no coverage floor: with a carve coverage@10 >= 0.30 floor every split chose "
                   "w = 1, Mult-DAE alone); the refit keeps w and the DAE's epochs"))
+
+# ---------------------------------------------------------------------------------------------
+# The rows of `make accuracy-scale` (deepcf.study.scale): one split at the Movies-Dataset scale,
+# each row at its defaults (no grid), fitted in a process of its own for its time and memory.
+# A model joins the table by appending a Row whose fit scales (a rating model as
+# `fits.contender([...overrides])`, a ranking model as `fits.ranker([...])`, kind "contender").
+
+SCALE_MF = {"rank": 20, "reg": 15.0, "reg_bias": 5.0, "sweeps": 10}
+SCALE_EASE_MOVIES = 10_000
+
+SCALE_ROWS: list[Row] = [
+    Row("user+item bias", "rating", fits.bias, grid=[SURPRISE_BIAS],
+        note="mu + b_u + b_i by regularised ALS at Surprise's defaults"),
+    Row("biased MF (ALS)", "rating", fits.mf, grid=[SCALE_MF],
+        note="mu + b_u + b_i + p_u.q_i by ALS (rows in parallel, deepcf.kernels.als_side); "
+             "rank 20 and 10 sweeps to keep it minutes at 26M ratings"),
+    Row("popularity", "topn", fits.popularity,
+        note="movies by training interaction count"),
+    Row(f"EASE on the {SCALE_EASE_MOVIES:,} most popular movies", "topn", fits.ease_top,
+        grid=[{"lam": 500.0, "max_items": SCALE_EASE_MOVIES}],
+        note="EASE in float32 with an in-place Cholesky inverse (0.4 GB for 10K movies; the "
+             "whole 45K catalogue would need 8 GB per copy); the other movies are never "
+             "recommended; lam 500, Steck's (WWW 2019) setting for ML-20M"),
+]
