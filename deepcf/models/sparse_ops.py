@@ -32,8 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from deepcf.kernels import (column_dots, column_dots_backward, column_gather, column_scatter,
-                            transpose_pattern, unique_inverse_torch)
+from deepcf.kernels import (
+    column_dots,
+    column_dots_backward,
+    column_gather,
+    column_scatter,
+    transpose_pattern,
+    unique_inverse_torch,
+)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
