@@ -130,3 +130,42 @@ def test_rprop_refuses_bad_options():
         Rprop(p, etas=(1.5, 1.2))
     with pytest.raises(ConfigError, match="lr"):
         Rprop(p, lr=0)
+
+
+def test_ddp_on_cpu_trains_the_columns_path_and_scores_once(tmp_path, cache_dir):
+    """2-process gloo DDP of experiment=i_autorec_target (the columns path, Rprop): each rank
+    steps on its share of the movie rows with the gradients averaged, rank 0 writes one summary
+    and the ONNX export, and the test RMSE the two ranks computed together equals the
+    1-process score of the same best checkpoint."""
+    import json
+    import subprocess
+    import sys
+
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from deepcf.serving.runs import run_datamodule
+    from deepcf.training.assembly import build_module
+
+    p = subprocess.run([sys.executable, "-m", "deepcf.train", "experiment=i_autorec_target",
+                        "data=synthetic", "model.net.hidden=[16]", "logger=none",
+                        "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=3",
+                        "data.eval_batch_size=50", f"paths.cache_dir={cache_dir}",
+                        "trainer.accelerator=cpu"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("test RMSE") == 1 and "not exported" not in p.stdout
+    assert "column by column" in p.stderr
+    (run,) = (tmp_path / "outputs" / "i_autorec_target" / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())
+    assert (run / "model.onnx").is_file() and m["epochs"] == 3
+
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    dm = run_datamodule(run, cache_dir=str(cache_dir))
+    model = build_module(cfg, dm)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    one = trainer.test(model, datamodule=dm, ckpt_path=m["best_checkpoint"], verbose=False,
+                       weights_only=True)[0]
+    assert m["test/n_ratings"] == one["test/n_ratings"] == dm.split.test.nnz
+    assert m["test/rmse"] == pytest.approx(one["test/rmse"], rel=1e-6, abs=1e-6)
