@@ -59,6 +59,15 @@ experiments: install
 # ratings) and ML-100K, then ONNX scoring, then the multinomial loss (Mult-DAE) at 26M ratings,
 # then the HTTP service's latency and users/s on loopback; rewrites BENCHMARKS.md (~4 min on 2
 # cores, ~6 more for the multinomial row, ~6 for serving; not `make test`)
+# whole runs of the recommended models on a Movies-Dataset-sized ratings.csv (FULL_CSV; written
+# once from the synthetic movies_full if missing): train to early stopping, export, evaluate,
+# recommend, each timed with its peak RSS; rewrites BENCHMARKS-full.md (~20 min on 2 cores)
+FULL_CSV ?= $(HOME)/.cache/deepcf/movies_full.csv
+.PHONY: bench-full
+bench-full: install
+	test -f $(FULL_CSV) || $(PY) -c "import sys; from deepcf.data.synthetic import SCALES, generate_ratings, write_csv; write_csv(generate_ratings(**SCALES['movies_full']), sys.argv[1])" $(FULL_CSV)
+	$(PY) -m deepcf.bench.full --csv $(FULL_CSV) --out BENCHMARKS-full.md
+
 .PHONY: bench readme
 bench: install
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 $(PY) -m deepcf.bench --out BENCHMARKS.md

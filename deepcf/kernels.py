@@ -231,3 +231,164 @@ def pool_top_k(seg: np.ndarray, users: np.ndarray, items: np.ndarray, logit: np.
     _pool_top_k(seg.astype(np.int64), users.astype(np.int64), items.astype(np.int64),
                 np.asarray(logit, np.float32), k.astype(np.int64), mark, out, got)
     return out, got
+
+# -- column-major products of a batch's pattern (the item-row autoencoder's user-indexed weights)
+# A batch of movie rows is (rows x columns) with a column per user; the user-indexed weights W
+# (columns x k) are the big operand (hundreds of MB), the rows' codes (rows x k) the small one.
+# Walking the pattern column by column reads each row of W once, contiguously, and touches the
+# small operand at random: the cache-friendly order. Writes into the small operand from several
+# threads go to one private slab per thread (`slabs`, summed by the caller), so no two threads
+# ever write the same memory. `cols[i]` is the i-th column's id in W, its entries
+# toff[i]:toff[i+1] (rows `trow`, values `tval`, CSR positions `perm`).
+
+@numba.njit(parallel=True, fastmath=True, **_JIT)
+def _col_scatter(cols, toff, trow, tval, w, slabs):  # pragma: no cover
+    n, n_thr, k = cols.shape[0], slabs.shape[0], w.shape[1]
+    for t in numba.prange(n_thr):
+        z = slabs[t]
+        for i in range(n * t // n_thr, n * (t + 1) // n_thr):
+            wi = w[cols[i]]
+            for e in range(toff[i], toff[i + 1]):
+                zr, v = z[trow[e]], tval[e]
+                for q in range(k):
+                    zr[q] += v * wi[q]
+
+
+@numba.njit(parallel=True, fastmath=True, **_JIT)
+def _col_gather(cols, toff, trow, tval, x, out):  # pragma: no cover
+    # out[cols[i]] = sum over column i's entries of tval[e] * x[trow[e]]; other rows untouched
+    k = x.shape[1]
+    for i in numba.prange(cols.shape[0]):
+        acc = np.zeros(k, dtype=out.dtype)
+        for e in range(toff[i], toff[i + 1]):
+            xr, v = x[trow[e]], tval[e]
+            for q in range(k):
+                acc[q] += v * xr[q]
+        out[cols[i]] = acc
+
+
+@numba.njit(parallel=True, fastmath=True, **_JIT)
+def _col_dots(cols, toff, trow, perm, h, w, b, out):  # pragma: no cover
+    # out[perm[e]] = h[trow[e]] . w[cols[i]] + b[cols[i]] for column i's entries e
+    k = h.shape[1]
+    for i in numba.prange(cols.shape[0]):
+        wi, bi = w[cols[i]], b[cols[i]]
+        for e in range(toff[i], toff[i + 1]):
+            hr = h[trow[e]]
+            s = np.float32(0.0)
+            for q in range(k):
+                s += hr[q] * wi[q]
+            out[perm[e]] = s + bi
+
+
+@numba.njit(parallel=True, fastmath=True, **_JIT)
+def _col_dots_backward(cols, toff, trow, perm, g, h, w, dw, db, slabs):  # pragma: no cover
+    # dw[cols[i]] = sum_e g[perm e] h[trow e]; db[cols[i]] = sum_e g[perm e];
+    # slab[t][trow e] += g[perm e] * w[cols[i]] (dh, one slab per thread)
+    n, n_thr, k = cols.shape[0], slabs.shape[0], h.shape[1]
+    for t in numba.prange(n_thr):
+        dh = slabs[t]
+        acc = np.zeros(k, dtype=dw.dtype)
+        for i in range(n * t // n_thr, n * (t + 1) // n_thr):
+            wi = w[cols[i]]
+            acc[:] = 0
+            gs = np.float32(0.0)
+            for e in range(toff[i], toff[i + 1]):
+                ge, r = g[perm[e]], trow[e]
+                hr, dr = h[r], dh[r]
+                for q in range(k):
+                    acc[q] += ge * hr[q]
+                    dr[q] += ge * wi[q]
+                gs += ge
+            dw[cols[i]] = acc
+            db[cols[i]] = gs
+
+
+@numba.njit(parallel=True, fastmath=True, **_JIT)
+def _rprop(p, g, step, prev, eta_minus, eta_plus, lo, hi):  # pragma: no cover
+    for j in numba.prange(p.shape[0]):
+        gj, sj, pj = g[j], step[j], prev[j]
+        if (gj > 0 and pj > 0) or (gj < 0 and pj < 0):
+            sj = sj * eta_plus
+        elif (gj > 0 and pj < 0) or (gj < 0 and pj > 0):
+            sj = sj * eta_minus
+            gj = 0.0
+        sj = min(max(sj, lo), hi)
+        step[j] = sj
+        if gj > 0:
+            p[j] -= sj
+            prev[j] = 1
+        elif gj < 0:
+            p[j] += sj
+            prev[j] = -1
+        else:
+            prev[j] = 0
+
+
+def _threads() -> int:
+    import torch
+
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+def column_scatter(cols, toff, trow, tval, w: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """(n_rows, k) = sum over entries e of tval[e] * w[column of e] into row trow[e]: M @ W of
+    the pattern, walked column by column (module comment above)."""
+    import torch
+
+    n_thr = _threads()
+    slabs = torch.zeros((n_thr, n_rows, w.shape[1]), dtype=w.dtype)
+    _col_scatter(cols.numpy(), toff.numpy(), trow.numpy(), tval.numpy(), _np2d(w),
+                 slabs.numpy())
+    return slabs[0] if n_thr == 1 else slabs.sum(0)
+
+
+def column_gather(cols, toff, trow, tval, x: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """(n_cols, k) = M^T @ x, dense; the rows of columns without entries are 0."""
+    import torch
+
+    _threads()
+    out = torch.zeros((n_cols, x.shape[1]), dtype=x.dtype)
+    _col_gather(cols.numpy(), toff.numpy(), trow.numpy(), tval.numpy(), _np2d(x.contiguous()),
+                out.numpy())
+    return out
+
+
+def column_dots(cols, toff, trow, perm, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+                ) -> torch.Tensor:
+    """h[row] . w[col] + b[col] for every entry of the pattern, in CSR order."""
+    import torch
+
+    _threads()
+    out = torch.empty(len(perm), dtype=h.dtype)
+    _col_dots(cols.numpy(), toff.numpy(), trow.numpy(), perm.numpy(), _np2d(h.contiguous()),
+              _np2d(w), b.detach().numpy(), out.numpy())
+    return out
+
+
+def column_dots_backward(cols, toff, trow, perm, g: torch.Tensor, h: torch.Tensor,
+                         w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dw, db) of `column_dots` for the output gradient g (CSR order); dw, db dense over
+    w's rows (0 where no entry)."""
+    import torch
+
+    n_thr = _threads()
+    slabs = torch.zeros((n_thr, h.shape[0], h.shape[1]), dtype=h.dtype)
+    dw = torch.zeros_like(w)
+    db = torch.zeros(w.shape[0], dtype=w.dtype)
+    _col_dots_backward(cols.numpy(), toff.numpy(), trow.numpy(), perm.numpy(),
+                       g.contiguous().numpy(), _np2d(h.contiguous()), _np2d(w), _np2d(dw),
+                       db.numpy(), slabs.numpy())
+    return (slabs[0] if n_thr == 1 else slabs.sum(0)), dw, db
+
+
+def rprop_(p: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor, prev: torch.Tensor,
+           eta_minus: float, eta_plus: float, step_min: float, step_max: float) -> None:
+    """torch.optim.Rprop's update of p in place, each element read and written once, with the
+    previous gradient kept as its sign (int8: all the update reads of it)."""
+    ft = np.dtype(str(p.dtype).removeprefix("torch.")).type
+    _threads()
+    _rprop(p.detach().view(-1).numpy(), grad.reshape(-1).numpy(), step_size.view(-1).numpy(),
+           prev.view(-1).numpy(), ft(eta_minus), ft(eta_plus), ft(step_min), ft(step_max))

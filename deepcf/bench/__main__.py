@@ -304,6 +304,9 @@ def header(cmd: str, info: dict) -> list[str]:
         "# deepcf benchmarks",
         "",
         "Written by `make bench` (`" + cmd.strip() + "`); every figure below is from that run.",
+        "Whole runs of the recommended models at the Movies Dataset's scale (26M ratings, train to "
+        "early stopping, export, evaluate, recommend) are [BENCHMARKS-full.md](BENCHMARKS-full.md)"
+        " (`make bench-full`).",
         "",
         f"- date: {info['date']}",
         f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']}, "

@@ -36,6 +36,8 @@ from deepcf.models.contract import RatingNet, check_init, init_matrix
 from deepcf.models.residual import BiasResidual
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
 
+DECODE_CHUNK = 1 << 16  # (row, column) pairs per gathered product in `decode_at`
+
 ACTIVATIONS = {
     "selu": F.selu,
     "elu": F.elu,
@@ -137,8 +139,22 @@ class AutoEncoder(BiasResidual, RatingNet):
         return z
 
     def decode_at(self, h: torch.Tensor, row: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Outputs only at (row, idx) pairs: sum_k h[row, k] * W[idx, k] + b[idx]."""
-        out = torch.einsum("nk,nk->n", h[row], self.item_decoder[idx]) + self.out_b[idx]
+        """Outputs only at (row, idx) pairs: sum_k h[row, k] * W[idx, k] + b[idx].
+
+        Rows in order (a batch's held-out entries): one sampled product, column by column on
+        the CPU; else in chunks, so that the gathered (pairs, k) operands stay small (at the
+        Movies Dataset's scale all of them would be gigabytes)."""
+        w, b = self.item_decoder, self.out_b
+        if len(row) > DECODE_CHUNK and bool((row[1:] >= row[:-1]).all()):
+            counts = torch.bincount(row, minlength=len(h))
+            crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            pattern = Pattern(crow, idx, self.width)
+            pattern.by_columns = True
+            out = sampled_decode(h, w, b, pattern, sparse_grad=False)
+        else:
+            out = torch.cat([torch.einsum("nk,nk->n", h[r], w[i]) + b[i] for r, i in
+                             zip(row.split(DECODE_CHUNK), idx.split(DECODE_CHUNK))]
+                            ) if len(row) else b[idx]
         return out if self.linear_last else self.act(out)
 
     def predict_at(self, idx, val, off, tgt_row, tgt_idx) -> torch.Tensor:

@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from deepcf.kernels import transpose_pattern, unique_inverse_torch
+from deepcf.kernels import (
+    column_dots,
+    column_dots_backward,
+    column_gather,
+    column_scatter,
+    transpose_pattern,
+    unique_inverse_torch,
+)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -59,6 +66,7 @@ class Pattern:
         self.n_rows = len(self.off)
         self._unique = self._by_movie = None
         self.decoder_rows: torch.Tensor | None = None  # see sparse_encode(tied=True)
+        self.by_columns = False  # walk the pattern column by column (`columns_ok`)
 
     @classmethod
     def from_offsets(cls, off: torch.Tensor, idx: torch.Tensor, width: int) -> Pattern:
@@ -86,6 +94,21 @@ class Pattern:
                 counts = torch.bincount(pos, minlength=len(movies))
                 self._by_movie = (torch.cumsum(counts, 0) - counts, row[perm], perm)
         return self._by_movie
+
+    def column_walk(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cols, toff, trow, perm) for the native column-major kernels (deepcf.kernels):
+        column i is global column cols[i], its entries toff[i]:toff[i+1] (toff with an end)."""
+        movies, _ = self.unique_movies()
+        toff, trow, perm = self.by_movie()
+        end = toff.new_tensor([len(perm)])
+        return movies, torch.cat([toff, end]), trow, perm
+
+    def columns_ok(self, *tensors: torch.Tensor) -> bool:
+        """Whether the column-major kernels run here: asked for (`by_columns`), on the CPU, and
+        float32/float64 contiguous weights."""
+        return self.by_columns and all(t.device.type == "cpu" and t.is_contiguous()
+                                       and t.dtype in (torch.float32, torch.float64)
+                                       for t in tensors)
 
     def matmul(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """M @ x, (n_rows, x.shape[1]), for the (n_rows, width) matrix M of this pattern
@@ -117,6 +140,10 @@ class _SparseEncode(Function):
     def forward(ctx, weight, val, pattern, sparse_grad, tied):
         ctx.save_for_backward(val)
         ctx.pattern, ctx.sparse_grad, ctx.shape, ctx.tied = pattern, sparse_grad, weight.shape, tied
+        ctx.columns = not sparse_grad and not tied and pattern.columns_ok(weight, val)
+        if ctx.columns:
+            cols, toff, trow, perm = pattern.column_walk()
+            return column_scatter(cols, toff, trow, val[perm], weight.detach(), pattern.n_rows)
         return pattern.matmul(val, weight)
 
     @staticmethod
@@ -125,6 +152,10 @@ class _SparseEncode(Function):
             return None, None, None, None, None
         (val,) = ctx.saved_tensors
         pat = ctx.pattern
+        if ctx.columns:  # dense over the weight's rows, written once each
+            cols, toff, trow, perm = pat.column_walk()
+            return (column_gather(cols, toff, trow, val[perm], dz, ctx.shape[0]), None, None,
+                    None, None)
         rows = pat.t_matmul(val, dz.contiguous())
         if ctx.tied and pat.decoder_rows is not None:  # the decoder's share, same rows
             rows += pat.decoder_rows
@@ -147,6 +178,10 @@ class _SampledDecode(Function):
     def forward(ctx, h, weight, bias, pattern, sparse_grad, tied):
         ctx.save_for_backward(h, weight)
         ctx.pattern, ctx.sparse_grad, ctx.tied = pattern, sparse_grad, tied
+        ctx.columns = not sparse_grad and not tied and pattern.columns_ok(h, weight, bias)
+        if ctx.columns:
+            cols, toff, trow, perm = pattern.column_walk()
+            return column_dots(cols, toff, trow, perm, h.detach(), weight.detach(), bias)
         idx = pattern.idx
         mask = _csr(pattern.crow, idx, bias.index_select(0, idx), (h.shape[0], weight.shape[0]))
         return torch.sparse.sampled_addmm(mask, h, weight.t()).values()
@@ -156,6 +191,10 @@ class _SampledDecode(Function):
         h, weight = ctx.saved_tensors
         pat, g, sparse = ctx.pattern, g.contiguous(), ctx.sparse_grad
         need = ctx.needs_input_grad
+        if ctx.columns:  # one walk gives all three, dw and db dense
+            dh, dw, db = column_dots_backward(*pat.column_walk(), g, h, weight.detach())
+            return (dh if need[0] else None, dw if need[1] else None, db if need[2] else None,
+                    None, None, None)
         dh = pat.matmul(g, weight) if need[0] else None
         dw = pat.t_matmul(g, h) if need[1] else None
         if dw is not None and ctx.tied:  # handed to the encoder's backward, which runs next

@@ -45,6 +45,11 @@ class OnnxExport(pl.Callback):
             self.seconds = time.monotonic() - start
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # fit is over: the optimizer state and the gradients (as large as the weights each, for
+        # I-AutoRec at the Movies Dataset's scale) go before the best checkpoint is read
+        for opt in trainer.optimizers:
+            opt.state.clear()
+        pl_module.zero_grad(set_to_none=True)
         net = pl_module.net
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).exists():

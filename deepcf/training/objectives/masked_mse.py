@@ -11,6 +11,12 @@ Options (`model.objective.*`):
   autoencoder computes on the U movies a batch touches only); `dense` builds the (batch, width)
   rows and reads the full-width forward at the observed entries, the textbook masked-MSE
   computation (`contract.dense_observed`). Same numbers; `make bench` compares their cost.
+  `columns` is the sparse path with the batch walked column by column by native CPU kernels
+  (deepcf.kernels, `column_*`): each row of a width-indexed weight is read once and its dense
+  gradient written once. The path of full-batch training on item rows (experiment=i_autorec),
+  where every column is touched by every step and the width-indexed weights are the big
+  operand; same numbers again (tests/test_columns.py). Elsewhere (a GPU, tied weights) it
+  computes as `sparse` does.
 - `sparse_grad` (auto | true | false): row-sparse gradients of the width-indexed weights when the
   net supports them and the optimizer can take them (`deepcf.training.optim.takes_sparse_grads`:
   LazyAdam, plain SGD), so that the update also costs O(rows touched); dense otherwise (RMSprop,
@@ -32,7 +38,7 @@ from deepcf.training.optim import takes_sparse_grads
 
 log = logging.getLogger(__name__)
 
-TRAIN_PATHS = ("sparse", "dense")
+TRAIN_PATHS = ("sparse", "columns", "dense")
 
 
 def masked_mse(pred_at_observed: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -74,11 +80,18 @@ class MaskedMSE(Objective):
                               f"lazy_adam, or sgd without momentum/weight decay, or "
                               f"model.objective.sparse_grad=auto")
         dense_path = self.train_path == "dense"
-        self.sparse_grad = can and self.sparse_grad_option is not False and not dense_path
+        columns = self.train_path == "columns"
+        if columns and self.sparse_grad_option is True:
+            raise ConfigError("model.objective.sparse_grad=true does not go with model.objective."
+                              "train_path=columns (its gradients are dense by design); use "
+                              "train_path=sparse or sparse_grad=auto")
+        self.sparse_grad = (can and self.sparse_grad_option is not False and not dense_path
+                            and not columns)
         log.info("training path: %s, width-indexed gradients %s (%s)",
-                 "dense masked" if dense_path else "sparse",
+                 {"dense": "dense masked", "columns": "sparse, column by column"}.get(
+                     self.train_path, "sparse"),
                  "row-sparse" if self.sparse_grad else "dense",
-                 "dense path" if dense_path else why)
+                 "dense path" if dense_path else "columns path" if columns else why)
 
     def wants_sparse_grads(self, net: RatingNet) -> bool:
         return self.sparse_grad
@@ -90,6 +103,7 @@ class MaskedMSE(Objective):
         if self.train_path == "dense":
             pred = dense_observed(net, inputs, c_val, targets)
         else:
+            inputs.by_columns = targets.by_columns = self.train_path == "columns"
             pred = net.predict_observed(inputs, c_val, targets, self.sparse_grad)
         return pred, batch["in_val"], targets
 

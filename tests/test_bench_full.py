@@ -1,0 +1,49 @@
+"""`make bench-full`'s runner (deepcf.bench.full): its rows compose, its parsing reads the train
+command's own lines, its page has the section the docs link, a missing CSV is one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from deepcf.bench.full import WHOLE_RUNS, _train_facts, render, timed
+
+TRAIN_OUT = """epoch 1/300  train/loss 0.8000  val/rmse 0.9500  (10.5 s)
+epoch 2/300  train/loss 0.7000  val/rmse 0.9400  (9.5 s)
+[..][deepcf.training.callbacks][INFO] - ONNX model: x/model.onnx (onnxruntime parity 1.2e-06)
+deepcf: i_autorec_target on x.csv (3 users x 2 movies, rows=items), 2 epochs
+  test RMSE 0.9300  MAE 0.7000  (10 ratings, 0 scored by the training-mean fallback)
+  best val RMSE 0.9400
+"""
+
+
+def test_every_row_composes(make_cfg):
+    for row in WHOLE_RUNS:
+        make_cfg(*row.train)
+        if row.dense is not None:
+            make_cfg(*row.train, *row.dense)
+
+
+def test_train_facts_and_the_page():
+    facts = _train_facts(TRAIN_OUT)
+    assert facts["epochs"] == 2 and facts["epoch_s"] == 10.0
+    assert facts["test_rmse"] == "0.9300" and facts["parity"] == "1.2e-06"
+    step = {"wall_s": 60.0, "peak_rss_gb": 1.5, "rc": 0, "cpu_s": 100.0, "cmd": "-m x"}
+    res = [{"row": WHOLE_RUNS[0].name,
+            "steps": {"train": {**step, **facts}, "evaluate": step, "recommend": step},
+            "scoring": {"onnx_users_per_s": 10.0, "codes_users_per_s": 1000.0}}]
+    meta = {"command": "c", "date": "d", "machine": "m", "load_before": "1", "load_after": "1",
+            "csv": "x.csv", "csv_mb": 1.0}
+    page = render(res, meta)
+    assert "## Whole runs at movies_full" in page and "180 s (3.0 min), 1.50 GB" in page
+
+
+def test_timed_reads_the_childs_peak_rss(tmp_path):
+    out = timed([sys.executable, "-c", "x = bytearray(300 << 20)"], tmp_path / "log")
+    assert out["rc"] == 0 and out["peak_rss_gb"] > 0.25
+
+
+def test_a_missing_csv_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "deepcf.bench.full", "--csv",
+                        str(tmp_path / "none.csv")], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such file" in p.stderr
