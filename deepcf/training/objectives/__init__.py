@@ -12,6 +12,7 @@ node with the class as `_target_` and the objective's own options, e.g.
     objective=multinomial       the multinomial likelihood over every movie (Mult-DAE/VAE)
     objective=refeed            masked MSE + DeepRecommender's dense re-feeding step
     objective=closed_form       a closed-form fit in one pass over the rows (EDLAE, EASE)
+    objective=normalized_mse    the normalised MSE of each row's output direction (ELSA)
 
 Adding an objective is one file with an `Objective` subclass and one yaml in
 `conf/objective/` naming it; nothing else changes (tests/test_plugins.py adds one).
@@ -179,7 +180,8 @@ def objective_class(target: str) -> type[Objective]:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"model.objective._target_={target!r}: no such class (the objective "
-                          f"group: objective=masked_mse, multinomial, refeed or closed_form)"
+                          f"group: objective=masked_mse, multinomial, refeed, closed_form or "
+                          f"normalized_mse)"
                           ) from None
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
         raise ConfigError(f"model.objective._target_={target!r} is not a "
