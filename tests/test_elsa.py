@@ -143,3 +143,38 @@ def test_a_dense_net_trains_with_the_normalised_mse_from_its_logits(make_cfg):
                        "model.net.hidden=[8]", "model.net.latent=4", "trainer.max_epochs=1",
                        "logger=none", "callbacks.onnx_export=null"))
     assert 0 <= m["test/ndcg@10"] <= 1
+
+
+def test_ddp_on_cpu_trains_elsa_and_the_ranking_score_is_aggregated(tmp_path, cache_dir):
+    """2-process gloo DDP of the new path: one summary, the ONNX export; the test NDCG@10 the
+    two ranks computed together equals the 1-process score of the same best checkpoint."""
+    import json
+    import subprocess
+    import sys
+
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from deepcf.serving.runs import run_datamodule
+    from deepcf.training.assembly import build_module
+
+    p = subprocess.run([sys.executable, "-m", "deepcf.train", "experiment=elsa", "data=synthetic",
+                        "model.net.rank=8", "logger=none", "trainer=ddp_cpu", "trainer.devices=2",
+                        "trainer.max_epochs=2", "data.batch_size=16", "data.eval_batch_size=50",
+                        f"paths.cache_dir={cache_dir}", "trainer.accelerator=cpu"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("no RMSE") == 1 and "not exported" not in p.stdout
+    (run,) = (tmp_path / "outputs" / "elsa" / "runs").iterdir()
+    m = json.loads((run / "metrics.json").read_text())
+    assert (run / "model.onnx").is_file() and m["epochs"] == 2
+
+    cfg = OmegaConf.load(run / "config_resolved.yaml")
+    dm = run_datamodule(run, cache_dir=str(cache_dir))
+    model = build_module(cfg, dm)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    one = trainer.test(model, datamodule=dm, ckpt_path=m["best_checkpoint"], verbose=False,
+                       weights_only=True)[0]
+    assert 0 < m["test/ndcg@10"] <= 1
+    assert m["test/ndcg@10"] == pytest.approx(one["test/ndcg@10"], rel=1e-6, abs=1e-6)
