@@ -34,7 +34,7 @@ from torch import nn
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet
-from deepcf.models.sparse_ops import Pattern, entry_rows
+from deepcf.models.sparse_ops import Pattern, entry_rows, sparse_encode
 
 
 @dataclass
@@ -68,17 +68,21 @@ class ELSA(RatingNet):
 
     def code(self, rows: Pattern) -> torch.Tensor:
         """z = b A of a batch's binary rows (batch, rank), a sum over their entries."""
-        return F.embedding_bag(rows.idx, self.item_factors(), rows.off, mode="sum")
+        A = self.item_factors()
+        return sparse_encode(A, torch.ones_like(rows.idx, dtype=A.dtype), rows, False)
 
     def output_norms(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
                      target_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(<f(b), t>, |f(b)|^2) per row from the code and A^T A (see the module docstring);
         b is the binary `inputs`, t the `targets` with `target_values`."""
         A = self.item_factors()
-        z = F.embedding_bag(inputs.idx, A, inputs.off, mode="sum")
-        zt = F.embedding_bag(targets.idx, A, targets.off, mode="sum",
-                             per_sample_weights=target_values.to(A.dtype))
-        overlap = _overlap(inputs, targets, target_values.to(A.dtype))  # <b, t>
+        t_val = target_values.to(A.dtype)
+        # sparse_encode: the backward on the batch's movies by a counting sort (embedding_bag's
+        # own backward sorts every entry: most of a step at 45K movies)
+        z = sparse_encode(A, torch.ones_like(inputs.idx, dtype=A.dtype), inputs, False)
+        zt = z if inputs is targets and bool((t_val == 1).all()) else \
+            sparse_encode(A, t_val, targets, False)
+        overlap = _overlap(inputs, targets, t_val)  # <b, t>
         n_in = torch.zeros(inputs.n_rows, dtype=A.dtype, device=A.device).index_add(
             0, entry_rows(inputs.off, len(inputs.idx)),
             torch.ones(len(inputs.idx), dtype=A.dtype, device=A.device))  # |b|^2

@@ -192,3 +192,13 @@ register(Row("ensemble: EASE + Mult-DAE", "topn", fits.ease_dae_blend, grid=[{"l
                   f"{'/'.join(f'{w:g}' for w in fits.BLEND_WEIGHTS)} by the best carve NDCG@10 "
                   "(no coverage floor: with a carve coverage@10 >= 0.30 floor every split chose "
                   "w = 1, Mult-DAE alone); the refit keeps w and the DAE's epochs"))
+
+ELSA = ["experiment=elsa"]
+
+register(Row("ELSA", "topn", fits.ranker(ELSA), kind="contender", select_epochs=True,
+             note="`experiment=elsa`: rows are users, every rating an interaction, scores "
+                  "b (A A^T - I) with A the row-normalised movies x 256 weight (EASE's zero "
+                  "diagonal at rank 256; Vancura et al. 2022), the normalised MSE, Adam 0.1, "
+                  "batch 128; early stopping on the carve's NDCG@10 (patience 10), refit on the "
+                  "training part for the chosen epochs. The ranking model whose weights and "
+                  "training cost grow with movies x rank, not movies^2 (docs/models.md)"))
