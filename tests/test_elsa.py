@@ -48,6 +48,18 @@ def test_the_scores_are_b_times_a_a_transposed_minus_identity_with_a_zero_diagon
     np.testing.assert_allclose(got, (x != 0) @ B, atol=1e-12)
 
 
+def test_the_scores_of_flat_rows_equal_the_dense_forward():
+    X = _rows(seed=5, n=8, width=12)
+    net = _net(X.shape[1], rank=3)
+    rows, val = _pattern(X)
+    with torch.no_grad():
+        got = net.rank_rows(rows.idx, val * 2.0, rows.off)
+        want = net(torch.from_numpy(X.toarray() * 2.0))
+        base = RatingNet.rank_rows(net, rows.idx, val * 2.0, rows.off)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(base, want)
+
+
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_the_sparse_norms_equal_the_dense_outputs(corrupt):
     """ELSA's <f(b), t> and |f(b)|^2 from its rank-r code equal the dense output's (the

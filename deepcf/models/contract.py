@@ -23,6 +23,8 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
 - `output_norms(inputs, values, targets, target_values)`: per row <f(x), t> and |f(x)|^2, what
   the normalised MSE (`objective=normalized_mse`) needs. Default: from `train_logits`; ELSA
   states both from its rank-r code, never a dense row.
+- `rank_rows(idx, val, off)`: the dense outputs of flat rows, what validation ranks. Default:
+  densify + forward.
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
@@ -144,6 +146,14 @@ class RatingNet(nn.Module):
         dot = logits.new_zeros(targets.n_rows).index_add(
             0, rows, logits[rows, targets.idx] * target_values.to(logits.dtype))
         return dot, (logits * logits).sum(1)
+
+    def rank_rows(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """The dense (rows, width) outputs of rows given as flat (column ids, values, offsets):
+        what validation ranks. Default: densify + forward; a net whose first layer is a sum
+        over the row's entries may skip the dense product (ELSA)."""
+        x = val.new_zeros(len(off), self.width)
+        x[entry_rows(off, len(idx)), idx] = val
+        return self(x)
 
     def predict_at(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor,
                    tgt_row: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
