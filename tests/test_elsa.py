@@ -190,3 +190,16 @@ def test_ddp_on_cpu_trains_elsa_and_the_ranking_score_is_aggregated(tmp_path, ca
                        weights_only=True)[0]
     assert 0 < m["test/ndcg@10"] <= 1
     assert m["test/ndcg@10"] == pytest.approx(one["test/ndcg@10"], rel=1e-6, abs=1e-6)
+
+
+def test_the_threaded_top_k_picks_what_the_numpy_one_picks():
+    from deepcf.serving.scoring import top_k_unseen, top_k_unseen_fast
+
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((50, 40)).astype(np.float32)  # no ties
+    seen = sp.random(50, 40, density=0.9, format="csr", random_state=1)  # some rows run out
+    a_idx, a_val = top_k_unseen(S.copy(), seen, 10)
+    b_idx, b_val = top_k_unseen_fast(S.copy(), seen, 10)
+    np.testing.assert_array_equal(a_idx, b_idx)
+    np.testing.assert_array_equal(a_val, b_val)
+    assert (a_idx == -1).any()
