@@ -183,7 +183,8 @@ class RatingsModule(pl.LightningModule):
     @torch.no_grad()
     def _rank_step(self, split: str, batch: dict) -> None:
         """The batch's rows ranked: every unseen candidate column by the net's scores of the
-        row's training entries (`rank_rows`: the dense forward unless the net has a cheaper way), its held-out entries relevant (deepcf.serving.metrics)."""
+        row's training entries (`rank_rows`: the dense forward unless the net has a cheaper
+        way), its held-out entries relevant (deepcf.serving.metrics)."""
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
         rows = entry_rows(off, len(idx))
         scores = self.net.rank_rows(idx, val, off).detach().float()
