@@ -20,6 +20,11 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
   batch's (possibly corrupted) inputs, for the multinomial objective (`objective=multinomial`),
   whose softmax is over every column; `step` is the optimizer step (Mult-VAE anneals its KL
   penalty with it). Default: densify + forward, no penalty.
+- `output_norms(inputs, values, targets, target_values)`: per row <f(x), t> and |f(x)|^2, what
+  the normalised MSE (`objective=normalized_mse`) needs. Default: from `train_logits`; ELSA
+  states both from its rank-r code, never a dense row.
+- `rank_rows(idx, val, off)`: the dense outputs of flat rows, what validation ranks. Default:
+  densify + forward.
 - `init_weights(scheme, bias, nonlinearity)`: the `init` config group.
 - `fit_data(train_rows)`: what the net fits from the training rows before training (buffers,
   saved with the weights; the autoencoder's bias residual); `needs_train_rows` says it does.
@@ -142,6 +147,26 @@ class RatingNet(nn.Module):
     def train_logits(self, inputs: Pattern, values: torch.Tensor, step: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self(dense_rows(self.width, inputs, values)), None
+
+    def output_norms(self, inputs: Pattern, values: torch.Tensor, targets: Pattern,
+                     target_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(<f(x), t>, |f(x)|^2) per row: the output of the (possibly corrupted) inputs against
+        the targets, for the normalised MSE (`objective=normalized_mse`). Default: the dense
+        logits of `train_logits`; a net whose outputs are low-rank states both without them
+        (ELSA)."""
+        logits, _ = self.train_logits(inputs, values)
+        rows = entry_rows(targets.off, len(targets.idx))
+        dot = logits.new_zeros(targets.n_rows).index_add(
+            0, rows, logits[rows, targets.idx] * target_values.to(logits.dtype))
+        return dot, (logits * logits).sum(1)
+
+    def rank_rows(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """The dense (rows, width) outputs of rows given as flat (column ids, values, offsets):
+        what validation ranks. Default: densify + forward; a net whose first layer is a sum
+        over the row's entries may skip the dense product (ELSA)."""
+        x = val.new_zeros(len(off), self.width)
+        x[entry_rows(off, len(idx)), idx] = val
+        return self(x)
 
     def predict_at(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor,
                    tgt_row: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:

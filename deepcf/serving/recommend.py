@@ -43,7 +43,7 @@ from deepcf.serving.runs import (
 from deepcf.serving.scoring import (
     UserScores,
     popular_unseen,
-    top_k_unseen,
+    top_k_unseen_fast,
 )
 from deepcf.serving.sidecar import ModelCard
 from deepcf.stats import popularity_weights
@@ -91,7 +91,7 @@ def ranked(card: ModelCard, scores: np.ndarray, seen, user_ids, n: int = 10,
     if pop_beta:
         scores = scores * popularity_weights(card.item_train_count, pop_beta)
     counts = np.diff(seen.indptr)
-    top, vals = top_k_unseen(scores, seen, n)
+    top, vals = top_k_unseen_fast(scores, seen, n)
     for j, uid in enumerate(user_ids):
         base = {"user_id": None if uid is None else int(uid), "n_ratings": int(counts[j])}
         if counts[j] == 0:

@@ -147,6 +147,25 @@ def top_k_unseen(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> tuple[np.nd
     return idx, vals
 
 
+def top_k_unseen_fast(scores: np.ndarray, seen: sp.csr_matrix, k: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k_unseen` by torch.topk over the rows (threaded), for `recommend --all`: at 45,115
+    movies numpy's row-by-row argpartition is most of the scoring time. The same picks and
+    order, except that tied scores may come in another order (the study's protocols keep
+    `top_k_unseen`, whose tie order their published figures were measured with)."""
+    import torch
+
+    n, width = scores.shape
+    seen = seen.tocsr()
+    scores[np.repeat(np.arange(n), np.diff(seen.indptr)), seen.indices] = -np.inf
+    k = min(k, width)
+    with torch.inference_mode():
+        vals, idx = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=True)
+    idx, vals = idx.numpy(), vals.numpy()
+    idx[np.isneginf(vals)] = -1
+    return idx, vals
+
+
 def popular_unseen(item_count: np.ndarray, seen: np.ndarray, k: int) -> np.ndarray:
     """The k movies with the most training ratings that are not in `seen` (movie indices)."""
     order = np.argsort(-item_count, kind="stable")

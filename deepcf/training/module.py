@@ -182,13 +182,12 @@ class RatingsModule(pl.LightningModule):
 
     @torch.no_grad()
     def _rank_step(self, split: str, batch: dict) -> None:
-        """The batch's rows ranked: every unseen candidate column by the dense forward of the
-        row's training entries, its held-out entries relevant (deepcf.serving.metrics)."""
+        """The batch's rows ranked: every unseen candidate column by the net's scores of the
+        row's training entries (`rank_rows`: the dense forward unless the net has a cheaper
+        way), its held-out entries relevant (deepcf.serving.metrics)."""
         idx, val, off = batch["in_idx"], batch["in_val"], batch["in_off"]
         rows = entry_rows(off, len(idx))
-        x = val.new_zeros(len(off), self.net.width)
-        x[rows, idx] = val
-        scores = self.net(x).detach().float()
+        scores = self.net.rank_rows(idx, val, off).detach().float()
         scores[rows, idx] = -torch.inf
         scores[:, ~self.candidate] = -torch.inf
         acc = self._ranking.get(split)

@@ -14,6 +14,8 @@ node with the class as `_target_` and the objective's own options, e.g.
     objective=closed_form       a closed-form fit in one pass over the rows (EDLAE, EASE)
     objective=alternating       the multinomial likelihood in alternating block phases (RecVAE)
 
+    objective=normalized_mse    the normalised MSE of each row's output direction (ELSA)
+
 Adding an objective is one file with an `Objective` subclass and one yaml in
 `conf/objective/` naming it; nothing else changes (tests/test_plugins.py adds one).
 
@@ -180,8 +182,8 @@ def objective_class(target: str) -> type[Objective]:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         raise ConfigError(f"model.objective._target_={target!r}: no such class (the objective "
-                          f"group: objective=masked_mse, multinomial, refeed, closed_form or "
-                          f"alternating)"
+                          f"group: objective=masked_mse, multinomial, refeed, closed_form, "
+                          f"alternating, normalized_mse)"
                           ) from None
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
         raise ConfigError(f"model.objective._target_={target!r} is not a "
