@@ -52,6 +52,21 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return p.parent == f or f in p.parents
 
 
+# --- targets a run dir's config or a checkpoint may name -----------------------------------------
+
+# `_target_`s and net targets outside deepcf's own classes are used only when they start with a
+# prefix the user allows: --allow-target PREFIX, or DEEPCF_ALLOW_TARGETS=prefix1,prefix2
+ALLOW_ENV = "DEEPCF_ALLOW_TARGETS"
+
+
+def allowed_target(target: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether `target` starts with an allowed prefix (`extra` or DEEPCF_ALLOW_TARGETS); a
+    prefix matches at a dot (mypkg allows mypkg.nets.Net, not mypkg_evil)."""
+    prefixes = [p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()]
+    return any(target == p or target.startswith(p.rstrip(".") + ".")
+               for p in [*prefixes, *extra])
+
+
 # --- inputs: regular files only, bounded lines --------------------------------------------------
 
 MAX_LINE = 1 << 20  # the longest line a ratings or titles file may have (1 MiB)
@@ -77,7 +92,7 @@ def check_input(path: str | Path, what: str = "file") -> Path:
     try:
         st = os.stat(p)
     except FileNotFoundError:
-        raise DataError(f"{p}: no such file{_space_hint(p)}") from None
+        raise DataError(f"{p}: no such file") from None
     except PermissionError:
         raise DataError(f"{p}: permission denied: cannot read it (check the file's permissions, "
                         f"e.g. chmod u+r, or copy it somewhere readable)") from None
@@ -90,11 +105,6 @@ def check_input(path: str | Path, what: str = "file") -> Path:
         raise DataError(f"{p}: is {kind}; {what}s are read from regular files only (copy it "
                         f"into a file first)")
     return p
-
-
-def _space_hint(p: Path) -> str:
-    return (" (the path has spaces: quote it, e.g. 'data.source.path=\"/my dir/r.csv\"')"
-            if " " in str(p) else "")
 
 
 def open_input(path: str | Path, what: str = "file"):

@@ -24,9 +24,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("dirs", nargs="+", help="run dirs, sweep dirs, or any dir above runs")
     p.add_argument("--out", type=Path, default=Path("outputs/report"),
                    help="where the PNGs and report.md go (default outputs/report)")
+    p.add_argument("--force", action="store_true",
+                   help="replace curves.png, test_metrics.png and report.md if --out has them")
     args = p.parse_args(argv)
     with one_line_errors(PROG):
-        files = report(args.dirs, args.out)
+        files = report(args.dirs, args.out, force=args.force)
         print(files["table"].read_text().split("\n\n")[0], flush=True)
         print(f"curves: {files['curves']}\ntest metrics: {files['bars']}\n"
               f"table: {files['table']}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcf.errors import DeepCFError
+from deepcf.files import atomic_path, check_output, write_text
 from deepcf.study.experiments import _value, mean_std
 
 CURVES, BARS, TABLE = "curves.png", "test_metrics.png", "report.md"
@@ -186,15 +187,20 @@ def plot_bars(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def report(paths: list[str | Path], out: Path) -> dict[str, Path]:
-    """Write curves.png, test_metrics.png and report.md (the table) into `out`."""
+def report(paths: list[str | Path], out: Path, force: bool = False) -> dict[str, Path]:
+    """Write curves.png, test_metrics.png and report.md (the table) into `out`; an existing one
+    is refused unless `force` (each is written to a temporary file and renamed into place)."""
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     files = {"curves": out / CURVES, "bars": out / BARS, "table": out / TABLE}
-    plot_curves(runs, files["curves"])
-    plot_bars(runs, files["bars"])
+    for f in files.values():
+        check_output(f, force, what="report file")
+    with atomic_path(files["curves"]) as tmp:
+        plot_curves(runs, tmp)
+    with atomic_path(files["bars"]) as tmp:
+        plot_bars(runs, tmp)
     text = table(runs)
-    files["table"].write_text(
+    write_text(files["table"],
         f"{text}\n\n{len(runs)} runs from {', '.join(str(p) for p in paths)} (mean ± std over "
         f"the seeds that did not diverge).\n\n![curves]({CURVES})\n\n![test metrics]({BARS})\n")
     return files
