@@ -227,8 +227,9 @@ def check_output(path: str | Path, force: bool = False, inputs=(), what: str = "
         if not p.is_file():
             raise OutputError(f"{p}: exists and is not a regular file; give another {what} path")
         if not force:
-            raise OutputError(f"{p}: exists; refusing to overwrite it (pass {flag} to replace "
-                              f"it, or choose another path)")
+            raise OutputError(f"{p}: exists; refusing to overwrite a file this command did not "
+                              f"create as its {what} (pass {flag} to replace it, or choose "
+                              f"another path)")
     return p
 
 

@@ -68,7 +68,8 @@ def check_run_dir(argv: list[str], cfg) -> None:
     if cfg is None or cfg.get("ckpt_path") or any(a in ("-m", "--multirun") for a in argv):
         return
     for a in argv:
-        if a.startswith("hydra.run.dir="):
+        # DDP ranks > 0 are started by Lightning with rank 0's run dir: not a new run
+        if a.startswith("hydra.run.dir=") and is_rank_zero():
             refuse_finished(a.split("=", 1)[1].strip("'\""))
 
 

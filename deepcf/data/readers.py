@@ -19,6 +19,7 @@ reader); there is no Python loop per rating.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,10 +367,14 @@ def _read_typed_csv(path: Path, rating_min: float | None,
     types = {"user": np.int64, "movie": np.int64, "rating": np.float32, "timestamp": np.int64}
     use = {k: v for k, v in picked.items() if v is not None}
     try:
-        # every column is read (no usecols) so that a line with extra fields stays an error
-        frame = pd.read_csv(path, sep=",", header=0,
-                            dtype={cols[v]: types[k] for k, v in use.items()}, engine="c",
-                            na_filter=True, skip_blank_lines=True, low_memory=False)
+        # every column is read (no usecols) so that a line with extra fields stays an error;
+        # an id like 1e30 makes pandas warn before it refuses the cast (the general path
+        # then reports it with its line)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frame = pd.read_csv(path, sep=",", header=0,
+                                dtype={cols[v]: types[k] for k, v in use.items()}, engine="c",
+                                na_filter=True, skip_blank_lines=True, low_memory=False)
     except (ValueError, OverflowError, pd.errors.ParserError, UnicodeDecodeError):
         return None
     if len(frame) == 0:

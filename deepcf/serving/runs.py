@@ -167,7 +167,16 @@ def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: boo
     check_targets(data, conf)
     if cache_dir is not None:
         data["cache_dir"] = cache_dir
-    dm = instantiate(data)
+    from hydra.errors import InstantiationException
+
+    try:
+        dm = instantiate(data)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DeepCFError):
+            raise cause from None
+        why = str(cause if cause is not None else e).splitlines()[0]
+        raise ConfigError(f"{conf}: data: cannot build it from this config ({why})") from None
     if setup:
         dm.setup("test")
     else:
