@@ -55,7 +55,20 @@ def lock_run_dir(run_dir: str | Path) -> Path:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
     _HELD[key] = fd
+    remove_stale_temporaries(run_dir)
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """The temporary files of atomic writes a killed process left (`.NAME.XXXX.tmp*`, never
+    under a final name); only the lock holder calls this, so none is being written."""
+    gone = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 def lock_holder(fd: int) -> int | None:
