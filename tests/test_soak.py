@@ -71,7 +71,7 @@ def test_kill_anywhere_resume_is_bitwise_and_nothing_is_half_written(tmp_path, c
     rng = random.Random(seed)
     run = tmp_path / "soak"
     kills = 0
-    for attempt in range(KILLS + 20):
+    for _ in range(KILLS + 20):
         resume = (run / "checkpoints" / "last.ckpt").is_file()
         if not resume and run.exists():
             shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume
