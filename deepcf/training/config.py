@@ -4,6 +4,7 @@ command-line overrides (principle 5)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import deepcf.training.resolvers  # noqa: F401  (registers the config resolvers)
 from deepcf.compat import check_moved
 from deepcf.errors import ConfigError, DeepCFError
+from deepcf.files import check_input
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
@@ -114,6 +116,26 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: must be {what}")
 
 
+INPUT_KEYS = ("path", "titles_path", "test_path")  # the files a data source reads
+
+
+def check_special_inputs(cfg: DictConfig) -> None:
+    """A data file that exists but is not a regular file (/dev/zero, a FIFO) is refused here,
+    before torch loads: one line within the command's first seconds (a missing file is
+    reported where the source reads it)."""
+    source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
+        else None
+    if not isinstance(source, DictConfig):
+        return
+    for key in INPUT_KEYS:
+        if key not in source or OmegaConf.is_interpolation(source, key) \
+                or OmegaConf.is_missing(source, key):
+            continue
+        value = source._get_node(key)._value()
+        if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+            check_input(os.path.expanduser(value), "data file")
+
+
 def _space_hint(args: list[str]) -> None:
     """A value with spaces that the shell split into two arguments (`data.source.path=/my
     dir/r.csv` unquoted): one line saying how to quote it, instead of Hydra's parse error."""
@@ -176,6 +198,7 @@ def check_overrides(args: list[str]) -> DictConfig | None:
         for overrides in variants[:64]:
             cfg = compose([*hydra_groups, *overrides], return_hydra_config=bool(hydra_groups))
             check_values(cfg)
+            check_special_inputs(cfg)
             first = cfg if first is None else first
             missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
             if missing:
@@ -185,7 +208,7 @@ def check_overrides(args: list[str]) -> DictConfig | None:
             with open_dict(first):
                 del first["hydra"]
         return first
-    except ConfigError:
+    except DeepCFError:
         raise
     except Exception as e:  # Hydra raises several types; all mean "this override is wrong"
         _space_hint([a for a in args if not a.startswith("-")])
