@@ -163,6 +163,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
                                    dir=folder)
+        # mkstemp makes the file 0600: give it the mode open() would (or the replaced file's)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
         os.close(fd)
     except FileNotFoundError:
         raise OutputError(f"{path}: cannot write it: no such directory {folder}") from None

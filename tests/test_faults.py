@@ -197,6 +197,20 @@ def test_training_into_a_finished_run_dir_changes_nothing(tiny_run, make_cfg):
 
 # --- atomic writes and full disks ------------------------------------------------------------
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        new = write_text(tmp_path / "new.json", "{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        old = tmp_path / "old.json"
+        old.write_text("x")
+        old.chmod(0o640)
+        write_text(old, "{}")
+        assert old.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_a_full_disk_leaves_the_old_file_and_one_line(tmp_path):
     f = tmp_path / "metrics.json"
     f.write_text('{"old": 1}\n')
