@@ -5,6 +5,7 @@ kill the run dir holds only complete files under their final names."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 ARGS = ("data=synthetic", "data.source.scale=tiny", "model.net.hidden=[16]", "logger=csv",
         "seed=7", "noise=dropout", "trainer.max_epochs=6", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false")
-KILLS = 6  # kill points per soak
+KILLS = int(os.environ.get("DEEPCF_SOAK_KILLS", "6"))  # kill points per soak
 KEYS = ("test/rmse", "test/mae", "val/rmse", "val/rmse_best", "train/loss", "epochs")
 
 
@@ -87,6 +88,8 @@ def test_kill_anywhere_resume_is_bitwise_and_nothing_is_half_written(tmp_path, c
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
+                print(f"kill {kills} after {time.monotonic() - deadline:+.1f} s of the deadline"
+                      f" (resume={resume}, export={during_export})", flush=True)
         _, err = p.communicate(timeout=900)
         assert_whole(run)
         if p.returncode == 0 and (run / "metrics.json").exists():
