@@ -18,6 +18,11 @@ class DataError(DeepCFError):
     """A ratings or titles file that cannot be used as it is."""
 
 
+class OutputError(DeepCFError):
+    """A file a command may not write (it exists, it is an input) or could not write (a full
+    disk, a denied folder)."""
+
+
 class ConfigError(DeepCFError):
     """A config value that cannot work."""
 

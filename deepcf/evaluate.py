@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from deepcf.errors import DeepCFError, console_script, one_line_errors
+from deepcf.files import check_output, write_text
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.evaluate import evaluate_files, evaluate_run, format_report
 from deepcf.serving.runs import allow_targets
@@ -42,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
                         "held-out rating relevant, capped recall, coverage, Gini; for ranking "
                         "models such as experiment=edlae)")
     p.add_argument("--out", help="write the metrics as JSON here "
-                   "(default RUN_DIR/eval_metrics.json with a run dir)")
+                   "(default RUN_DIR/eval_metrics.json with a run dir, replaced each time; an "
+                   "existing --out file only with --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--wandb", action="store_true",
                    help="with RUN_DIR: log the metrics as a W&B run of its own, in the training "
                         "run's group with job type eval")
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
                               "W&B group)")
         if min(args.k) < 1 or args.chunk < 1:
             raise DeepCFError("--k and --chunk must be >= 1")
+        if args.out:  # before any scoring
+            model = args.model or (Path(args.run_dir) / "model.onnx" if args.run_dir else None)
+            inputs = [args.input, args.target, model,
+                      Path(model).with_suffix(".deepcf.npz") if model else None]
+            check_output(args.out, args.force, inputs, what="metrics JSON")
         if args.run_dir:
             r = evaluate_run(args.run_dir, args.model, args.k, args.threshold, args.chunk,
                              args.cache_dir, args.protocol, args.pop_beta, args.metrics)
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise DeepCFError("give a RUN_DIR, or --model with --input and --target")
         print(format_report(r), flush=True)
         if out:
-            Path(out).write_text(json.dumps(r, indent=2) + "\n")
+            write_text(out, json.dumps(r, indent=2) + "\n")
             print(f"metrics: {out}")
         if args.wandb:
             run_id = log_eval_run(Path(args.run_dir), r, args.wandb_mode)

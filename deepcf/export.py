@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
     p.add_argument("target", help="a run dir (uses its best checkpoint) or a .ckpt file inside "
                    "RUN/checkpoints/")
     p.add_argument("-o", "--out", help="ONNX path (default RUN/model.onnx for a run dir, "
-                   "CKPT.onnx for a checkpoint); the sidecar goes next to it")
+                   "CKPT.onnx for a checkpoint, replaced); the sidecar goes next to it; an "
+                   "existing -o file or sidecar only with --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing -o model and its sidecar")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest allowed |onnxruntime - PyTorch| (default 1e-4)")
     p.add_argument("--cache-dir", help="data cache dir instead of the run's")
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> Path:
     args = p.parse_args(argv)
     with one_line_errors(prog):
         allow_targets(args.allow_target)
-        path, diff = export_run(args.target, args.out, args.atol, cache_dir=args.cache_dir)
+        path, diff = export_run(args.target, args.out, args.atol, cache_dir=args.cache_dir,
+                                force=args.force)
         print(f"wrote {path} and {path.with_suffix('.deepcf.npz').name} "
               f"(onnxruntime vs PyTorch max abs diff {diff:.2g})")
         return path

@@ -9,8 +9,10 @@ import argparse
 import csv
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 from deepcf.errors import DeepCFError, console_script, one_line_errors
+from deepcf.files import atomic_open, check_output
 from deepcf.serving.cli import add_allow_target, add_scoring_options, serving_parser
 from deepcf.serving.recommend import (
     FIELDS,
@@ -20,7 +22,8 @@ from deepcf.serving.recommend import (
     ranked_by,
     recommend,
 )
-from deepcf.serving.runs import allow_targets
+from deepcf.serving.runs import allow_targets, run_model_path
+from deepcf.serving.sidecar import sidecar_path
 
 PROG = "deepcf.recommend"
 
@@ -38,7 +41,9 @@ def parser() -> argparse.ArgumentParser:
     who.add_argument("--all", action="store_true", help="every user of the ratings (needs --csv)")
     p.add_argument("-n", type=int, default=10, help="movies per user (default 10)")
     p.add_argument("--csv", help="write user_id,n_ratings,rank,movie_id,title,predicted_rating,"
-                   "score,basis rows here")
+                   "score,basis rows here (an existing file only with --force; never the "
+                   "--ratings input)")
+    p.add_argument("--force", action="store_true", help="replace an existing --csv file")
     p.add_argument("--show", type=int, default=20,
                    help="print the table only for up to this many users (default 20)")
     add_scoring_options(p)
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise DeepCFError("-n and --chunk must be >= 1")
         if args.all and not args.csv:
             raise DeepCFError("--all needs --csv FILE (a table for every user is not readable)")
+        if args.csv:  # before any scoring: a refused output costs nothing
+            model = Path(args.model) if args.model else (
+                run_model_path(args.run_dir) if args.run_dir else None)
+            inputs = [args.ratings, model, sidecar_path(model) if model else None]
+            check_output(args.csv, args.force, inputs, what="csv")
         scorer, card, data = load_ratings(args.run_dir, args.model, args.ratings,
                                           args.cache_dir)
         users = data.user_ids if args.all else parse_ids(args.user)
@@ -63,7 +73,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with ExitStack() as stack:
             writer = None
             if args.csv:
-                f = stack.enter_context(open(args.csv, "w", newline="", encoding="utf-8"))
+                # a temporary file renamed onto --csv at the end: no partial csv, ever
+                f = stack.enter_context(atomic_open(args.csv, "w", newline="",
+                                                    encoding="utf-8"))
                 writer = csv.DictWriter(f, FIELDS)
                 writer.writeheader()
             for rec in stream:

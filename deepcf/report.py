@@ -32,9 +32,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                    help="score every run's model on its test split for the ranking metrics it "
                         "did not log (precision, MAP, MRR, hit rate, novelty, ...)")
     p.add_argument("--cache-dir", default=None, help="the data cache of the runs' data")
+    p.add_argument("--force", action="store_true",
+                   help="replace curves.png, test_metrics.png and report.md if --out has them")
     args = p.parse_args(argv)
     with one_line_errors(PROG):
-        files = report(args.dirs, args.out, args.baseline, args.evaluate, args.cache_dir)
+        files = report(args.dirs, args.out, args.baseline, args.evaluate, args.cache_dir,
+                       force=args.force)
         print(files["table"].read_text().split("\n\n")[0], flush=True)
         print(f"curves: {files['curves']}\ntest metrics: {files['bars']}\n"
               f"table: {files['table']}")

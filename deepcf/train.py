@@ -26,7 +26,7 @@ from deepcf.errors import (
     one_line_errors,
 )
 from deepcf.training.config import CONF_DIR, check_overrides
-from deepcf.training.rundir import is_rank_zero, resolve_resume
+from deepcf.training.rundir import is_rank_zero, refuse_finished, resolve_resume
 
 PROG = "deepcf.train"
 DIVERGED: list[str] = []  # run dirs of the jobs of this process whose training diverged
@@ -60,6 +60,17 @@ def resume_args(argv: list[str], cfg) -> list[str]:
     quote = '"' if "'" in str(run_dir) else "'"  # a path with spaces is one override value
     return [f"hydra.run.dir={quote}{run_dir}{quote}",
             "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d}_${now:%H-%M-%S}"]
+
+
+def check_run_dir(argv: list[str], cfg) -> None:
+    """`hydra.run.dir=<a dir holding a run>` for a new run: refused in one line before Hydra
+    writes its .hydra/ files there (a resume names its run with ckpt_path= instead)."""
+    if cfg is None or cfg.get("ckpt_path") or any(a in ("-m", "--multirun") for a in argv):
+        return
+    for a in argv:
+        # DDP ranks > 0 are started by Lightning with rank 0's run dir: not a new run
+        if a.startswith("hydra.run.dir=") and is_rank_zero():
+            refuse_finished(a.split("=", 1)[1].strip("'\""))
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -101,6 +112,7 @@ def run() -> int:
     argv = sys.argv[1:]
     with one_line_errors(PROG):
         cfg = check_overrides(argv)
+        check_run_dir(argv, cfg)
         check_launcher(argv)
         check_search_space(argv)
         sys.argv += resume_args(argv, cfg)

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from deepcf.data import readers
 from deepcf.data.readers import read_ratings
 from deepcf.errors import CheckpointError, DataError, DeepCFError, RunLocked, TargetNotAllowed
 from deepcf.training.train import train
@@ -91,14 +90,21 @@ def test_truncated_gzip_is_one_line(tmp_path):
 
 def test_unreadable_file_is_one_line(tmp_path, monkeypatch):
     """Tests run as root, where chmod 000 does not stop reads: the PermissionError that a user
-    gets is raised by a stand-in for `open` inside the reader instead."""
+    gets is raised by a stand-in for `os.open` (what deepcf.files.open_input calls) instead."""
+    import os
+
+    import deepcf.files as files
+
     f = tmp_path / "ratings.csv"
     f.write_text(CSV)
+    real_open = os.open
 
-    def denied(*a, **k):
-        raise PermissionError(13, "Permission denied", str(f))
+    def denied(path, *a, **k):
+        if str(path) == str(f):
+            raise PermissionError(13, "Permission denied", str(f))
+        return real_open(path, *a, **k)
 
-    monkeypatch.setattr(readers, "open", denied, raising=False)
+    monkeypatch.setattr(files.os, "open", denied)
     with pytest.raises(DataError, match=r"ratings.csv: permission denied: cannot read it "
                                         r"\(check the file's permissions"):
         read_ratings(f, 0.5, 5)

@@ -9,13 +9,17 @@ Formats, sniffed from the first line:
 - Any of these separated by `;`, `|` or runs of spaces instead; gzip (`ratings.csv.gz`) and
   single-file zip archives are read transparently (recognised by their first bytes).
 
-Every problem is reported as one line that names the file and, where there is one, the line.
-Parsing is columnar (pandas' C reader); there is no Python loop per rating.
+Every problem is reported as one line that names the file and, where there is one, the line
+(blank lines counted, as an editor counts them). Only regular files are read (a device, a named
+pipe or a socket is refused before it is opened, deepcf.files.check_input), and a first line
+longer than 1 MiB is refused before anything else is read. Parsing is columnar (pandas' C
+reader); there is no Python loop per rating.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,9 @@ import numpy as np
 import pandas as pd
 
 from deepcf.errors import DataError
+from deepcf.files import MAX_LINE, check_input, open_input, read_line
+
+INT64_MAX = np.iinfo(np.int64).max
 
 USER_ALIASES = ("userid", "user_id", "user", "uid")
 ITEM_ALIASES = ("movieid", "movie_id", "itemid", "item_id", "item", "movie", "iid")
@@ -98,19 +105,33 @@ def compression(path: Path) -> str | None:
     return None
 
 
-def _open_raw(path: Path):
-    """open(path, "rb"), every reason it cannot be opened as one line naming the file."""
+def _open_raw(path: Path, what: str = "ratings file"):
+    """open(path, "rb") of a regular file, every reason it cannot be opened as one line naming
+    the file (deepcf.files.open_input)."""
+    return open_input(path, what)
+
+
+def _decode_error(path: Path, raw: bytes | None, encoding: str, e: UnicodeDecodeError,
+                  hint: str = "") -> DataError:
+    """The line and byte of the first byte that is not `encoding` text, found in the file's
+    own bytes (pandas' offsets are those of its read buffer)."""
+    if raw is None:
+        try:
+            with _open_raw(path) as f:
+                raw = f.read()
+        except DataError:
+            raw = b""
     try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a ratings file") from None
-    except PermissionError:
-        raise DataError(f"{path}: permission denied: cannot read it (check the file's "
-                        f"permissions, e.g. chmod u+r, or copy it somewhere readable)") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raw.decode(encoding)
+        at = None
+    except UnicodeDecodeError as err:
+        at = err.start
+    if at is None:
+        return DataError(f"{path}: not {encoding} text ({e.reason}){hint}")
+    line = raw.count(b"\n", 0, at) + 1
+    col = at - (raw.rfind(b"\n", 0, at) + 1)
+    return DataError(f"{path}:{line}: not {encoding} text (byte 0x{raw[at]:02x} at byte {at} of "
+                     f"the file, byte {col + 1} of the line){hint}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -142,16 +163,21 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_table(
-    path: Path, encoding: str = "utf-8", data: bytes | None = None, numeric_fields: int = 3
+    path: Path, encoding: str = "utf-8", data: bytes | None = None, numeric_fields: int = 3,
+    hint: str = "",
 ) -> tuple[pd.DataFrame, bool]:
     """Read a delimited file (or its bytes, named `path`); return (frame, has_header)."""
     if data is None and compression(path):
         data = _read_bytes(path)
     if data is None:
         with _open_raw(path) as f:
-            head = f.readline()
+            head = read_line(f, path)
     else:
-        head = data[: data.find(b"\n") + 1 or len(data)]
+        end = data.find(b"\n", 0, MAX_LINE + 1)
+        if end < 0 and len(data) > MAX_LINE:
+            raise DataError(f"{path}:1: a line longer than {MAX_LINE} bytes (no newline in the "
+                            f"first {MAX_LINE >> 20} MiB): not a ratings or titles file")
+        head = data[: end + 1 or len(data)]
     first = head.decode(encoding, errors="replace").strip("\r\n")
     if not first.strip():
         raise DataError(f"{path}: file is empty")
@@ -169,7 +195,7 @@ def _read_table(
             engine="c",  # the C reader takes r"\s+" too
             encoding=encoding,
             dtype=str if sep == "|" else None,
-            skip_blank_lines=True,
+            skip_blank_lines=False,  # kept (then dropped below) so that lines are counted right
             quotechar='"',
             low_memory=False,
         )
@@ -179,38 +205,73 @@ def _read_table(
         msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
         raise DataError(f"{path}: malformed: {msg}") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not {encoding} text ({e.reason} at byte {e.start})") from None
+        raw = data if data is not None else None
+        raise _decode_error(path, raw, encoding, e, hint) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    # file line of each row: blank lines are rows of NaN here, counted, then dropped
+    blank = frame.isna().all(axis=1).to_numpy() if frame.shape[1] else np.zeros(len(frame), bool)
+    lines = np.flatnonzero(~blank) + (2 if has_header else 1)
+    if blank.any():
+        frame = frame[~blank].reset_index(drop=True)
+    frame.attrs["lines"] = lines
     return frame, has_header
+
+
+def _line(frame: pd.DataFrame, i: int, has_header: bool) -> int:
+    """The file line of frame row `i` (blank lines counted)."""
+    lines = frame.attrs.get("lines")
+    return int(lines[i]) if lines is not None and i < len(lines) else i + (2 if has_header
+                                                                          else 1)
 
 
 def _numeric(frame: pd.DataFrame, col, name: str, path: Path, has_header: bool) -> pd.Series:
     """Column `col` as numbers; the first bad or missing value is reported with its line."""
     s = frame[col]
-    offset = 2 if has_header else 1  # file line of frame row 0
     if not pd.api.types.is_numeric_dtype(s):
         num = pd.to_numeric(s, errors="coerce")
         bad = num.isna() & s.notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{path}:{i + offset}: {name} {s.iloc[i]!r} is not a number")
+            raise DataError(f"{path}:{_line(frame, i, has_header)}: {name} {s.iloc[i]!r} is not "
+                            f"a number")
+        if name.endswith(" id"):
+            _check_id_range(s, num, name, path, frame, has_header)
         s = num
     missing = s.isna().to_numpy()
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise DataError(f"{path}:{i + offset}: {name} is missing or NaN")
+        raise DataError(f"{path}:{_line(frame, i, has_header)}: {name} is missing or NaN")
+    if name.endswith(" id"):
+        _check_id_range(s, s, name, path, frame, has_header)
     return s
 
 
-def _ids(s: pd.Series, name: str, path: Path, has_header: bool) -> np.ndarray:
-    offset = 2 if has_header else 1
+def _check_id_range(raw: pd.Series, num: pd.Series, name: str, path: Path, frame: pd.DataFrame,
+                    has_header: bool) -> None:
+    """Ids must fit in int64: a larger one would wrap to a negative id without a word."""
+    v = num.to_numpy()
+    if v.dtype.kind == "u":
+        big = v > np.uint64(INT64_MAX)
+    elif v.dtype.kind == "f":
+        big = np.abs(v) >= 2.0**63
+    else:
+        return
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise DataError(f"{path}:{_line(frame, i, has_header)}: {name} {raw.iloc[i]} is beyond "
+                        f"the 64-bit id range (ids must lie within +-(2^63 - 1); renumber them)")
+
+
+def _ids(s: pd.Series, name: str, path: Path, has_header: bool,
+         frame: pd.DataFrame | None = None) -> np.ndarray:
     v = s.to_numpy()
     if v.dtype.kind == "f":
         frac = v != np.floor(v)
         if frac.any():
             i = int(np.flatnonzero(frac)[0])
-            raise DataError(f"{path}:{i + offset}: {name} {v[i]:g} is not an integer id")
+            line = _line(frame, i, has_header) if frame is not None else i + 1 + has_header
+            raise DataError(f"{path}:{line}: {name} {v[i]:g} is not an integer id")
     return v.astype(np.int64)
 
 
@@ -230,7 +291,6 @@ def read_ratings(
         if table is not None:
             return table
     frame, has_header = _read_table(path, data=data)
-    offset = 2 if has_header else 1
     if len(frame) == 0:
         raise DataError(f"{path}: no ratings (header only)")
     cols = [str(c) for c in frame.columns]
@@ -259,9 +319,9 @@ def read_ratings(
             picked["timestamp"] = frame.columns[3]
 
     user = _ids(_numeric(frame, picked["user"], "user id", path, has_header), "user id", path,
-                has_header)
+                has_header, frame)
     item = _ids(_numeric(frame, picked["movie"], "movie id", path, has_header), "movie id", path,
-                has_header)
+                has_header, frame)
     rating = _numeric(frame, picked["rating"], "rating", path, has_header).to_numpy(np.float64)
     bad = ~np.isfinite(rating)
     if rating_min is not None:
@@ -271,8 +331,8 @@ def read_ratings(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}:{i + offset}: rating {rating[i]:g} is outside the declared range "
-            f"[{rating_min:g}, {rating_max:g}] (set data.source.rating_min / "
+            f"{path}:{_line(frame, i, has_header)}: rating {rating[i]:g} is outside the "
+            f"declared range [{rating_min:g}, {rating_max:g}] (set data.source.rating_min / "
             f"data.source.rating_max)"
         )
     ts = None
@@ -288,10 +348,11 @@ def _read_typed_csv(path: Path, rating_min: float | None,
     `ratings.csv`): only the needed columns, parsed by pandas' C reader straight into typed
     arrays. Returns None for anything else (other formats, a bad or missing value, a rating out
     of range), which the general path then reads and reports with its line number."""
-    if not path.is_file() or compression(path):
+    check_input(path, "ratings file")
+    if compression(path):
         return None
     with _open_raw(path) as f:
-        first = f.readline().decode("utf-8", errors="replace").strip("\r\n")
+        first = read_line(f, path).decode("utf-8", errors="replace").strip("\r\n")
     if "," not in first or "::" in first or "\t" in first:
         return None
     sep, has_header = _sniff(first)
@@ -306,10 +367,14 @@ def _read_typed_csv(path: Path, rating_min: float | None,
     types = {"user": np.int64, "movie": np.int64, "rating": np.float32, "timestamp": np.int64}
     use = {k: v for k, v in picked.items() if v is not None}
     try:
-        # every column is read (no usecols) so that a line with extra fields stays an error
-        frame = pd.read_csv(path, sep=",", header=0,
-                            dtype={cols[v]: types[k] for k, v in use.items()}, engine="c",
-                            na_filter=True, skip_blank_lines=True, low_memory=False)
+        # every column is read (no usecols) so that a line with extra fields stays an error;
+        # an id like 1e30 makes pandas warn before it refuses the cast (the general path
+        # then reports it with its line)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frame = pd.read_csv(path, sep=",", header=0,
+                                dtype={cols[v]: types[k] for k, v in use.items()}, engine="c",
+                                na_filter=True, skip_blank_lines=True, low_memory=False)
     except (ValueError, OverflowError, pd.errors.ParserError, UnicodeDecodeError):
         return None
     if len(frame) == 0:
@@ -327,14 +392,26 @@ def _read_typed_csv(path: Path, rating_min: float | None,
                         source=str(path))
 
 
-def read_titles(path: str | Path, data: bytes | None = None) -> dict[int, str]:
+def read_titles(path: str | Path, data: bytes | None = None,
+                encoding: str | None = None) -> dict[int, str]:
     """Movie titles from `movies.csv` (movieId,title,...), RecBole `.item` or MovieLens `u.item`.
 
+    `encoding`: the file's text encoding (data.source.titles_encoding); default latin-1 for a
+    file named u.item (MovieLens 100K's), else utf-8. Every line must give an id and a title.
     Returns {raw movie id: title}.
     """
     path = Path(path).expanduser()
-    encoding = "latin-1" if path.name == "u.item" else "utf-8"
-    frame, has_header = _read_table(path, encoding=encoding, data=data, numeric_fields=1)
+    if encoding is None:
+        encoding = "latin-1" if path.name == "u.item" else "utf-8"
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise DataError(f"{path}: unknown text encoding {encoding!r} (e.g. utf-8, latin-1)"
+                        ) from None
+    hint = (" (MovieLens u.item is latin-1: set data.source.titles_encoding=latin-1)"
+            if encoding != "latin-1" else "")
+    frame, has_header = _read_table(path, encoding=encoding, data=data, numeric_fields=1,
+                                    hint=hint)
     cols = [str(c) for c in frame.columns]
     if has_header:
         i_id, i_title = _find(cols, ITEM_ALIASES + ("id",)), _find(cols, TITLE_ALIASES)
@@ -345,10 +422,26 @@ def read_titles(path: str | Path, data: bytes | None = None) -> dict[int, str]:
             )
     else:  # u.item: id|title|release date|...
         i_id, i_title = 0, 1
-    ids = pd.to_numeric(frame.iloc[:, i_id], errors="coerce")
-    keep = ids.notna().to_numpy()
-    titles = frame.iloc[:, i_title].astype(str).to_numpy()[keep]
-    return dict(zip(ids.to_numpy()[keep].astype(np.int64).tolist(), titles.tolist()))
+    if frame.shape[1] <= max(i_id, i_title):
+        raise DataError(f"{path}: a titles file needs a movie id and a title on every line; "
+                        f"found {frame.shape[1]} column(s)")
+    raw_ids = frame.iloc[:, i_id]
+    ids = pd.to_numeric(raw_ids, errors="coerce")
+    bad = ids.isna().to_numpy() | (ids.to_numpy() != np.floor(ids.to_numpy()))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}:{_line(frame, i, has_header)}: movie id {raw_ids.iloc[i]!r} is "
+                        f"not an integer (a titles line is: id, title, ... separated as the "
+                        f"header line is)")
+    _check_id_range(raw_ids, ids, "movie id", path, frame, has_header)
+    title_col = frame.iloc[:, i_title]
+    no_title = title_col.isna().to_numpy()
+    if no_title.any():
+        i = int(np.flatnonzero(no_title)[0])
+        raise DataError(f"{path}:{_line(frame, i, has_header)}: no title (the line has no "
+                        f"separator after the movie id {raw_ids.iloc[i]!r})")
+    titles = title_col.astype(str).to_numpy()
+    return dict(zip(ids.to_numpy().astype(np.int64).tolist(), titles.tolist()))
 
 
 def dedupe_latest(table: RatingsTable) -> tuple[RatingsTable, int]:

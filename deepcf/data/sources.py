@@ -15,7 +15,8 @@ from pathlib import Path
 from deepcf.data.ml100k import WHEEL, load_ml100k
 from deepcf.data.readers import RatingsTable, read_ratings, read_titles
 from deepcf.data.synthetic import generate_ratings, scale_params
-from deepcf.errors import ConfigError, DataError
+from deepcf.errors import ConfigError
+from deepcf.files import check_input
 
 
 @dataclass
@@ -64,9 +65,7 @@ class MovieLens100K(RatingsSource):
 def _file_stamp(path: str | None) -> dict | None:
     if path is None:
         return None
-    p = Path(path).expanduser().resolve()
-    if not p.exists():
-        raise DataError(f"{path}: no such file")
+    p = check_input(Path(path).expanduser(), "file").resolve()  # a device or FIFO: one line
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -81,6 +80,7 @@ class RatingsFile(RatingsSource):
     test_path: str | None = None
     rating_min: float = 0.5
     rating_max: float = 5.0
+    titles_encoding: str | None = None  # None: latin-1 for a file named u.item, else utf-8
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -94,13 +94,15 @@ class RatingsFile(RatingsSource):
     def cache_key(self) -> dict:
         return {"source": "file", "path": _file_stamp(self.path),
                 "titles": _file_stamp(self.titles_path), "test": _file_stamp(self.test_path),
-                "rating_min": self.rating_min, "rating_max": self.rating_max}
+                "rating_min": self.rating_min, "rating_max": self.rating_max,
+                **({"titles_encoding": self.titles_encoding} if self.titles_encoding else {})}
 
     def read(self, cache_dir: Path) -> SourceRatings:
         lo, hi = self.rating_range
         table = read_ratings(self.path, lo, hi)
         test = read_ratings(self.test_path, lo, hi) if self.test_path else None
-        titles = read_titles(self.titles_path) if self.titles_path else None
+        titles = (read_titles(self.titles_path, encoding=self.titles_encoding)
+                  if self.titles_path else None)
         return SourceRatings(table, titles, test)
 
 

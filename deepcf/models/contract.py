@@ -59,7 +59,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from deepcf.errors import CheckpointError, ConfigError
+from deepcf.errors import CheckpointError, ConfigError, TargetNotAllowed
+from deepcf.files import allowed_target
 from deepcf.models.sparse_ops import Pattern, entry_rows
 
 INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming")
@@ -234,9 +235,21 @@ def net_class(target: str) -> type[RatingNet]:
     return cls
 
 
-def build_net(spec: dict) -> RatingNet:
-    """The net of a checkpoint's `spec` (see RatingNet.spec)."""
-    cls = net_class(spec["target"])
+NET_PACKAGE = "deepcf.models."
+
+
+def build_net(spec: dict, allow: tuple[str, ...] = ()) -> RatingNet:
+    """The net of a checkpoint's `spec` (see RatingNet.spec). A checkpoint is data: its target
+    must be one of deepcf's nets (deepcf.models.*), a prefix in `allow` or the allow-list
+    (DEEPCF_ALLOW_TARGETS, --allow-target), checked before anything is imported."""
+    target = spec["target"]
+    if not isinstance(target, str) or not (target.startswith(NET_PACKAGE)
+                                           or allowed_target(target, allow)):
+        raise TargetNotAllowed(f"model.net._target_={target!r} is not a net of deepcf's "
+                               f"({NET_PACKAGE}*); refused before importing it: if you trust "
+                               f"this checkpoint, allow it with --allow-target {target} (or "
+                               f"DEEPCF_ALLOW_TARGETS={target})")
+    cls = net_class(target)
     return cls(cls.Config(**spec["config"]))
 
 
@@ -248,10 +261,19 @@ def net_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(NET_PREFIX):]: v for k, v in state_dict.items() if k.startswith(NET_PREFIX)}
 
 
-def net_from_checkpoint(state: dict, source: str = "checkpoint") -> RatingNet:
-    """The trained net of a loaded Lightning checkpoint dict, in eval mode."""
+def net_from_checkpoint(state: dict, source: str = "checkpoint",
+                        allow: tuple[str, ...] = ()) -> RatingNet:
+    """The trained net of a loaded Lightning checkpoint dict, in eval mode (`allow`: see
+    build_net)."""
     try:
-        net = build_net(state["hyper_parameters"]["net"])
+        net = build_net(state["hyper_parameters"]["net"], allow)
+    except TargetNotAllowed as e:
+        raise TargetNotAllowed(f"{source}: {e}") from None
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{source}: not a deepcf checkpoint "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    try:
         net.load_state_dict(net_state(state["state_dict"]))
     except (KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{source}: not a deepcf checkpoint "

@@ -8,7 +8,10 @@ Everything a scorer needs later travels in a sidecar next to the model, `model.o
 `model.deepcf.npz` (plain numpy arrays, loads with `allow_pickle=False`): the raw user and movie
 ids of the training matrix, titles when the source has them, rating range, training mean,
 orientation, and each movie's training rating count (popularity). `export_checked` writes model and
-sidecar together; the training callback and `python -m deepcf.export` both call it.
+sidecar together; the training callback and `python -m deepcf.export` both call it. Both files
+are written to temporary names beside their final ones and renamed into place only once the
+parity checks pass (a kill or a full disk leaves no partial model.onnx); the sidecar carries the
+model's sha256, so a model and a sidecar of two different exports are refused together.
 
 An item-row model (rows are movies) with a linear output layer also gets its cached item codes
 in the sidecar (`item_codes`, deepcf.serving.codes): every movie's code computed from the
@@ -31,7 +34,7 @@ import torch
 
 from deepcf.data.orientation import rows_are_items
 from deepcf.errors import DivergedModel, ExportParityError, ModelDataMismatch
-from deepcf.files import safe_load
+from deepcf.files import atomic_path, check_output, safe_load, sha256
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.codes import ItemCodes
 from deepcf.serving.runs import find_checkpoint, run_datamodule
@@ -169,9 +172,19 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
             "deepcf.rating_max": card.rating_max, "deepcf.train_mean": card.train_mean,
             "deepcf.orientation": card.orientation, "deepcf.checkpoint": checkpoint,
             "deepcf.sidecar": sidecar_path(path).name}
-    export_onnx(net, path, torch.from_numpy(rows[:8]), meta)
-    ours = onnx_outputs(path, rows)
-    diff = parity(path, net, rows, ours=ours)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:  # renamed onto `path` once every check has passed
+        diff = _export_into(tmp, net, rows, meta, train_rows, card, atol, l2, path)
+    return diff
+
+
+def _export_into(tmp: Path, net, rows: np.ndarray, meta: dict, train_rows, card: ModelCard,
+                 atol: float, l2: float, path: Path) -> float:
+    """The model into `tmp` and, once checked, its sidecar beside `path` (fingerprinted)."""
+    export_onnx(net, tmp, torch.from_numpy(rows[:8]), meta)
+    ours = onnx_outputs(tmp, rows)
+    diff = parity(tmp, net, rows, ours=ours)
     if not diff <= atol:
         raise ExportParityError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
                            f"{diff:.3g} > {atol:g} on {len(rows)} rows")
@@ -184,14 +197,22 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
                                         f"predictions differ from onnxruntime's by {cdiff:.3g} "
                                         f"> {atol:g} on {len(rows)} rows")
             card = dataclasses.replace(card, codes=codes)
-    write_sidecar(path, card)
+    write_sidecar(path, card, fingerprint=sha256(tmp))
     return diff
 
 
 def export_run(target, out=None, atol: float = 1e-4, n_rows: int = 256,
-             cache_dir: str | None = None) -> tuple[Path, float]:
-    """Write the ONNX model and its sidecar; returns (model path, max abs diff)."""
+             cache_dir: str | None = None, force: bool = False) -> tuple[Path, float]:
+    """Write the ONNX model and its sidecar; returns (model path, max abs diff).
+
+    The default model path (RUN/model.onnx for a run dir, CKPT.onnx beside a checkpoint) is the
+    run's own artifact and is replaced; an explicit `out` (or its sidecar) that exists is
+    refused unless `force`, and neither may be the checkpoint itself."""
     ckpt, run_dir = find_checkpoint(Path(target))
+    if out is not None:
+        for p in (Path(out), sidecar_path(out)):
+            check_output(p, force, inputs=[ckpt, run_dir / "config_resolved.yaml"],
+                         what="ONNX model" if p == Path(out) else "sidecar")
     state = safe_load(ckpt)
     net = net_from_checkpoint(state, str(ckpt))
     hparams = state.get("hyper_parameters") or {}

@@ -146,9 +146,13 @@ def parse_ids(values: list[str]) -> np.ndarray:
     for v in values:
         for part in v.replace(",", " ").split():
             try:
-                ids.append(int(part))
+                uid = int(part)
             except ValueError:
                 raise DeepCFError(f"user id {part!r} is not an integer") from None
+            if not -(2**63) <= uid < 2**63:
+                raise DeepCFError(f"user id {part} is beyond the 64-bit id range (no model "
+                                  f"knows it: ids lie within +-(2^63 - 1))")
+            ids.append(uid)
     return np.asarray(ids, np.int64)
 
 

@@ -27,7 +27,8 @@ from deepcf.errors import (
     UnknownMovieError,
     UnknownUserError,
 )
-from deepcf.files import safe_load
+from deepcf.files import ALLOW_ENV as FILES_ALLOW_ENV
+from deepcf.files import check_input, safe_load
 from deepcf.serving.scoring import OnnxScorer
 from deepcf.serving.sidecar import ModelCard, read_sidecar, sidecar_path
 
@@ -60,9 +61,10 @@ def load_model(model: str | Path, threads: int = 0) -> tuple[OnnxScorer, ModelCa
     """The ONNX scorer and its sidecar, checked against each other; `threads`: onnxruntime's
     intra-op threads (0: its default, one per core)."""
     path = Path(model)
-    if not path.is_file():
+    if not path.exists():
         raise DeepCFError(f"{path}: no such ONNX model (train one with `make train` or create it "
                           f"with `python -m deepcf.export RUN_DIR`)")
+    check_input(path, "model")
     card = read_sidecar(path)
     scorer = OnnxScorer(path, threads)
     if scorer.width != card.width:
@@ -78,6 +80,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
         raise DeepCFError(f"{run_dir}: no such run dir")
     if not (run_dir / "config_resolved.yaml").exists():
         raise DeepCFError(f"{run_dir}: not a deepcf run dir (no config_resolved.yaml)")
+    check_input(run_dir / "config_resolved.yaml", "run config")
     return run_dir
 
 
@@ -88,7 +91,7 @@ def run_model_path(run_dir: str | Path) -> Path:
 # A run dir's config is data, not code: its `_target_`s are instantiated only when they are
 # deepcf's own data classes, or start with a prefix the user allows (--allow-target PREFIX on
 # evaluate/recommend/export, or DEEPCF_ALLOW_TARGETS=prefix1,prefix2 in the environment).
-ALLOW_ENV = "DEEPCF_ALLOW_TARGETS"
+ALLOW_ENV = FILES_ALLOW_ENV
 
 
 def allow_targets(prefixes: list[str] | None) -> None:
@@ -155,15 +158,26 @@ def run_datamodule(run_dir: str | Path, cache_dir: str | None = None, setup: boo
         raise ConfigError(f"{conf}: not a readable config ({str(e).splitlines()[0]})") from None
     if not hasattr(cfg, "keys") or "data" not in cfg:
         raise ConfigError(f"{conf}: has no data section")
-    try:  # resolved here, so that no interpolation can build a node after the check
-        data = OmegaConf.to_container(cfg.data, resolve=True)
+    try:  # not resolved: an interpolation (${oc.env:...}) is refused below, never evaluated
+        data = OmegaConf.to_container(cfg.data, resolve=False)
     except Exception as e:
         raise ConfigError(f"{conf}: data: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{conf}: data is not a section of keys")
     check_run_config({"data": data}, str(conf))
     check_targets(data, conf)
     if cache_dir is not None:
         data["cache_dir"] = cache_dir
-    dm = instantiate(data)
+    from hydra.errors import InstantiationException
+
+    try:
+        dm = instantiate(data)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DeepCFError):
+            raise cause from None
+        why = str(cause if cause is not None else e).splitlines()[0]
+        raise ConfigError(f"{conf}: data: cannot build it from this config ({why})") from None
     if setup:
         dm.setup("test")
         if best_metrics(run_dir).get("refit"):  # the run's model was fitted on train + carve
@@ -186,8 +200,23 @@ def check_same_movies(card: ModelCard, item_ids: np.ndarray, user_ids: np.ndarra
 
 
 def best_metrics(run_dir: str | Path) -> dict:
+    """The run's metrics.json ({} when it has none yet); an unreadable or truncated one is one
+    line."""
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        check_input(path, "metrics file")
+        with open(path, "rb") as f:
+            found = json.loads(f.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise DeepCFError(f"{path}: not a readable deepcf metrics file, truncated or corrupt "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                          f"re-run the test with `python -m deepcf.train ckpt_path="
+                          f"{Path(run_dir)}` or remove it") from None
+    if not isinstance(found, dict):
+        raise DeepCFError(f"{path}: not a deepcf metrics file (not a JSON object)")
+    return found
 
 
 def read_ratings_source(path: str | Path, card: ModelCard,
@@ -200,13 +229,19 @@ def read_ratings_source(path: str | Path, card: ModelCard,
     """
     path = Path(path)
     n_movies = len(card.item_ids)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    check_input(path, "ratings file")
     if path.suffix == ".npz":
         try:
             X = sp.load_npz(path).tocsr()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError, EOFError) as e:
             raise DataError(f"{path}: not a scipy sparse .npz matrix ({e})") from None
+        bad = ~np.isfinite(X.data) | (X.data < card.rating_min) | (X.data > card.rating_max)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(X.indptr, k, side="right") - 1)
+            raise DataError(f"{path}: row {row}, column {int(X.indices[k])}: rating "
+                            f"{X.data[k]:g} is outside the model's range [{card.rating_min:g}, "
+                            f"{card.rating_max:g}] (an unrated entry is left out, not 0)")
         if X.shape[1] != n_movies:
             raise ModelDataMismatch(f"{path}: the matrix has {X.shape[1]} movie columns but the "
                                     f"model scores {n_movies} movies")

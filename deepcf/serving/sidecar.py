@@ -6,7 +6,10 @@ training mean, orientation, each movie's training rating count (popularity), and
 model's outputs are (`score_kind`: "rating" for rating models; "<Net> score" for ranking models,
 trained with objective=multinomial or ranking by nature such as EDLAE, whose outputs rank movies but
 are not ratings) and the data's
-`implicit` setting (the model's input is then interactions, data.implicit).
+`implicit` setting (the model's input is then interactions, data.implicit), and the model's
+fingerprint (`model_sha256`, the sha256 of the ONNX file it was written with): a sidecar beside
+another model (another run's, or a model replaced without its sidecar) is refused.
+The sidecar is written to a temporary file and renamed into place (deepcf.files.atomic_open).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from deepcf.data.orientation import input_width
 from deepcf.errors import DeepCFError
+from deepcf.files import atomic_open, sha256
 from deepcf.serving.codes import ItemCodes
 
 SIDECAR_SUFFIX = ".deepcf.npz"
@@ -80,9 +84,13 @@ def card_from_datamodule(dm, kind: str = "rating") -> ModelCard:
     )
 
 
-def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
-    path = sidecar_path(model_path)
+def write_sidecar(model_path: str | Path, card: ModelCard, fingerprint: str | None = None,
+                  path: str | Path | None = None) -> Path:
+    """The sidecar of `model_path` (at `path`, default beside it); `fingerprint`: the model
+    file's sha256 (default: computed from `model_path`)."""
+    path = sidecar_path(model_path) if path is None else Path(path)
     arrays = {
+        "model_sha256": np.array(fingerprint or sha256(model_path)),
         "version": np.array(SIDECAR_VERSION), "user_ids": card.user_ids,
         "item_ids": card.item_ids,
         "rating_range": np.array([card.rating_min, card.rating_max], np.float64),
@@ -94,7 +102,7 @@ def write_sidecar(model_path: str | Path, card: ModelCard) -> Path:
         arrays["titles"] = np.asarray(card.titles, dtype=str)
     if card.codes is not None:
         arrays.update({f"codes_{k}": np.asarray(getattr(card.codes, k)) for k in CODE_KEYS})
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a str path
+    with atomic_open(path, "wb") as f:  # a file object: np.savez would append .npz to a str
         np.savez(f, **arrays)
     return path
 
@@ -107,6 +115,7 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
     try:
         with np.load(path, allow_pickle=False) as z:
             lo, hi = (float(x) for x in z["rating_range"])
+            _check_fingerprint(str(z["model_sha256"]), Path(model_path), path)
             return ModelCard(
                 user_ids=z["user_ids"], item_ids=z["item_ids"],
                 titles=z.get("titles"), rating_min=lo, rating_max=hi,
@@ -118,6 +127,13 @@ def read_sidecar(model_path: str | Path) -> ModelCard:
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DeepCFError(f"{path}: not a deepcf sidecar, truncated or corrupt ({e}); recreate "
                           f"it and the model with `python -m deepcf.export RUN_DIR`") from None
+
+
+def _check_fingerprint(expected: str, model: Path, path: Path) -> None:
+    if model.is_file() and sha256(model) != expected:
+        raise DeepCFError(f"{path}: this sidecar belongs to another model (its fingerprint is "
+                          f"not the sha256 of {model}); recreate both with `python -m "
+                          f"deepcf.export RUN_DIR`")
 
 
 def _read_codes(z, path: Path) -> ItemCodes | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcf.errors import DeepCFError
+from deepcf.files import atomic_path, check_output, write_text
 from deepcf.serving.paired import run_per_user
 from deepcf.stats import paired_test
 from deepcf.study.experiments import _value, mean_std
@@ -245,11 +246,13 @@ def plot_bars(runs: list[Run], path: Path) -> None:
 
 
 def report(paths: list[str | Path], out: Path, baseline: str | Path | None = None,
-           evaluate_runs: bool = False, cache_dir: str | None = None) -> dict[str, Path]:
-    """Write curves.png, test_metrics.png and report.md (the table) into `out`. `baseline`: a
-    run dir (compared too when it is not among `paths`) every run is tested against (paired,
-    over the users of the test split); it and `evaluate_runs` score every run's model on its
-    test split (`evaluate`)."""
+           evaluate_runs: bool = False, cache_dir: str | None = None,
+           force: bool = False) -> dict[str, Path]:
+    """Write curves.png, test_metrics.png and report.md (the table) into `out`; an existing one
+    is refused unless `force` (each is written to a temporary file and renamed into place).
+    `baseline`: a run dir (compared too when it is not among `paths`) every run is tested
+    against (paired, over the users of the test split); it and `evaluate_runs` score every run's
+    model on its test split (`evaluate`)."""
     runs = find_runs(paths)
     base = None
     if baseline is not None:
@@ -268,8 +271,12 @@ def report(paths: list[str | Path], out: Path, baseline: str | Path | None = Non
         evaluate(runs, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"curves": out / CURVES, "bars": out / BARS, "table": out / TABLE}
-    plot_curves(runs, files["curves"])
-    plot_bars(runs, files["bars"])
+    for f in files.values():
+        check_output(f, force, what="report file")
+    with atomic_path(files["curves"]) as tmp:
+        plot_curves(runs, tmp)
+    with atomic_path(files["bars"]) as tmp:
+        plot_bars(runs, tmp)
     text = table(runs, base)
     test = (" The p-values: scipy.stats.wilcoxon (two-sided) over the test users, paired on "
             "per-user squared error (SE, both models rate) or NDCG@10; the difference is "
@@ -277,7 +284,7 @@ def report(paths: list[str | Path], out: Path, baseline: str | Path | None = Non
     scored = (" Ranking metrics a run did not log: its model on its test split, every held-out "
               "rating relevant (`deepcf.evaluate --protocol topn`)."
               if base is not None or evaluate_runs else "")
-    files["table"].write_text(
+    write_text(files["table"],
         f"{text}\n\n{len(runs)} runs from {', '.join(str(p) for p in paths)} (mean ± std over "
         f"the seeds that did not diverge).{scored}{test}\n\n![curves]({CURVES})\n\n"
         f"![test metrics]({BARS})\n")

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from deepcf.compat import MODULE_KEYS, check_moved
 from deepcf.data.datamodule import RatingsDataModule
 from deepcf.errors import ConfigError
+from deepcf.training.callbacks import AtomicCheckpointIO
 from deepcf.training.config import build
 from deepcf.training.module import RatingsModule, plain
 
@@ -98,5 +99,6 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list | None = None,
                   **overrides: Any):
     """The `trainer` node's Trainer. The DataModule shards rows per rank itself (no padded
     duplicates in val/test), so Lightning's distributed sampler is off."""
+    overrides.setdefault("plugins", [AtomicCheckpointIO()])  # no partial checkpoint, ever
     return build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                  use_distributed_sampler=False, **overrides)

@@ -1,15 +1,19 @@
-"""Callbacks: ONNX export with an onnxruntime parity check, and the loss-curve plot."""
+"""Callbacks: ONNX export with an onnxruntime parity check, and the loss-curve plot; and the
+checkpoint writer (`AtomicCheckpointIO`: each checkpoint to a temporary file beside it, renamed
+into place, so a kill or a full disk never leaves a partial checkpoint under its name)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from deepcf.errors import CheckpointError, DivergedModel
-from deepcf.files import inside, safe_load
+from deepcf.files import atomic_path, inside, safe_load
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
 from deepcf.serving.sidecar import card_from_datamodule, score_kind
@@ -55,7 +59,8 @@ class OnnxExport(pl.Callback):
         if best and Path(best).exists():
             # the path comes from checkpoint state: only a file in this run's checkpoints dir,
             # and only tensors and plain data (weights_only) are read from it
-            net = net_from_checkpoint(safe_load(checked_best(trainer, best)), best)
+            live = f"{type(net).__module__}.{type(net).__qualname__}"  # this run's own net
+            net = net_from_checkpoint(safe_load(checked_best(trainer, best)), best, (live,))
         dm = trainer.datamodule
         try:
             card = card_from_datamodule(dm, score_kind(pl_module.output_kind, net))
@@ -76,6 +81,22 @@ def checked_best(trainer: pl.Trainer, best: str) -> str:
         raise CheckpointError(f"{best}: refused: the best checkpoint named by the checkpoint "
                               f"state is not in {folder}")
     return best
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the checkpoint's folder, then one rename: a kill, a
+    crash or a full disk leaves the previous checkpoint (or none), never a part of one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 class LossCurve(pl.Callback):
@@ -121,7 +142,8 @@ class LossCurve(pl.Callback):
         ax.legend()
         fig.tight_layout()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.path, dpi=100)
+        with atomic_path(self.path) as tmp:
+            fig.savefig(tmp, dpi=100, format=self.path.suffix.lstrip(".") or "png")
         plt.close(fig)
 
 

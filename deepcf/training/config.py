@@ -4,6 +4,7 @@ command-line overrides (principle 5)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import deepcf.training.resolvers  # noqa: F401  (registers the config resolvers)
 from deepcf.compat import check_moved
 from deepcf.errors import ConfigError, DeepCFError
+from deepcf.files import check_input
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
@@ -59,6 +61,90 @@ def _missing_keys(node, prefix: str = "") -> list[str]:
             if isinstance(child, DictConfig):
                 out += _missing_keys(child, f"{full}.")
     return out
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# (key, test, what it must be): the values whose wrong type or range would otherwise fail deep
+# inside Lightning, torch or the split with a traceback; checked before anything runs
+VALUE_RULES = [
+    ("trainer.max_epochs", lambda v: v is None or (_int(v) and (v >= 1 or v == -1)),
+     "an integer >= 1 (or -1: no limit)"),
+    ("trainer.min_epochs", lambda v: v is None or (_int(v) and v >= 0), "an integer >= 0"),
+    ("trainer.max_steps", lambda v: v is None or (_int(v) and (v >= 1 or v == -1)),
+     "an integer >= 1 (or -1: no limit)"),
+    ("trainer.check_val_every_n_epoch", lambda v: v is None or (_int(v) and v >= 1),
+     "an integer >= 1"),
+    ("trainer.log_every_n_steps", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("trainer.num_nodes", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("model.optimizer.lr", lambda v: _num(v) and 0 < v < float("inf"),
+     "a number > 0 (e.g. 0.001)"),
+    ("model.optimizer.weight_decay", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    ("model.l2", lambda v: _num(v) and v >= 0, "a number >= 0"),
+    ("seed", lambda v: v is None or (_int(v) and 0 <= v < 2**32), "an integer in [0, 2^32)"),
+    ("data.batch_size", lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    ("data.eval_batch_size", lambda v: v is None or (_int(v) and v >= 1), "an integer >= 1"),
+    ("data.protocol.val_fraction", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("data.protocol.test_fraction", lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("data.source.rating_min", lambda v: v is None or _num(v), "a number"),
+    ("data.source.rating_max", lambda v: v is None or _num(v), "a number"),
+]
+
+
+def check_values(cfg: DictConfig) -> None:
+    """One line for a value of the wrong type or out of range (VALUE_RULES); a key the config
+    does not have, or an interpolation (resolved when the run starts), is left alone."""
+    for key, ok, what in VALUE_RULES:
+        *parents, last = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node._get_node(p) if isinstance(node, DictConfig) and p in node else None
+            if node is None:
+                break
+        if not isinstance(node, DictConfig) or last not in node:
+            continue
+        if OmegaConf.is_interpolation(node, last) or OmegaConf.is_missing(node, last):
+            continue
+        value = node._get_node(last)._value()
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {what}")
+
+
+INPUT_KEYS = ("path", "titles_path", "test_path")  # the files a data source reads
+
+
+def check_special_inputs(cfg: DictConfig) -> None:
+    """A data file that exists but is not a regular file (/dev/zero, a FIFO) is refused here,
+    before torch loads: one line within the command's first seconds (a missing file is
+    reported where the source reads it)."""
+    source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
+        else None
+    if not isinstance(source, DictConfig):
+        return
+    for key in INPUT_KEYS:
+        if key not in source or OmegaConf.is_interpolation(source, key) \
+                or OmegaConf.is_missing(source, key):
+            continue
+        value = source._get_node(key)._value()
+        if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+            check_input(os.path.expanduser(value), "data file")
+
+
+def _space_hint(args: list[str]) -> None:
+    """A value with spaces that the shell split into two arguments (`data.source.path=/my
+    dir/r.csv` unquoted): one line saying how to quote it, instead of Hydra's parse error."""
+    for prev, a in zip(args, args[1:]):
+        if "=" in prev and "=" not in a and not a.startswith("-"):
+            key, _, value = prev.partition("=")
+            raise ConfigError(f"{prev} {a}: {a!r} is not an override; if it is the rest of "
+                              f"{key}'s value (a path with spaces), quote the whole override: "
+                              f"'{key}={value} {a}'")
 
 
 def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
@@ -111,6 +197,8 @@ def check_overrides(args: list[str]) -> DictConfig | None:
         first = None
         for overrides in variants[:64]:
             cfg = compose([*hydra_groups, *overrides], return_hydra_config=bool(hydra_groups))
+            check_values(cfg)
+            check_special_inputs(cfg)
             first = cfg if first is None else first
             missing = [k for k in _missing_keys(cfg) if not k.startswith("hydra.")]
             if missing:
@@ -120,9 +208,10 @@ def check_overrides(args: list[str]) -> DictConfig | None:
             with open_dict(first):
                 del first["hydra"]
         return first
-    except ConfigError:
+    except DeepCFError:
         raise
     except Exception as e:  # Hydra raises several types; all mean "this override is wrong"
+        _space_hint([a for a in args if not a.startswith("-")])
         raise ConfigError(str(e).split("Config search path")[0]) from None
 
 

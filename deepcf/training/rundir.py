@@ -5,6 +5,8 @@
   the process ends, however it ends (SIGKILL included), so a killed run can be resumed at once.
 - `resolve_resume`: `ckpt_path=last` (the newest run dir of the task with checkpoints/last.ckpt),
   `ckpt_path=RUN_DIR` (its last.ckpt) or `ckpt_path=RUN/checkpoints/NAME.ckpt` -> (file, run dir).
+- `refuse_finished`: a new run into a run dir that already holds a run is one line saying what
+  to do (resume it with ckpt_path=, or choose another dir);
 - `check_checkpoint`: the file loads with `torch.load(weights_only=True)` (a pickle that would run
   code is refused before Lightning sees it) and every path in its ModelCheckpoint state lies in
   RUN/checkpoints (Lightning reloads `best_model_path` from the state, loads the best checkpoint
@@ -18,7 +20,7 @@ import os
 import socket
 from pathlib import Path
 
-from deepcf.errors import CheckpointError, RunLocked
+from deepcf.errors import CheckpointError, ConfigError, RunLocked
 from deepcf.files import inside, safe_load
 
 LOCK_NAME = ".lock"
@@ -43,7 +45,9 @@ def lock_run_dir(run_dir: str | Path) -> Path:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        owner = os.read(fd, 200).decode(errors="replace").strip()
+        holder = lock_holder(fd)
+        owner = (f"pid {holder}" if holder is not None
+                 else os.read(fd, 200).decode(errors="replace").strip())
         os.close(fd)
         raise RunLocked(f"{run_dir}: in use by another deepcf process ({owner or 'unknown'}); "
                         f"wait until it ends (a run dir takes one run or resume at a time)"
@@ -51,7 +55,46 @@ def lock_run_dir(run_dir: str | Path) -> Path:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
     _HELD[key] = fd
+    remove_stale_temporaries(run_dir)
     return run_dir
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """The temporary files of atomic writes a killed process left (`.NAME.XXXX.tmp*`, never
+    under a final name); only the lock holder calls this, so none is being written."""
+    gone = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for p in folder.glob(".*.tmp*") if folder.is_dir() else []:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid of the process holding the flock on `fd`'s file (Linux /proc/locks), else None.
+    The lock file's text names the last process that took the lock, which need not be the one
+    holding it now."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" ("->" marks a blocked waiter)
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        if parts[5] == want or parts[5].endswith(f":{st.st_ino}"):
+            try:
+                pid = int(parts[4])
+            except ValueError:
+                continue
+            if pid != os.getpid():
+                return pid
+    return None
 
 
 def unlock_run_dir(run_dir: str | Path) -> None:
@@ -62,6 +105,29 @@ def unlock_run_dir(run_dir: str | Path) -> None:
 
 
 RESUME_FORMS = "ckpt_path takes last, a run dir, or RUN/checkpoints/NAME.ckpt"
+
+
+def run_in(run_dir: str | Path) -> str | None:
+    """What shows that `run_dir` holds a run already (its config, metrics or a checkpoint),
+    or None for a fresh dir (Hydra's own .hydra/ and train.log do not count)."""
+    run_dir = Path(run_dir)
+    for name in ("metrics.json", "config_resolved.yaml", "model.onnx"):
+        if (run_dir / name).exists():
+            return name
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if run_dir.is_dir() else []
+    return f"checkpoints/{ckpts[0].name}" if ckpts else None
+
+
+def refuse_finished(run_dir: str | Path, key: str = "hydra.run.dir") -> None:
+    """A new run into a dir that holds a run would mix two runs' checkpoints and replace its
+    metrics, model and config: one line saying what to do instead."""
+    found = run_in(run_dir)
+    if found is None:
+        return
+    what = "finished run" if found in ("metrics.json", "model.onnx") else "run"
+    raise ConfigError(f"{key}={run_dir}: holds a {what} ({found}); a new run is refused there: "
+                      f"resume it with ckpt_path={run_dir}, or give a new dir (or none: each "
+                      f"run gets its own)")
 
 
 def resolve_resume(ckpt_path: str, log_dir: str | Path, task_name: str) -> tuple[Path, Path]:

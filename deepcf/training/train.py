@@ -30,7 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcf.errors import ConfigError, TrainingInterrupted
-from deepcf.files import safe_load
+from deepcf.files import safe_load, write_text
 from deepcf.training.assembly import (
     assemble,
     build_module,
@@ -45,6 +45,7 @@ from deepcf.training.rundir import (
     check_checkpoint,
     is_rank_zero,
     lock_run_dir,
+    refuse_finished,
     resolve_resume,
     unlock_run_dir,
 )
@@ -93,6 +94,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     if rank0:
         lock_run_dir(out_dir)
+        if resume is None:
+            try:
+                refuse_finished(out_dir, "paths.output_dir")
+            except ConfigError:
+                unlock_run_dir(out_dir)
+                raise
     try:
         return _train(cfg, out_dir, resume, rank0)
     finally:
@@ -132,7 +139,7 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
     trainer = build_trainer(cfg, carve_callbacks, loggers)
 
     if rank0 and resume is None:  # a resume keeps the run's own config
-        OmegaConf.save(resolved, out_dir / "config_resolved.yaml")
+        write_text(out_dir / "config_resolved.yaml", OmegaConf.to_yaml(resolved))
     if rank0 and resume is not None:
         keep_csv_history(loggers)
     for lg in loggers:
@@ -152,7 +159,7 @@ def _train(cfg: DictConfig, out_dir: Path, resume: Path | None, rank0: bool) -> 
 
             wandb.finish()
     if rank0:
-        (out_dir / "metrics.json").write_text(strict_json(summary))
+        write_text(out_dir / "metrics.json", strict_json(summary))
         _print_summary(summary)
     return summary
 
