@@ -157,7 +157,8 @@ def test_ranking_run_early_stops_on_val_ndcg_and_returns_its_best(make_cfg):
     assert m["status"] == "ok" and m["onnx"]
 
 
-def test_the_monitor_follows_the_output_kind_and_a_metric_not_logged_is_one_line(make_cfg):
+def test_the_monitor_follows_the_output_kind_and_a_metric_not_logged_is_one_line(make_cfg,
+                                                                              tmp_path):
     from deepcf.training.train import train
 
     m = train(make_cfg("data=synthetic", "objective=multinomial", "trainer.max_epochs=1",
@@ -166,10 +167,10 @@ def test_the_monitor_follows_the_output_kind_and_a_metric_not_logged_is_one_line
     assert "val/rmse" not in m and "test/rmse" not in m
     with pytest.raises(ConfigError, match="callbacks.model_checkpoint.monitor=val/rmse"):
         train(make_cfg("data=synthetic", "objective=multinomial", "trainer.max_epochs=1",
-                       "callbacks.model_checkpoint.monitor=val/rmse"))
+                       "callbacks.model_checkpoint.monitor=val/rmse", output_dir=tmp_path / "b"))
     with pytest.raises(ConfigError, match="add the metric to model.metrics"):
         train(make_cfg("data=synthetic", "trainer.max_epochs=1",
-                       "callbacks.early_stopping.monitor=val/ndcg@10"))
+                       "callbacks.early_stopping.monitor=val/ndcg@10", output_dir=tmp_path / "c"))
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,7 @@ class EDLAE(RatingNet):
                 check_option(name, v, lo, hi)
         self.register_buffer("weight", torch.zeros(self.width, self.width))
         self.register_buffer("col_scale", torch.ones(self.width))
+        self._chosen: dict = {}  # the options set_options fixed (chosen on the carve)
         self._solved: tuple | None = None  # what the weights were solved for (pop_beta
         # alone changes nothing of B: the carve's pop_beta stage solves once)
 
@@ -155,6 +156,14 @@ class EDLAE(RatingNet):
                 self.config.lam_unit = "mean_diag" if self.config.lam == AUTO else \
                     self.config.lam_unit
             setattr(self.config, name, float(value))
+            self._chosen[name] = float(value)
+        if "lam" in self._chosen:
+            self._chosen["lam_unit"] = self.config.lam_unit
+
+    def chosen_options(self) -> dict:
+        """The options chosen on the carve, as net config values: a refit on train + carve
+        takes them as given (deepcf.training.train.refit)."""
+        return dict(self._chosen)
 
     def closed_form_stats(self, rows: Pattern, values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch's binary Gram matrix X_b^T X_b (float64; they add up to X^T X)."""
