@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
+# the fork-safe thread pool: the study's at-scale rows run in forked children after the parent
+# has run parallel kernels, and GNU OpenMP's pool ends a forked child (SIGTERM) when used there
+numba.config.THREADING_LAYER = "workqueue"
+
 if TYPE_CHECKING:  # torch loads where a kernel runs: data loading and serving need only numpy
     import torch
 
