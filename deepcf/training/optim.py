@@ -33,6 +33,14 @@ from deepcf.kernels import row_adam_, rprop_
 log = logging.getLogger(__name__)
 
 
+
+def closure_loss(closure) -> torch.Tensor | None:
+    """The loss a step's closure re-evaluates (with gradients on), None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
 class LazyAdam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, fused: bool | None = None):
@@ -70,10 +78,7 @@ class LazyAdam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             b1, b2 = group["betas"]
             fused = group["fused"]
@@ -147,10 +152,7 @@ class Rprop(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             (eta_minus, eta_plus), (lo, hi) = group["etas"], group["step_sizes"]
             for p in group["params"]:
