@@ -65,6 +65,67 @@ def test_devices_fifos_and_newline_less_files_are_refused_fast(tmp_path):
         read_titles(long)
 
 
+def _special_inputs(tmp_path: Path) -> list[Path]:
+    """/dev/zero, a FIFO and a file with no newline in its first MiB."""
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    long = tmp_path / "no_newline.csv"
+    long.write_bytes(b"a" * (MAX_LINE + 10))
+    return [Path("/dev/zero"), fifo, long]
+
+
+def test_train_refuses_special_inputs_in_one_line_before_torch(tmp_path):
+    from deepcf.data.sources import RatingsFile
+    from deepcf.training.config import check_overrides
+
+    for path in _special_inputs(tmp_path):
+        with pytest.raises(DataError, match=f"^{path}"):
+            check_overrides(["data=ratings_csv", f"data.source.path={path}"])
+        with pytest.raises(DataError, match=f"^{path}"):  # what a run dir's config names
+            RatingsFile(path=str(path)).cache_key()
+        # the refusal comes from the composed config, before torch or Lightning load
+        probe = ("import sys\nfrom deepcf.train import run\ncode = run()\n"
+                 "assert 'torch' not in sys.modules and 'pytorch_lightning' not in sys.modules\n"
+                 "sys.exit(code)")
+        p = subprocess.run([sys.executable, "-c", probe, "data=ratings_csv",
+                            f"data.source.path={path}", f"hydra.run.dir={tmp_path / 'run'}"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, p.stderr[-2000:]
+        err = p.stderr.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"deepcf.train: error: {path}"), err
+    gz = tmp_path / "r.csv.gz"  # a compressed file's own bytes have no lines: the reader's bound
+    import gzip
+
+    gz.write_bytes(gzip.compress(b"userId,movieId,rating\n1,2,3\n" + b"1,3,4\n" * 400000))
+    check_overrides(["data=ratings_csv", f"data.source.path={gz}"])
+
+
+@pytest.mark.parametrize("command", ["evaluate", "recommend"])
+def test_a_run_dir_config_naming_special_inputs_is_one_line(tiny_run, tmp_path, capsys,
+                                                            command):
+    from omegaconf import OmegaConf
+
+    from deepcf.evaluate import main as evaluate
+    from deepcf.recommend import main as recommend
+    from deepcf.serving.sidecar import read_sidecar
+
+    uid = str(read_sidecar(tiny_run / "model.onnx").user_ids[0])
+    for i, path in enumerate(_special_inputs(tmp_path)):
+        run = tmp_path / f"run{i}"
+        shutil.copytree(tiny_run, run)
+        conf = run / "config_resolved.yaml"
+        cfg = OmegaConf.load(conf)
+        cfg.data.source = {"_target_": "deepcf.data.sources.RatingsFile", "path": str(path)}
+        OmegaConf.save(cfg, conf)
+        with pytest.raises(SystemExit) as e:
+            if command == "evaluate":
+                evaluate([str(run), "--cache-dir", str(tmp_path / "cache"),
+                          "--out", str(tmp_path / f"e{i}.json")])
+            else:
+                recommend([str(run), "--user", uid])
+        assert e.value.code == 2 and str(path) in one_line(capsys)
+
+
 def test_a_run_dir_config_naming_a_fifo_is_one_line(tiny_run, tmp_path):
     from omegaconf import OmegaConf
 

@@ -86,6 +86,33 @@ def test_resume_restores_val_rmse_best_from_before_the_interruption(make_cfg, tm
     assert m["val/rmse_best"] == 0.125
 
 
+def test_a_resume_after_the_last_epoch_keeps_the_fits_metrics(make_cfg, tmp_path):
+    """A run killed after its last epoch (in the test or the ONNX export) trains no epoch when
+    resumed; its metrics.json still has every key and value of the uninterrupted run's (the
+    wall time and the paths naming the run dir or the resume aside)."""
+    import shutil
+
+    base = ("data=synthetic", "model.net.hidden=[16]", "logger=csv", "seed=7", "noise=dropout",
+            "trainer.max_epochs=2")
+    done = tmp_path / "done"
+    full = train(make_cfg(*base, output_dir=done))
+    run = tmp_path / "run"  # a fresh dir holding the finished fit, as a kill leaves it
+    shutil.copytree(done, run)
+    for name in ("metrics.json", "model.onnx", "model.deepcf.npz"):
+        (run / name).unlink()
+    resumed = train(make_cfg(*base, f"ckpt_path={run}", output_dir=tmp_path / "elsewhere"))
+    assert [k for k in full if k.startswith(("val/", "train/"))]
+    assert {k for k in resumed if k.startswith(("val/", "train/"))} == \
+        {k for k in full if k.startswith(("val/", "train/"))}
+    written = json.loads((run / "metrics.json").read_text())
+    for key in set(full) - {"fit/seconds", "resumed_from"}:
+        want = full[key]
+        if isinstance(want, str) and str(done) in want:
+            want = want.replace(str(done), str(run))
+        assert resumed[key] == want and written[key] == want, key  # bitwise
+    assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+
+
 def test_resume_with_other_data_is_one_line(make_cfg, tmp_path):
     from deepcf.errors import ConfigError
 

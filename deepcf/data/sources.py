@@ -16,7 +16,7 @@ from deepcf.data.ml100k import WHEEL, load_ml100k
 from deepcf.data.readers import RatingsTable, read_ratings, read_titles
 from deepcf.data.synthetic import generate_ratings, scale_params
 from deepcf.errors import ConfigError
-from deepcf.files import check_input
+from deepcf.files import check_first_line
 
 
 @dataclass
@@ -65,7 +65,8 @@ class MovieLens100K(RatingsSource):
 def _file_stamp(path: str | None) -> dict | None:
     if path is None:
         return None
-    p = check_input(Path(path).expanduser(), "file").resolve()  # a device or FIFO: one line
+    # a device, a FIFO or a file with no newline in its first MiB: one line
+    p = check_first_line(Path(path).expanduser(), "file").resolve()
     st = p.stat()
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 

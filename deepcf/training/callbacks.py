@@ -4,6 +4,7 @@ into place, so a kill or a full disk never leaves a partial checkpoint under its
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from deepcf.errors import CheckpointError, DivergedModel
-from deepcf.files import atomic_path, inside, safe_load
+from deepcf.files import atomic_path, inside, safe_load, write_text
 from deepcf.models.contract import net_from_checkpoint
 from deepcf.serving.export import export_checked
 from deepcf.serving.sidecar import card_from_datamodule, score_kind
@@ -156,14 +157,23 @@ class ResumeState(pl.Callback):
       resumed epoch draws what the uninterrupted run drew;
     - `val/rmse_best` (and the first ranking metric's best): the module's Min/MaxMetric is not
       in its state_dict and restarts at fit start, so the best value before the interruption is put
-      back at the first resumed epoch.
+      back at the first resumed epoch;
+    - the fit's final logged metrics (val/..., train/...): written at the end of training to
+      checkpoints/FIT_METRICS with the step they belong to, before the fit-end export, so that a
+      resume of a run killed after its last epoch (in the export or the test), whose fit runs no
+      epoch and logs nothing, reports what the finished fit logged (`fit_metrics`). A kill
+      between the last epoch's checkpoint and the end of training leaves no such file: that
+      resume reports only what its own fit logs.
     """
 
     KEY = "deepcf_resume"
     BESTS = ("val_rmse_best", "val_rank_best")  # the module's Min/MaxMetric (rmse, ranking)
+    FIT_METRICS = "fit_metrics.json"
 
     def __init__(self):
         self._best: dict = {}
+        self._trained = False
+        self.fit_metrics: dict[str, float] = {}  # a resume that trained nothing: the fit's
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         import random
@@ -196,6 +206,35 @@ class ResumeState(pl.Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(state["python"])
         self._best = {name: state.get(name) for name in self.BESTS}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._trained, self.fit_metrics = False, {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._trained = True  # Lightning skips the training loop of a fit that is done
+
+    def _fit_metrics_path(self, trainer) -> Path | None:
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        return Path(folder) / self.FIT_METRICS if folder else None  # None: a refit's trainer
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        path = self._fit_metrics_path(trainer)
+        # no checkpoints dir: nothing was saved to resume from (fast_dev_run)
+        if path is not None and path.parent.is_dir() and trainer.is_global_zero:
+            logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            write_text(path, json.dumps({"global_step": trainer.global_step, "metrics": logged},
+                                        indent=1) + "\n")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        path = self._fit_metrics_path(trainer)
+        if self._trained or path is None:
+            return
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and saved.get("global_step") == trainer.global_step:
+            self.fit_metrics = {k: float(v) for k, v in (saved.get("metrics") or {}).items()}
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         # after the module's on_train_start, which restarts its Min/MaxMetric

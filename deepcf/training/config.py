@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import deepcf.training.resolvers  # noqa: F401  (registers the config resolvers)
 from deepcf.compat import check_moved
 from deepcf.errors import ConfigError, DeepCFError
-from deepcf.files import check_input
+from deepcf.files import check_first_line
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 
@@ -120,9 +120,10 @@ INPUT_KEYS = ("path", "titles_path", "test_path")  # the files a data source rea
 
 
 def check_special_inputs(cfg: DictConfig) -> None:
-    """A data file that exists but is not a regular file (/dev/zero, a FIFO) is refused here,
-    before torch loads: one line within the command's first seconds (a missing file is
-    reported where the source reads it)."""
+    """A data file that exists but is not a regular file (/dev/zero, a FIFO), or whose first
+    line is over the line bound (no newline in its first MiB), is refused here, before torch
+    loads: one line within the command's first seconds (a missing file is reported where the
+    source reads it)."""
     source = cfg.get("data", {}).get("source") if isinstance(cfg.get("data"), DictConfig) \
         else None
     if not isinstance(source, DictConfig):
@@ -133,7 +134,7 @@ def check_special_inputs(cfg: DictConfig) -> None:
             continue
         value = source._get_node(key)._value()
         if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
-            check_input(os.path.expanduser(value), "data file")
+            check_first_line(os.path.expanduser(value), "data file")
 
 
 def _space_hint(args: list[str]) -> None:

@@ -189,6 +189,8 @@ def _fit_test(cfg, trainer, model, dm, callbacks, resume, moved_box: list, out_d
                 getattr(c, "seconds", 0.0) for c in callbacks if isinstance(c, OnnxExport)
                 and c in trainer.callbacks), 2)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            # a resume after the last epoch trains nothing: the finished fit's metrics
+            metrics.update(next(c for c in callbacks if isinstance(c, ResumeState)).fit_metrics)
         if cfg.get("test", True):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
             if best:
