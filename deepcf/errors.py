@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
@@ -82,6 +83,7 @@ class TrainingInterrupted(Exception):
 EXIT_BAD_INPUT = 2  # a DeepCFError: bad file, config, checkpoint; one line on stderr
 EXIT_DIVERGED = 3  # training diverged: metrics.json has "status": "diverged"
 EXIT_INTERRUPTED = 130  # Ctrl-C: the last checkpoint is kept, one line says how to resume
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away (`... | head`)
 
 
 def console_script(main):
@@ -90,7 +92,13 @@ def console_script(main):
     errors exit by themselves: 2 for bad input)."""
 
     def run() -> int:
-        main(sys.argv[1:])
+        try:
+            main(sys.argv[1:])
+            sys.stdout.flush()
+        except BrokenPipeError:  # `deepcf.report ... | head`: stop quietly, as a Unix tool does;
+            # stdout goes to devnull so that the interpreter's final flush cannot fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         return 0
 
     return run

@@ -37,3 +37,15 @@ def test_a_script_runs_with_one_line_errors(tmp_path):
     r = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("deepcf.report: error: ") and "\n" not in r.stderr.strip()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    # `deepcf.report ... | head`: the closed pipe is the reader's choice, not an error to show
+    prog = ("import sys\nfrom deepcf.errors import console_script\n"
+            "def main(argv):\n    for i in range(200000):\n        print('row', i)\n"
+            "sys.exit(console_script(main)())\n")
+    r = subprocess.run(f'"{sys.executable}" -c "$PROG" | head -2; echo "status ${{PIPESTATUS[0]}}"',
+                       shell=True, executable="/bin/bash", capture_output=True, text=True,
+                       timeout=120, env={"PROG": prog, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.splitlines() == ["row 0", "row 1", "status 141"]
+    assert r.stderr == ""
