@@ -199,8 +199,9 @@ def bench_model(name: str, data: str, run: Path, work: Path, cache: Path, n: int
     finally:
         server.stop()
     t0 = time.perf_counter()
+    # one CSV per model: recommend never replaces a file it did not create
     _run([sys.executable, "-m", "deepcf.recommend", str(run), "--all", "--csv",
-          str(work / "all.csv"), "--cache-dir", str(cache)])
+          str(work / f"{run.name}-all.csv"), "--cache-dir", str(cache)])
     cli_s = time.perf_counter() - t0
     inproc = json.loads(_run([sys.executable, "-m", "deepcf.bench.serving", "--score-all",
                               str(run), "--cache-dir", str(cache)]).strip().splitlines()[-1])
