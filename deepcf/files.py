@@ -4,9 +4,9 @@
   is refused), every failure one line naming the file;
 - `inside`: whether a path lies in a folder (symbolic links resolved), for the paths a
   checkpoint's state names;
-- `check_input` / `open_input` / `read_line` / `check_first_line`: inputs are regular files only
-  (a device, a named pipe or a socket is one line, never a hang or an endless read) read with
-  bounded lines;
+- `check_input` / `open_input` / `read_line` / `check_first_line` / `compression`: inputs are
+  regular files only (a device, a named pipe or a socket is one line, never a hang or an endless
+  read) read with bounded lines, a compressed one known by its first bytes;
 - `check_output`: a command's output never replaces a file it did not make (unless --force)
   nor its own input; `atomic_path` / `atomic_open` / `write_text`: every artifact is written to a
   temporary file beside it and renamed into place, and a full disk or a denied folder is one
@@ -139,18 +139,26 @@ def read_line(f, path: str | Path, limit: int = MAX_LINE, line: int = 1) -> byte
     return got
 
 
+def compression(path: str | Path, what: str = "ratings file") -> str | None:
+    """"gzip" or "zip" by the file's first bytes (whatever its name), else None."""
+    with open_input(path, what) as f:
+        magic = f.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"PK\x03\x04":
+        return "zip"
+    return None
+
+
 def check_first_line(path: str | Path, what: str = "file") -> Path:
     """check_input, then the first line read with its bound (read_line): a file with no newline
     in its first MiB is one line after reading about 1 MiB, before anything reads the whole file
     (or loads torch). A gzip or zip file is left to the reader, which bounds its decompressed
     first line."""
     p = check_input(path, what)
-    with open_input(p, what) as f:
-        magic = f.read(4)
-        if magic[:2] == b"\x1f\x8b" or magic == b"PK\x03\x04":
-            return p
-        f.seek(0)
-        read_line(f, p)
+    if compression(p, what) is None:
+        with open_input(p, what) as f:
+            read_line(f, p)
     return p
 
 

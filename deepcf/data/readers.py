@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from deepcf.errors import DataError
-from deepcf.files import MAX_LINE, check_input, open_input, read_line
+from deepcf.files import MAX_LINE, check_input, compression, open_input, read_line
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -91,17 +91,6 @@ def _find(columns: list[str], aliases: tuple[str, ...]) -> int | None:
     for a in aliases:
         if a in normed:
             return normed.index(a)
-    return None
-
-
-def compression(path: Path) -> str | None:
-    """"gzip" or "zip" by the file's first bytes (whatever its name), else None."""
-    with _open_raw(path) as f:
-        magic = f.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        return "gzip"
-    if magic == b"PK\x03\x04":
-        return "zip"
     return None
 
 

@@ -33,13 +33,13 @@ from deepcf.kernels import row_adam_, rprop_
 log = logging.getLogger(__name__)
 
 
-
 def closure_loss(closure) -> torch.Tensor | None:
     """The loss a step's closure re-evaluates (with gradients on), None without one."""
     if closure is None:
         return None
     with torch.enable_grad():
         return closure()
+
 
 class LazyAdam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
