@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from deepcf.data.matrix import RatingMatrix
 from deepcf.errors import ConfigError
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.stats import fit_biases
@@ -489,3 +490,34 @@ def test_min_coverage_selects_the_best_ndcg_among_covering_settings():
         row = sel.Row("r", "topn", fit, grid=grid, min_coverage=floor)
         _, chosen, _, _ = sel.run_row(row, s, sel.Task(1.0, 5.0, 0))
         assert chosen["narrow"] is want, floor
+
+
+def test_the_coverage_target_is_the_ease_rows_carve_coverage_on_each_split():
+    """min_coverage=COVERAGE_TARGET: on each split, only settings whose carve coverage@10 reaches
+    the carve coverage@10 of the EASE row's choice there are eligible; without an EASE row before
+    it the row fails with a message naming what it needs."""
+    X = random_ratings(n_users=60, n_items=40, density=0.3, seed=6)
+
+    def fit(train, val, params, task):
+        pop = np.bincount(train.indices, minlength=train.shape[1]).astype(float)
+        noise = np.random.default_rng(0).random((train.shape[0], train.shape[1]))
+        return fits._Fitted(lambda users: pop + params["noise"] * noise[users])
+
+    ease = sel.Row(sel.EASE_ROW, "topn", fits.ease, grid=[{"lam": 1.0}, {"lam": 30.0}])
+    grid = [{"noise": v} for v in (0.0, 0.3, 3.0, 100.0)]
+    row = sel.Row("r", "topn", fit, grid=grid, min_coverage=sel.COVERAGE_TARGET)
+    data = RatingMatrix(X, np.arange(X.shape[0]), np.arange(X.shape[1]))
+    res_ease, res = sel.run_protocol("topn", data, [0, 1], [ease, row], log=lambda _: None)
+    assert res.error is None and res_ease.error is None
+    excluded = 0
+    for seed, floor, chosen in zip((0, 1), res_ease.val_coverage, res.params):
+        s = topn_split(X, seed)
+        carve = [topn_metrics(fit(s.fit, s.val, p, None), s.fit, s.val) for p in grid]
+        want = max(zip(grid, carve), key=lambda pm: (pm[1]["coverage@10"] >= floor,
+                                                    pm[1]["ndcg@10"]))[0]
+        best = max(zip(grid, carve), key=lambda pm: pm[1]["ndcg@10"])[0]
+        assert 0.0 < floor <= 1.0 and chosen == want, (seed, floor, chosen)
+        excluded += want != best
+    assert excluded  # the floor changed a choice
+    alone, = sel.run_protocol("topn", data, [0], [row], log=lambda _: None)
+    assert "needs the EASE row" in alone.error

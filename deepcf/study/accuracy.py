@@ -30,7 +30,7 @@ from deepcf.study.render import (
     scale_section,
     with_scale_section,
 )
-from deepcf.study.rows import SCALE_ROWS
+from deepcf.study.rows import SCALE_ROWS, USER_RUNS
 from deepcf.study.scale import EVAL_USERS, run_scale
 from deepcf.study.selection import build_report, describe
 
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
                         "one with python -m deepcf.train data=ratings_csv "
                         "data.source.path=DIR/rating/split0/train.csv "
                         "data.source.test_path=DIR/rating/split0/test.csv")
+    p.add_argument("--no-user-runs", action="store_true",
+                   help="skip the recommended experiments trained by deepcf.train on the split "
+                        "files (the section 'As a user trains them')")
     p.add_argument("--cache-dir", default=os.environ.get("DEEPCF_CACHE_DIR", "~/.cache/deepcf"))
     p.add_argument("--scale", action="store_true",
                    help="only the at-scale section: deepcf.study.rows.SCALE_ROWS on one split of "
@@ -87,8 +90,11 @@ def main(argv: list[str] | None = None) -> None:
             cmd += f" --data {args.data}"
         if args.side_data != "synthetic:movies_small":
             cmd += f" --side-data {args.side_data}"
+        if args.no_user_runs:
+            cmd += " --no-user-runs"
         report = build_report(data, seeds, side, command=cmd,
-                              log=lambda s: print(s, flush=True))
+                              log=lambda s: print(s, flush=True),
+                              user_runs=None if args.no_user_runs else USER_RUNS)
         old = args.out.read_text() if args.out.exists() else ""
         args.out.write_text(with_scale_section(render(report), scale_section(old)))
         print(f"wrote {args.out} ({report['seconds']:.0f} s)")

@@ -31,7 +31,6 @@ from deepcf.stats import fit_biases, item_popularity, popularity_weights
 from deepcf.study import baselines as bl
 from deepcf.study.contenders import fit_contender, fit_ranker, predict_rows
 from deepcf.study.protocols import KS
-from deepcf.study.selection import COVERAGE_TARGET
 from deepcf.training.config import compose
 from deepcf.training.objectives.closed_form import select_options
 
@@ -221,7 +220,7 @@ def _standardised(S: np.ndarray) -> np.ndarray:
 
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 1.0)
-# the EASE + Mult-DAE row's carve coverage@10 floor: 0, the best carve NDCG@10. With the target's
+# the EASE + Mult-DAE row's carve coverage@10 floor: 0, the best carve NDCG@10. With a floor of
 # 0.30 every split of ML-100K chose w = 1 (Mult-DAE alone: carve coverage@10 runs below test
 # coverage, 0.29 vs 0.32 at w = 0.9 on split 0), a copy of the Mult-DAE row.
 BLEND_MIN_COVERAGE = 0.0
@@ -230,9 +229,9 @@ BLEND_MIN_COVERAGE = 0.0
 def blend_weight(score_a, score_b, fit, val, weights=BLEND_WEIGHTS,
                  min_coverage: float | None = None) -> float:
     """The weight w of (1 - w) * a + w * b (standardised scores) with the best carve NDCG@10
-    among those whose carve coverage@10 >= `min_coverage` (default: the coverage target; the
-    best NDCG@10 if none reaches it)."""
-    min_coverage = COVERAGE_TARGET if min_coverage is None else min_coverage
+    among those whose carve coverage@10 >= `min_coverage` (default 0: no floor; the best
+    NDCG@10 if none reaches it)."""
+    min_coverage = 0.0 if min_coverage is None else min_coverage
     scored = []
     for w in weights:
         m = topn_metrics(lambda u, w=w: (1 - w) * _standardised(score_a(u))

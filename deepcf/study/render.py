@@ -3,9 +3,11 @@ tables are computed here, the prose is the template deepcf/study/templates/accur
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from string import Template
 
+from deepcf.study.parity import PARITY_TOLERANCE
 from deepcf.study.selection import Row, RowResult, ms
 
 TEMPLATE = Path(__file__).with_name("templates") / "accuracy.md"
@@ -116,6 +118,37 @@ def significance_table(comparisons: list[dict], seeds) -> str:
     return "\n".join(lines)
 
 
+def parity_section(parity: list[dict] | None, seeds) -> str:
+    """The recommended experiments as `deepcf.train` trains them, against their rows."""
+    if not parity:
+        return ""
+    head = ["command", "row", "metric", *(f"split {s}: deepcf.train / row (difference)"
+                                          for s in seeds), "seconds per run", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in parity:
+        if p["error"]:
+            cells = [f"failed: {p['error']}"] * len(seeds) + ["–", "not met"]
+        else:
+            cells = [f"{u:.4f} / {s:.4f} ({d:+.4f})"
+                     for u, s, d in zip(p["user"], p["study"], p["diffs"])]
+            seconds = p["seconds"]
+            cells += [f"{sum(seconds) / len(seconds):.0f}" if seconds else "–",
+                      f"within {PARITY_TOLERANCE}" if p["ok"] else "**outside**"]
+        lines.append("| " + " | ".join([f"`experiment={p['experiment']}`", p["row"], p["metric"],
+                                         *cells]) + " |")
+    return "\n".join([
+        "", "## As a user trains them", "", textwrap.fill(
+        "The README's recommended experiments, each run as `python -m deepcf.train "
+        "experiment=<name> data=ratings_csv data.source.path=DIR/<protocol>/split<seed>/"
+        "train.csv data.source.test_path=DIR/<protocol>/split<seed>/test.csv` (a process of "
+        "its own, defaults as shipped: refit on) on the split files that `python -m "
+        "deepcf.study.accuracy --write-splits DIR` writes, its test figure (metrics.json) "
+        "against the row's on the same split. The run draws its own validation carve (a "
+        "random 10% of the training ratings, the run's seed) and gives cold test ratings the "
+        "training mean; the rows use the protocols' carves and the bias fallback.", 96,
+        break_on_hyphens=False, break_long_words=False), "", *lines])
+
+
 def _side(side: dict | None) -> str:
     if side is None:
         return ""
@@ -138,6 +171,7 @@ def render(report: dict) -> str:
         topn_table="\n".join(topn_table(d["topn"])),
         anchors="\n".join(f"| {a} | {b} | {c} | {v} | {s} |" for a, b, c, v, s in ANCHORS),
         rows="\n".join(_row_notes(d["rows"])), side=_side(d.get("side")),
+        parity=parity_section(d.get("parity"), d["seeds"]),
         significance=significance_table(d.get("significance") or [], d["seeds"]))
     return text.rstrip("\n") + "\n"
 

@@ -31,15 +31,17 @@ from deepcf.errors import ConfigError, DeepCFError
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.stats import paired_test
 from deepcf.study.experiments import mean_std
+from deepcf.study.parity import PARITY_TOLERANCE, parity_rows, run_parity
 from deepcf.study.protocols import KS, SEEDS, rating_errors, rating_split, topn_split
 
 # the targets (single models, selection on validation only): RMSE, and NDCG@10 with coverage
 RATING_TARGET = 0.878
 NDCG_TARGET = 0.46
-# the top-N rows' carve rule: only settings whose carve coverage@10 reaches a row's
-# `min_coverage` are eligible
-COVERAGE_TARGET = 0.30
 EASE_ROW = "EASE"  # the ranking targets' reference row
+# the top-N rows' carve rule: only settings whose carve coverage@10 reaches a row's
+# `min_coverage` are eligible. COVERAGE_TARGET as a row's min_coverage is the floor "at least
+# EASE's": on each split, the carve coverage@10 of the setting the EASE row chose there
+COVERAGE_TARGET = "EASE"
 # the paired test over the users of a test set (deepcf.stats.paired_test) and what it pairs:
 # per-user NDCG@10 (top-N), per-user mean squared error (rating)
 SIGNIFICANCE_TEST = "wilcoxon"
@@ -53,6 +55,17 @@ class Task:
     rating_min: float
     rating_max: float
     seed: int  # the split seed; a row's own randomness should derive from it
+    # the carve coverage@10 of the EASE row's choice on this split (top-N; None until it ran)
+    ease_coverage: float | None = None
+
+    def coverage_floor(self, min_coverage: float | str | None) -> float | None:
+        """A row's `min_coverage` as a number on this split (COVERAGE_TARGET: EASE's)."""
+        if min_coverage != COVERAGE_TARGET:
+            return min_coverage
+        if self.ease_coverage is None:
+            raise ConfigError(f"a coverage floor of {COVERAGE_TARGET}'s needs the {EASE_ROW} "
+                              f"row to run first on the split")
+        return self.ease_coverage
 
 
 @dataclass
@@ -68,9 +81,10 @@ class Row:
     # predictor's info (its "epochs", a blend's weights) is added to the refit's params
     select_epochs: bool = False
     fallback: bool = True  # rating rows: cold ratings by the protocol's declared fallback
-    # top-N rows: only settings whose carve coverage@10 reaches this are eligible (the target
-    # is joint: NDCG@10 with coverage@10); none eligible: the best carve NDCG@10 of all
-    min_coverage: float | None = None
+    # top-N rows: only settings whose carve coverage@10 reaches this are eligible (a number, or
+    # COVERAGE_TARGET: the EASE row's carve coverage@10 on the split); none eligible: the best
+    # carve NDCG@10 of all
+    min_coverage: float | str | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -115,6 +129,8 @@ class RowResult:
     params: list[dict] = field(default_factory=list)  # per split, chosen settings
     info: list[dict] = field(default_factory=list)  # per split, the predictor's info
     val: list[float] = field(default_factory=list)  # per split, the chosen entry's val score
+    # per split, the chosen entry's carve coverage@10 (top-N rows fitted on the carve, else nan)
+    val_coverage: list[float] = field(default_factory=list)
     # per split, each test user's values ({"ndcg@10": ...} / {"se": ...}, users in order)
     per_user: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -122,28 +138,33 @@ class RowResult:
 
 
 def _val_score(row: Row, predictor, fit: sp.csr_matrix, val: sp.csr_matrix, task: Task
-               ) -> tuple[float, bool]:
-    """(the carve's score, whether the setting is eligible under the row's min_coverage)."""
+               ) -> tuple[float, bool, float]:
+    """(the carve's score, whether the setting is eligible under the row's min_coverage, the
+    carve coverage@10: nan for rating rows)."""
     if row.protocol == "rating":
         return rating_errors(predictor, fit, val, task.rating_min, task.rating_max,
-                             row.fallback)["rmse"], True
+                             row.fallback)["rmse"], True, float("nan")
     m = topn_metrics(predictor, fit, val, KS)
-    return m["ndcg@10"], row.min_coverage is None or m["coverage@10"] >= row.min_coverage
+    floor = task.coverage_floor(row.min_coverage)
+    return m["ndcg@10"], floor is None or m["coverage@10"] >= floor, float(m["coverage@10"])
 
 
 def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict, dict, float]:
-    """(test metrics, chosen params, predictor info, val score of the choice) on one split."""
+    """(test metrics, chosen params, predictor info, val score of the choice) on one split. The
+    test metrics hold the choice's carve coverage@10 too, as "val_coverage@10" (top-N rows
+    fitted on the carve; else nan)."""
     better = (lambda a, b: a < b) if row.protocol == "rating" else (lambda a, b: a > b)
     grid = row.grid if tune else [row.default_params]
     best, best_val, best_ok, best_pred = dict(grid[0]), float("nan"), False, None
+    best_cov = float("nan")
     if row.fits_on_carve(tune):
         for params in grid:
             pred = row.fit(split.fit, split.val, dict(params), task)
-            v, ok = _val_score(row, pred, split.fit, split.val, task)
+            v, ok, cov = _val_score(row, pred, split.fit, split.val, task)
             if best_pred is None or (ok and not best_ok) or (
                     ok == best_ok and math.isfinite(v)
                     and (not math.isfinite(best_val) or better(v, best_val))):
-                best, best_val, best_ok, best_pred = dict(params), v, ok, pred
+                best, best_val, best_ok, best_pred, best_cov = dict(params), v, ok, pred, cov
     if row.refit:
         params = dict(best)
         if row.select_epochs:  # the epochs (and what else the carve fit chose, e.g. blend
@@ -156,21 +177,27 @@ def run_row(row: Row, split, task: Task, tune: bool = True) -> tuple[dict, dict,
                                 row.fallback, per_user=True)
     else:
         metrics = topn_metrics(pred, fitted_on, split.test, KS, per_user=True)
+    metrics["val_coverage@10"] = best_cov
     return metrics, best, dict(getattr(pred, "info", {}) or {}), best_val
 
 
 def run_protocol(protocol: str, data, seeds, rows: list[Row], tune: bool = True,
                  log: Callable[[str], None] = print) -> list[RowResult]:
-    """Every row of one protocol on the splits of `seeds` of `data` (a RatingMatrix)."""
+    """Every row of one protocol on the splits of `seeds` of `data` (a RatingMatrix). The EASE
+    row's carve coverage@10 on each split is the floor of the rows whose min_coverage is
+    COVERAGE_TARGET (their selection needs the EASE row to come before them)."""
     split_fn = rating_split if protocol == "rating" else topn_split
     splits = [split_fn(data, s) for s in seeds]
+    tasks = [Task(data.rating_min, data.rating_max, int(s)) for s in seeds]
     results = [RowResult(r) for r in rows]
     for res in results:
         t0 = time.perf_counter()
         try:
-            for seed, split in zip(seeds, splits):
-                task = Task(data.rating_min, data.rating_max, int(seed))
+            for task, split in zip(tasks, splits):
                 m, p, info, v = run_row(res.row, split, task, tune)
+                res.val_coverage.append(m.pop("val_coverage@10", float("nan")))
+                if res.row.name == EASE_ROW and protocol == "topn":
+                    task.ease_coverage = res.val_coverage[-1]
                 res.per_user.append(m.pop("per_user", {}))
                 res.metrics.append(m)
                 res.params.append(p)
@@ -207,11 +234,14 @@ def _std(res: RowResult, key: str) -> float:
     return float(v.std(ddof=1)) if len(v) > 1 and np.isfinite(v).all() else 0.0
 
 
-def targets(rating: list[RowResult], topn: list[RowResult]) -> list[dict]:
+def targets(rating: list[RowResult], topn: list[RowResult], parity: list[dict] | None = None
+            ) -> list[dict]:
     """The targets' status from the computed rows (ensembles never count as single models;
     the ranking targets are relative to the EASE row: above its mean NDCG@10 by more than its
-    std over splits, with at least its coverage@10)."""
-    out = []
+    std over splits, with at least its coverage@10), and with `parity` (deepcf.study.parity
+    .parity_rows) whether the recommended experiments as a user trains them reproduce their
+    rows split by split."""
+    out = _parity_targets(parity) if parity else []
     single = [r for r in rating if not r.error and r.row.kind != "ensemble"]
     best = min(single, key=lambda r: (np.nan_to_num(_mean(r, "rmse"), nan=np.inf)),
                default=None)
@@ -238,6 +268,19 @@ def targets(rating: list[RowResult], topn: list[RowResult]) -> list[dict]:
                           f"coverage@10 >= EASE's",
                 "best": best.row.name if best else "–", "value": value,
                 "met": bool(best) and _mean(best, "ndcg@10") >= NDCG_TARGET})
+    return out
+
+
+def _parity_targets(parity: list[dict]) -> list[dict]:
+    out = []
+    for p in parity:
+        worst = max((abs(d) for d in p["diffs"]), default=float("nan"))
+        out.append({"target": f"`deepcf.train experiment={p['experiment']}` on the split files "
+                              f"within {PARITY_TOLERANCE} of its row ({p['metric']}), split by "
+                              f"split",
+                    "best": p["row"],
+                    "value": p["error"] or f"largest difference {worst:.4f}",
+                    "met": p["ok"]})
     return out
 
 
@@ -283,12 +326,17 @@ def describe(m) -> str:
 
 def build_report(data, seeds=SEEDS, side_data=None, side_seeds=None,
                  rows: dict[str, Row] | None = None, command: str = "",
-                 log: Callable[[str], None] = print) -> dict:
-    """Run every row on both protocols (and the untuned rating rows on `side_data`)."""
+                 log: Callable[[str], None] = print, user_runs=None) -> dict:
+    """Run every row on both protocols (and the untuned rating rows on `side_data`); with
+    `user_runs` (deepcf.study.parity.UserRun), each of those experiments trained by
+    `deepcf.train` on the split files, against its row split by split."""
     t0 = time.perf_counter()
     selected = list((ROWS if rows is None else rows).values())
     rating = run_protocol("rating", data, seeds, rows_of("rating", rows), log=log)
     topn = run_protocol("topn", data, seeds, rows_of("topn", rows), log=log)
+    parity = None
+    if user_runs:
+        parity = parity_rows(run_parity(data, seeds, user_runs, log=log), topn, rating)
     side = None
     if side_data is not None:
         side_seeds = list(side_seeds if side_seeds is not None else seeds)
@@ -298,5 +346,5 @@ def build_report(data, seeds=SEEDS, side_data=None, side_seeds=None,
     return {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": time.perf_counter() - t0, "cpus": os.cpu_count(), "data": describe(data),
             "seeds": list(seeds), "rating": rating, "topn": topn, "side": side,
-            "rows": selected, "targets": targets(rating, topn),
+            "rows": selected, "targets": targets(rating, topn, parity), "parity": parity,
             "significance": significance(rating, topn)}
