@@ -117,7 +117,7 @@ register(Row("I-AutoRec (published: L2 on weights, full-batch Rprop)", "rating",
                   "lambda/2 ||W||^2 on weights only, full-batch Rprop, early stopping on the "
                   "carve, refit on the 80% for the chosen epochs"))
 
-register(Row("I-AutoRec + residual target", "rating",
+I_AUTOREC_TARGET = register(Row("I-AutoRec + residual target", "rating",
              fits.contender([*I_AUTOREC, "model.net.residual=target"]), grid=L2_GRID,
              defaults={"model.l2": 100.0}, kind="contender", select_epochs=True,
              note="`experiment=i_autorec model.net.residual=target`: the same net fed the raw "
@@ -196,7 +196,8 @@ register(Row("EDLAE + popularity correction", "topn", fits.edlae,
              note=EDLAE_NOTE + ", zero diagonal; `model.net.pop_beta`: scores / "
                   "popularity^pop_beta inside the net (and its ONNX graph); " + POP_RULE))
 
-register(Row("EDLAE, experiment=edlae as shipped (auto: chosen on the carve)", "topn",
+EDLAE_SHIPPED = register(Row(
+             "EDLAE, experiment=edlae as shipped (auto: chosen on the carve)", "topn",
              fits.edlae_shipped, kind="contender", select_epochs=True,
              note="`python -m deepcf.train experiment=edlae`'s settings, read from "
                   "conf/experiment/edlae.yaml: lam=auto, dropout=auto, pop_beta=auto, chosen "
@@ -259,9 +260,8 @@ register(Row("ensemble: EASE + Mult-DAE", "topn", fits.ease_dae_blend, grid=[{"l
 # The README's recommended experiments as a user trains them (deepcf.study.parity): `deepcf.train`
 # on the split files, each split's test figure against the row that is the same model
 USER_RUNS = [
-    UserRun("i_autorec_target", "rating", "I-AutoRec + residual target", "rmse"),
-    UserRun("edlae", "topn", "EDLAE, experiment=edlae as shipped (auto: chosen on the carve)",
-            "ndcg@10"),
+    UserRun("i_autorec_target", "rating", I_AUTOREC_TARGET.name, "rmse"),
+    UserRun("edlae", "topn", EDLAE_SHIPPED.name, "ndcg@10"),
 ]
 
 # ---------------------------------------------------------------------------------------------
