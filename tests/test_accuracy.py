@@ -13,7 +13,7 @@ from deepcf.errors import ConfigError
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.stats import fit_biases
 from deepcf.study import accuracy as acc
-from deepcf.study import fits
+from deepcf.study import fits, glocal
 from deepcf.study import render as rnd
 from deepcf.study import selection as sel
 from deepcf.study.baselines import BiasedMF, fit_mf, predict_biases
@@ -344,8 +344,11 @@ def small_contenders():
     """The autoencoder contenders with a small net and few epochs (the same code, faster)."""
     fits.CONTENDER_EXTRA[:] = ["model.net.hidden=[16]", "trainer.max_epochs=4",
                               "callbacks.early_stopping.patience=2"]
+    budget = glocal.FT_MAX_EPOCHS, glocal.FT_PATIENCE
+    glocal.FT_MAX_EPOCHS, glocal.FT_PATIENCE = 4, 2
     yield
     fits.CONTENDER_EXTRA.clear()
+    glocal.FT_MAX_EPOCHS, glocal.FT_PATIENCE = budget
 
 
 def light_rows() -> dict:
@@ -390,10 +393,11 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
                  "I-AutoRec + residual target", "I-AutoRec + bias residual",
                  "U-AutoRec + bias residual", "U-AutoRec + dense re-feeding",
                  "I-AutoRec with GLocal-K's local kernel",
+                 "GLocal-K: local kernel + global-kernel fine-tuning",
                  "blend: I-AutoRec + residual target, kernelised I-AutoRec, biased MF"):
         assert rating[name].error is None, rating[name].error
-        assert all(1 <= i[k] <= 4 for i in rating[name].info for k in i
-                   if k.endswith("epochs")), rating[name].info
+        assert all((0 if k == "ft_epochs" else 1) <= i[k] <= 4 for i in rating[name].info
+                   for k in i if k.endswith("epochs")), rating[name].info
         assert all(np.isfinite(m["rmse"]) for m in rating[name].metrics)
     # the rating target is the best single model: ensembles never count
     best = report["targets"][0]["best"]

@@ -15,7 +15,8 @@ so the kernel starts at ~1 (a plain autoencoder) and sparsifies under training. 
 
 GLocal-K's tf code writes 0.5 * sum sq err + lambda_2/2 ||W||^2 + lambda_s/2 ||K||^2, i.e. twice
 deepcf's scale: its ML-100K values (lambda_2 20, lambda_s 0.006) are l2=40, sparsity=0.012 here.
-GLocal-K's global-kernel fine-tuning (a convolution of the rating matrix) is not part of this net.
+GLocal-K's second stage, the global kernel (a convolution of the whole rating matrix), is
+`GlobalKernel` below: it is not row-local, so it is not a `RatingNet` (deepcf.study.glocal).
 
 `forward` is the dense computation (ONNX, ranking). Training and held-out scoring take the
 autoencoder's sparse path: the effective weights W * K are formed once per step (small:
@@ -176,3 +177,63 @@ class KernelNet(BiasResidual, RatingNet):
         for p in [*self.u, *self.v]:
             nn.init.normal_(p, 0.0, self.config.kernel_init)
         self.start_at_baseline(self.weight[-1], self.bias[-1])
+
+
+# -- GLocal-K's global kernel -------------------------------------------------------------------
+GLOBAL_STARTS = ("identity", "paper")
+
+
+def global_conv(matrix: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """ReLU of the 'same' 2-d convolution (cross-correlation, zero padding, as TF's and torch's
+    conv2d) of a dense (rows, width) matrix with an odd (k, k) kernel."""
+    k = int(kernel.shape[-1])
+    out = F.conv2d(matrix[None, None], kernel.reshape(1, 1, k, k), padding=k // 2)
+    return F.relu(out[0, 0])
+
+
+class GlobalKernel(nn.Module):
+    """GLocal-K's global kernel (Han et al., CIKM 2021): the (size x size) convolution kernel
+
+        K = base + (pool @ C) * dot_scale,   pool = the mean over columns of the pretrained
+                                                     local model's predictions (rows,)
+
+    with C a learned (rows, size^2) matrix, applied to the whole rating matrix (rows in id
+    order) before the local net sees it: `global_conv(R, K)`. It mixes neighbouring rows and
+    columns by id, so it needs the full matrix, never one row. `start`: "paper" draws C from
+    N(0, 0.1^2) with base 0 (GLocal-K's code); "identity" starts C at 0 and base at the delta
+    kernel, so the fine-tuning starts exactly at the pretrained model."""
+
+    def __init__(self, rows: int, size: int = 3, dot_scale: float = 1.0,
+                 start: str = "identity"):
+        super().__init__()
+        if int(size) < 1 or int(size) % 2 == 0:
+            raise ConfigError(f"the global kernel's size={size} must be an odd number >= 1")
+        if start not in GLOBAL_STARTS:
+            raise ConfigError(f"the global kernel's start={start!r} is not one of "
+                              f"{', '.join(GLOBAL_STARTS)}")
+        self.size, self.dot_scale = int(size), float(dot_scale)
+        self.register_buffer("pool", torch.zeros(int(rows)))
+        base = torch.zeros(self.size * self.size)
+        self.conv_kernel = nn.Parameter(torch.zeros(int(rows), self.size * self.size))
+        if start == "identity":
+            base[base.numel() // 2] = 1.0
+        else:
+            with torch.no_grad():
+                nn.init.normal_(self.conv_kernel, 0.0, 0.1)
+        self.register_buffer("base", base)
+
+    @torch.no_grad()
+    def set_pool(self, predictions: torch.Tensor) -> None:
+        """pool from the pretrained model's dense (rows, width) predictions (clipped to the
+        rating range by the caller, as GLocal-K does)."""
+        if predictions.shape[0] != self.pool.numel():
+            raise ConfigError(f"the global kernel has {self.pool.numel()} rows, the predictions "
+                              f"{predictions.shape[0]}")
+        self.pool.copy_(predictions.mean(1))
+
+    def kernel(self) -> torch.Tensor:
+        k = self.base + (self.pool @ self.conv_kernel) * self.dot_scale
+        return k.view(self.size, self.size)
+
+    def forward(self, matrix: torch.Tensor) -> torch.Tensor:
+        return global_conv(matrix, self.kernel())

@@ -69,7 +69,7 @@ def fit_contender(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix
                   rating_range: tuple[float, float], seed: int, epochs: int | None = None):
     """(trained net, orientation, info) of the config `overrides` on users x movies `train`;
     early-stopped on `val` when given, else trained for `epochs` (default: max_epochs)."""
-    net, cfg, info = _fit(overrides, train, val, rating_range, seed, epochs)
+    net, cfg, info = fit_run(overrides, train, val, rating_range, seed, epochs)
     return net, cfg.data.orientation, info
 
 
@@ -78,7 +78,7 @@ def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | 
     """(score, info) of a ranking config (rows are users) fitted as `fit_contender` does:
     `score(users) -> (len(users), movies)` is the net's dense forward of the users' training
     rows (as interactions when the config's data.implicit says so), higher is better."""
-    net, cfg, info = _fit(overrides, train, val, (0.0, 1.0), seed, epochs)
+    net, cfg, info = fit_run(overrides, train, val, (0.0, 1.0), seed, epochs)
     if cfg.data.orientation != "user":
         raise ConfigError(f"{' '.join(overrides)}: a ranking contender's rows must be users")
     X = implicit_matrix(sp.csr_matrix(train, dtype=np.float32), cfg.data.get("implicit"))
@@ -86,7 +86,7 @@ def fit_ranker(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | 
     return (lambda users: scores.block(np.asarray(users))), info
 
 
-def _fit(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
+def fit_run(overrides: list[str], train: sp.csr_matrix, val: sp.csr_matrix | None,
          rating_range: tuple[float, float], seed: int, epochs: int | None = None):
     """(trained net, composed config, info): see fit_contender. The run is `deepcf.train`'s:
     the same config, the same assembly and Trainer (deepcf.training.assembly); only its

@@ -23,13 +23,15 @@ import scipy.sparse as sp
 import torch
 from omegaconf import OmegaConf
 
+from deepcf.errors import ConfigError
 from deepcf.models.edlae import EDLAE
 from deepcf.models.sparse_ops import Pattern
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.serving.scoring import TorchScorer, densify
 from deepcf.stats import fit_biases, item_popularity, popularity_weights
 from deepcf.study import baselines as bl
-from deepcf.study.contenders import fit_contender, fit_ranker, predict_rows
+from deepcf.study.contenders import fit_contender, fit_ranker, fit_run, predict_rows
+from deepcf.study.glocal import fine_tune
 from deepcf.study.protocols import KS
 from deepcf.training.config import compose
 from deepcf.training.objectives.closed_form import select_options
@@ -122,6 +124,29 @@ def contender(overrides: list[str]) -> Callable:
             (task.rating_min, task.rating_max), task.seed, epochs)
         return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols),
                        info)
+
+    return fit
+
+
+def glocal_k(overrides: list[str]) -> Callable:
+    """GLocal-K's two stages: the local kernel net of the train config `overrides` (rows are
+    movies; early-stopped on the carve, or `epochs` epochs), then its global-kernel fine-tuning
+    (deepcf.study.glocal; early-stopped on the carve, or `ft_epochs` epochs)."""
+
+    def fit(train, val, params, task):
+        params = dict(params)
+        epochs, ft_epochs = params.pop("epochs", None), params.pop("ft_epochs", None)
+        net, cfg, info = fit_run([*overrides, *(f"{k}={v}" for k, v in params.items()),
+                                  *CONTENDER_EXTRA], train, val,
+                                 (task.rating_min, task.rating_max), task.seed, epochs)
+        if cfg.data.orientation != "item":
+            raise ConfigError(f"{' '.join(overrides)}: the global kernel convolves the movies x "
+                              f"users matrix: data.orientation must be item")
+        P, ft_info = fine_tune(net, sp.csr_matrix(train, dtype=np.float32).T.tocsr(),
+                               None if val is None else sp.csr_matrix(val).T.tocsr(),
+                               (task.rating_min, task.rating_max), float(cfg.model.l2),
+                               epochs=ft_epochs)
+        return _Fitted(lambda rows, cols: P[cols, rows].astype(np.float64), {**info, **ft_info})
 
     return fit
 

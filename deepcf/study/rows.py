@@ -164,7 +164,19 @@ register(Row("I-AutoRec with GLocal-K's local kernel", "rating", fits.contender(
                   "(GLocal-K's local kernel), L2 on W, kernel sparsity penalty 0.012, "
                   "full-batch Rprop, early stopping on the carve. One hidden layer: GLocal-K's "
                   "two (the experiment's default) scored 0.899 on split 0's carve and ran to "
-                  "its 300-epoch cap; no global-kernel stage"))
+                  "its 300-epoch cap; its global-kernel stage is the next row"))
+
+register(Row("GLocal-K: local kernel + global-kernel fine-tuning", "rating",
+             fits.glocal_k(KERNEL), grid=[{"model.l2": v} for v in (100.0, 200.0)],
+             defaults={"model.l2": 100.0}, kind="contender", select_epochs=True,
+             note="the previous row's net, then GLocal-K's second stage (deepcf/study/glocal.py): "
+                  "its clipped predictions of the whole training matrix give the 3 x 3 global "
+                  "kernel delta + mean_users(x_local) @ C, the net's input becomes "
+                  "ReLU(conv2d(R, kernel)), and net and C are fine-tuned on the same objective "
+                  "by full-batch Rprop from a first step of 1e-5, early-stopped on the carve "
+                  "(patience 10); the refit replays both stages' epoch counts. A study stage: "
+                  "the convolution needs the whole dense matrix, so deepcf.train does not train "
+                  "it"))
 
 MULT_VAE = ["experiment=mult_vae"]
 
