@@ -278,3 +278,49 @@ def test_options_a_closed_form_net_ignores_are_refused(make_cfg, override, key):
 
     with pytest.raises(ConfigError, match=key):
         train(make_cfg("experiment=edlae", "data=synthetic", "logger=none", override))
+
+
+def test_emphasis_auto_and_the_ease_floor_are_the_carve_choice_by_brute_force():
+    """emphasis=auto adds EDLAE/DLAE to stage 1's grid; coverage_floor=ease makes stage 2's
+    floor the carve coverage@10 of stage 1's best EASE setting (dropout 0, zero diagonal)."""
+    from deepcf.models.sparse_ops import Pattern
+    from deepcf.serving.evaluate import topn_metrics
+    from deepcf.training.objectives.closed_form import select_options
+
+    train, val = carve_data(1)
+    scale = np.diag(binary_gram(train)).mean()
+
+    def carve(dropout, lam, emphasis, beta):
+        net = EDLAE.build(train.shape[1], dropout=dropout, lam=lam * scale, pop_beta=beta,
+                          emphasis=emphasis)
+        net.fit_closed_form(train)
+        m = topn_metrics(lambda u: net(torch.from_numpy(train[u].toarray()).float()).numpy(),
+                         train, val, (10,))
+        return m["ndcg@10"], m["coverage@10"]
+
+    first = {(lam, p, e): carve(p, lam, e, 0.0) for lam in GRIDS["lam_grid"]
+             for p in GRIDS["dropout_grid"] for e in (True, False)}
+    lam, p, e = max(first, key=lambda k: first[k][0])
+    floor = max(v for k, v in first.items() if k[1] == 0.0 and k[2])[1]
+    second = {b: carve(p, lam, e, b) for b in GRIDS["pop_beta_grid"]}
+    ok = {b: v for b, v in second.items() if v[1] >= floor}
+    beta = (max(ok, key=lambda b: ok[b][0]) if ok
+            else max(second, key=lambda b: second[b][1]))
+
+    net = EDLAE.build(train.shape[1], lam="auto", dropout="auto", emphasis="auto",
+                      pop_beta="auto", coverage_floor="ease", **GRIDS)
+    rows = Pattern.from_offsets(torch.from_numpy(train.indptr[:-1].astype("int64")),
+                                torch.from_numpy(train.indices.astype("int64")), net.width)
+    stats = net.closed_form_stats(rows, torch.from_numpy(train.data))
+    chosen, tried = select_options(net, stats, train, val)
+    assert chosen == {"lam": lam, "dropout": p, "emphasis": e, "pop_beta": beta}
+    assert len(tried) == 12 + 3
+    assert net.spec()["config"]["emphasis"] is e
+    # without an EASE setting in stage 1 the floor cannot be read: one line
+    net = EDLAE.build(train.shape[1], lam="auto", dropout=0.5, pop_beta="auto",
+                      coverage_floor="ease", **GRIDS)
+    with pytest.raises(ConfigError, match="coverage_floor=ease"):
+        select_options(net, stats, train, val)
+    for bad in ({"emphasis": "maybe"}, {"coverage_floor": "popularity"}):
+        with pytest.raises(ConfigError, match="model.net."):
+            EDLAE.build(train.shape[1], **bad)

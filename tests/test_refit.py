@@ -144,11 +144,11 @@ def test_write_splits_and_train_on_them(tmp_path, cache_dir):
 
 
 def test_options_a_net_chose_on_the_carve_are_given_to_the_refit(make_cfg, tmp_path):
-    # experiment=edlae leaves lam, dropout and pop_beta to the carve; the refit (no carve)
-    # takes the chosen values as given
+    # experiment=edlae leaves lam, dropout, emphasis and pop_beta to the carve; the refit (no
+    # carve) takes the chosen values as given
     m = train(make_cfg("experiment=edlae", "data=synthetic", output_dir=tmp_path / "run"))
     chosen = m["refit/options"]
-    assert set(chosen) == {"lam", "lam_unit", "dropout", "pop_beta"}
+    assert set(chosen) == {"lam", "lam_unit", "dropout", "emphasis", "pop_beta"}
     assert chosen["lam_unit"] == "mean_diag"
     ckpt = torch.load(m["refit/checkpoint"], map_location="cpu", weights_only=True)
     config = ckpt["hyper_parameters"]["net"]["config"]

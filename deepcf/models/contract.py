@@ -36,7 +36,8 @@ What a net provides (RecBole's calculate_loss / predict / full_sort_predict, for
   processes) and sets its weights from their sums (`objective=closed_form`); `fits_closed_form`
   says a net has them, `fit_closed_form(train_rows)` does both over a whole CSR.
 - `selection_stages()` and `set_options(**values)`: options a closed-form net leaves to the
-  validation carve (`lam=auto`): stages of (option -> grid, the carve coverage@10 floor), tried
+  validation carve (`lam=auto`): stages of (option -> grid, the carve coverage@10 floor: a
+  number, or a function of the (setting, carve NDCG@10, carve coverage@10) scored before), tried
   by deepcf.training.objectives.closed_form.select_options, the chosen values fixed in the config
   (so the spec and a re-fit use them). Default: none.
 - `scores`: "ratings" (the default: outputs on the rating scale, clipped to it when served) or

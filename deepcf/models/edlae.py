@@ -25,12 +25,14 @@ The scores are ranking scores, not ratings: their held-out RMSE means nothing; r
 number of interactions per movie), so that one setting carries to catalogues and data sets of
 other sizes, whose Gram matrices have other scales (dropout's p/(1-p) diag(G) scales already).
 
-Chosen on the validation carve (`lam=auto`, `dropout=auto`, `pop_beta=auto`): `selection_stages`
-states the grids, deepcf.training.objectives.closed_form.select_options scores them. Stage 1:
-every (lam, dropout) of the auto ones' grids (lam as multiples of mean diag(G): `lam=auto`
-leaves `lam_unit=mean_diag`), the best carve NDCG@10 kept; stage 2: pop_beta over its grid at
-that B (no new solve), the best carve NDCG@10 among the settings whose carve coverage@10 >=
-`coverage_floor` (0: no floor; pop_beta 0 is "off"). The chosen numbers replace "auto" in the
+Chosen on the validation carve (`lam=auto`, `dropout=auto`, `emphasis=auto`, `pop_beta=auto`):
+`selection_stages` states the grids, deepcf.training.objectives.closed_form.select_options scores
+them. Stage 1: every (lam, dropout, emphasis) of the auto ones' grids (lam as multiples of mean
+diag(G): `lam=auto` leaves `lam_unit=mean_diag`; emphasis true and false, EDLAE and DLAE), the
+best carve NDCG@10 kept; stage 2: pop_beta over its grid at that B (no new solve), the best carve
+NDCG@10 among the settings whose carve coverage@10 >= `coverage_floor` (0: no floor; `ease`: the
+carve coverage@10 of stage 1's best EASE setting, dropout 0 with the zero diagonal, so that the
+correction buys no NDCG with less coverage than EASE's; pop_beta 0 is "off"). The chosen numbers replace "auto" in the
 config, so the checkpoint's net spec holds them and a re-fit (on more rows) solves at them.
 """
 
@@ -48,6 +50,7 @@ from deepcf.models.sparse_ops import Pattern
 from deepcf.stats import binary_gram, popularity_weights
 
 AUTO = "auto"
+EASE_FLOOR = "ease"  # coverage_floor: the carve coverage@10 of EASE's choice
 LAM_UNITS = ("absolute", "mean_diag")
 # the carve's grids (lam: multiples of mean diag(G)); Steck 2020 tunes p in about 0.1..0.9
 LAM_GRID = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -100,10 +103,12 @@ class EDLAEConfig:
     width: int
     dropout: float | str = 0.33  # p, the input dropout rate of the expectation; or auto
     lam: float | str = 100.0  # the L2 on B on top of dropout's (lam * I), in lam_unit; or auto
-    emphasis: bool = True  # EDLAE (zero diagonal); false: DLAE
+    emphasis: bool | str = True  # EDLAE (zero diagonal); false: DLAE; or auto
     pop_beta: float | str = 0.0  # scores * max(popularity, 1)^-pop_beta; or auto
     lam_unit: str = "absolute"  # or mean_diag: lam times the mean of diag(G)
-    coverage_floor: float = 0.0  # pop_beta=auto: the carve coverage@10 a choice must reach
+    # pop_beta=auto: the carve coverage@10 a choice must reach, or "ease": that of EASE's
+    # carve choice (dropout 0, zero diagonal, the best lam of the first stage)
+    coverage_floor: float | str = 0.0
     lam_grid: list[float] = field(default_factory=lambda: list(LAM_GRID))
     dropout_grid: list[float] = field(default_factory=lambda: list(DROPOUT_GRID))
     pop_beta_grid: list[float] = field(default_factory=lambda: list(POP_BETA_GRID))
@@ -121,9 +126,17 @@ class EDLAE(RatingNet):
         if config.lam_unit not in LAM_UNITS:
             raise ConfigError(f"model.net.lam_unit={config.lam_unit!r} is not one of "
                               f"{', '.join(LAM_UNITS)}")
-        if not 0.0 <= float(config.coverage_floor) <= 1.0:
-            raise ConfigError(f"model.net.coverage_floor={config.coverage_floor} must be in "
-                              f"[0, 1]")
+        if config.emphasis not in (True, False, AUTO):
+            raise ConfigError(f"model.net.emphasis={config.emphasis!r} must be true, false or "
+                              f"auto")
+        if config.coverage_floor != EASE_FLOOR:
+            try:
+                ok = 0.0 <= float(config.coverage_floor) <= 1.0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"model.net.coverage_floor={config.coverage_floor!r} must be "
+                                  f"in [0, 1] or {EASE_FLOOR}")
         for name, lo, hi in (("lam_grid", 0.0, None), ("dropout_grid", 0.0, 1.0),
                              ("pop_beta_grid", 0.0, None)):
             values = list(getattr(config, name))
@@ -143,15 +156,36 @@ class EDLAE(RatingNet):
         c, stages = self.config, []
         first = {name: list(getattr(c, f"{name}_grid")) for name in ("lam", "dropout")
                  if getattr(c, name) == AUTO}
+        if c.emphasis == AUTO:
+            first["emphasis"] = [True, False]
         if first:
             stages.append((first, 0.0))
         if c.pop_beta == AUTO:
-            stages.append(({"pop_beta": list(c.pop_beta_grid)}, float(c.coverage_floor)))
+            floor = (self.ease_floor if c.coverage_floor == EASE_FLOOR
+                     else float(c.coverage_floor))
+            stages.append(({"pop_beta": list(c.pop_beta_grid)}, floor))
         return stages
+
+    def ease_floor(self, tried: list[tuple[dict, float, float]]) -> float:
+        """coverage_floor=ease: the carve coverage@10 of the best carve NDCG@10 among the
+        earlier stages' EASE settings (dropout 0 with the zero diagonal); `tried`: (setting,
+        carve NDCG@10, carve coverage@10) of every setting scored so far."""
+        c = self.config
+        ease = [(ndcg, cov) for setting, ndcg, cov in tried
+                if setting.get("dropout", c.dropout) == 0.0
+                and setting.get("emphasis", c.emphasis) is True]
+        if not ease:
+            raise ConfigError("model.net.coverage_floor=ease: the carve's first stage tried no "
+                              "EASE setting (dropout=auto with 0 in model.net.dropout_grid, "
+                              "emphasis true or auto)")
+        return float(max(ease)[1])
 
     def set_options(self, **values) -> None:
         """Fix options chosen on the carve (they replace "auto" in the config and the spec)."""
         for name, value in values.items():
+            if name == "emphasis":
+                self.config.emphasis = self._chosen["emphasis"] = bool(value)
+                continue
             if name == "lam":
                 self.config.lam_unit = "mean_diag" if self.config.lam == AUTO else \
                     self.config.lam_unit

@@ -212,11 +212,12 @@ EDLAE_SHIPPED = register(Row(
              "EDLAE, experiment=edlae as shipped (auto: chosen on the carve)", "topn",
              fits.edlae_shipped, kind="contender", select_epochs=True,
              note="`python -m deepcf.train experiment=edlae`'s settings, read from "
-                  "conf/experiment/edlae.yaml: lam=auto, dropout=auto, pop_beta=auto, chosen "
-                  "by the net on the carve (deepcf.training.objectives.closed_form: lam as "
-                  "multiples of mean diag(G), every (lam, dropout) of the net's grids, then "
-                  "pop_beta at that B against the declared carve coverage@10 floor), refitted "
-                  "on the training part at the chosen values"))
+                  "conf/experiment/edlae.yaml: lam=auto, dropout=auto, emphasis=auto, "
+                  "pop_beta=auto, chosen by the net on the carve (deepcf.training.objectives."
+                  "closed_form: lam as multiples of mean diag(G), every (lam, dropout, EDLAE or "
+                  "DLAE) of the net's grids, then pop_beta at that B against the carve "
+                  "coverage@10 of the best dropout-0 EDLAE setting, EASE's: "
+                  "coverage_floor=ease), refitted on the training part at the chosen values"))
 
 register(Row("DLAE", "topn", fits.edlae,
              grid=fits.grid(dropout=[0.33, 0.5, 0.7], lam=[100.0, 300.0, 800.0],
