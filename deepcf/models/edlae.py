@@ -32,8 +32,9 @@ diag(G): `lam=auto` leaves `lam_unit=mean_diag`; emphasis true and false, EDLAE 
 best carve NDCG@10 kept; stage 2: pop_beta over its grid at that B (no new solve), the best carve
 NDCG@10 among the settings whose carve coverage@10 >= `coverage_floor` (0: no floor; `ease`: the
 carve coverage@10 of stage 1's best EASE setting, dropout 0 with the zero diagonal, so that the
-correction buys no NDCG with less coverage than EASE's; pop_beta 0 is "off"). The chosen numbers replace "auto" in the
-config, so the checkpoint's net spec holds them and a re-fit (on more rows) solves at them.
+correction buys no NDCG with less coverage than EASE's; pop_beta 0 is "off"). The chosen
+numbers replace "auto" in the config, so the checkpoint's net spec holds them and a re-fit (on
+more rows) solves at them.
 """
 
 from __future__ import annotations
