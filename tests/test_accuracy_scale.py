@@ -1,8 +1,9 @@
-"""`accuracy --scale`: each row fitted and scored in a child process gives what the same fit
-gives in-process; its section of ACCURACY.md is replaced on its own, the rest kept."""
+"""`accuracy --scale`: each row fitted and scored in a spawned child process (ELSA's torch
+training too) gives what the same fit gives in-process; its section of ACCURACY.md is replaced on its own, the rest kept."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -47,12 +48,24 @@ def test_rows_in_children_give_the_in_process_figures(small):
     assert mf < bias * 1.05
 
 
-def test_a_failing_row_is_reported_not_raised():
-    def boom():
-        raise ValueError("no")
+def boom():
+    raise ValueError("no")
 
+
+def one():
+    return {"x": 1}
+
+
+def die():
+    os._exit(3)
+
+
+def test_a_failing_row_is_reported_not_raised():
+    # the functions are sent to a spawned process: module-level, so they pickle
     assert in_child(boom)["error"] == "ValueError: no"
-    assert in_child(lambda: {"x": 1})["ok"] == {"x": 1}
+    res = in_child(one)
+    assert res["ok"] == {"x": 1} and res["peak_rss_gb"] > 0 and res["seconds"] > 0
+    assert in_child(die)["error"] == "the row's process died (exit code 3)"
 
 
 def test_the_scale_section_is_spliced_into_accuracy_md(tmp_path, cache_dir):

@@ -16,6 +16,7 @@ back to the refit.
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from collections.abc import Callable
 
 import numpy as np
@@ -112,43 +113,43 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
+# The train-config fit functions are partials of module functions, not closures: they pickle,
+# so `accuracy --scale` can send a row to the spawned process that fits it.
 def contender(overrides: list[str]) -> Callable:
     """The fit function of the train config `overrides` (see deepcf.study.contenders)."""
+    return partial(_contender_fit, list(overrides))
 
-    def fit(train, val, params, task):
-        params = dict(params)
-        epochs = params.pop("epochs", None)
-        net, orientation, info = fit_contender(
-            [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA], train,
-            val,
-            (task.rating_min, task.rating_max), task.seed, epochs)
-        return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols),
-                       info)
 
-    return fit
+def _contender_fit(overrides, train, val, params, task):
+    params = dict(params)
+    epochs = params.pop("epochs", None)
+    net, orientation, info = fit_contender(
+        [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA], train, val,
+        (task.rating_min, task.rating_max), task.seed, epochs)
+    return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols), info)
 
 
 def glocal_k(overrides: list[str]) -> Callable:
     """GLocal-K's two stages: the local kernel net of the train config `overrides` (rows are
     movies; early-stopped on the carve, or `epochs` epochs), then its global-kernel fine-tuning
     (deepcf.study.glocal; early-stopped on the carve, or `ft_epochs` epochs)."""
+    return partial(_glocal_k_fit, list(overrides))
 
-    def fit(train, val, params, task):
-        params = dict(params)
-        epochs, ft_epochs = params.pop("epochs", None), params.pop("ft_epochs", None)
-        net, cfg, info = fit_run([*overrides, *(f"{k}={v}" for k, v in params.items()),
-                                  *CONTENDER_EXTRA], train, val,
-                                 (task.rating_min, task.rating_max), task.seed, epochs)
-        if cfg.data.orientation != "item":
-            raise ConfigError(f"{' '.join(overrides)}: the global kernel convolves the movies x "
-                              f"users matrix: data.orientation must be item")
-        P, ft_info = fine_tune(net, sp.csr_matrix(train, dtype=np.float32).T.tocsr(),
-                               None if val is None else sp.csr_matrix(val).T.tocsr(),
-                               (task.rating_min, task.rating_max), float(cfg.model.l2),
-                               epochs=ft_epochs)
-        return _Fitted(lambda rows, cols: P[cols, rows].astype(np.float64), {**info, **ft_info})
 
-    return fit
+def _glocal_k_fit(overrides, train, val, params, task):
+    params = dict(params)
+    epochs, ft_epochs = params.pop("epochs", None), params.pop("ft_epochs", None)
+    net, cfg, info = fit_run([*overrides, *(f"{k}={v}" for k, v in params.items()),
+                              *CONTENDER_EXTRA], train, val,
+                             (task.rating_min, task.rating_max), task.seed, epochs)
+    if cfg.data.orientation != "item":
+        raise ConfigError(f"{' '.join(overrides)}: the global kernel convolves the movies x "
+                          f"users matrix: data.orientation must be item")
+    P, ft_info = fine_tune(net, sp.csr_matrix(train, dtype=np.float32).T.tocsr(),
+                           None if val is None else sp.csr_matrix(val).T.tocsr(),
+                           (task.rating_min, task.rating_max), float(cfg.model.l2),
+                           epochs=ft_epochs)
+    return _Fitted(lambda rows, cols: P[cols, rows].astype(np.float64), {**info, **ft_info})
 
 
 def blend(members: dict[str, tuple[Callable, dict]]) -> Callable:
@@ -188,16 +189,16 @@ def blend(members: dict[str, tuple[Callable, dict]]) -> Callable:
 def ranker(overrides: list[str]) -> Callable:
     """The top-N fit function of the ranking train config `overrides`
     (deepcf.study.contenders.fit_ranker): early-stopped on the carve's NDCG@10."""
+    return partial(_ranker_fit, list(overrides))
 
-    def fit(train, val, params, task):
-        params = dict(params)
-        epochs = params.pop("epochs", None)
-        score, info = fit_ranker([*overrides, *CONTENDER_EXTRA,
-                                  *(f"{k}={v}" for k, v in params.items())], train, val,
-                                 task.seed, epochs)
-        return _Fitted(score, info)
 
-    return fit
+def _ranker_fit(overrides, train, val, params, task):
+    params = dict(params)
+    epochs = params.pop("epochs", None)
+    score, info = fit_ranker([*overrides, *CONTENDER_EXTRA,
+                              *(f"{k}={v}" for k, v in params.items())], train, val,
+                             task.seed, epochs)
+    return _Fitted(score, info)
 
 
 def edlae(train, val, params, task):

@@ -283,6 +283,7 @@ USER_RUNS = [
 # A model joins the table by appending a Row whose fit scales (a rating model as
 # `fits.contender([...overrides])`, a ranking model as `fits.ranker([...])`, kind "contender").
 
+ELSA = ["experiment=elsa"]
 SCALE_MF = {"rank": 20, "reg": 15.0, "reg_bias": 5.0, "sweeps": 10}
 SCALE_EASE_MOVIES = 10_000
 
@@ -299,9 +300,12 @@ SCALE_ROWS: list[Row] = [
         note="EASE in float32 with an in-place Cholesky inverse (0.4 GB for 10K movies; the "
              "whole 45K catalogue would need 8 GB per copy); the other movies are never "
              "recommended; lam 500, Steck's (WWW 2019) setting for ML-20M"),
+    Row("ELSA", "topn", fits.ranker(ELSA), kind="contender",
+        grid=[{"epochs": 1, "model.net.rank": 64, "data.batch_size": 4096}],
+        note="`experiment=elsa model.net.rank=64 data.batch_size=4096`, one epoch: "
+             "docs/full-scale.md's command, whose run on a movies_full CSV had its best "
+             "validation NDCG@10 (16,384 carve users) after the first of 6 epochs"),
 ]
-
-ELSA = ["experiment=elsa"]
 
 register(Row("ELSA", "topn", fits.ranker(ELSA), kind="contender", select_epochs=True,
              note="`experiment=elsa`: rows are users, every rating an interaction, scores "

@@ -5,17 +5,19 @@ One split (seed 0) of each protocol of deepcf.study.protocols on the taste-drive
 `movies_full` (270,896 users x 45,115 movies, 26.0M ratings), every row of
 deepcf.study.rows.SCALE_ROWS at its declared defaults (no grid: a carve search at this size is a
 run of its own), each fitted and scored in a child process of its own so that its wall time and
-peak RSS (the child's ru_maxrss, which includes the split it inherits from the parent; the
-parent's RSS at the fork is reported next to it) are the row's. The top-N metrics are over a
+peak RSS (the child's VmHWM, the split it is sent included; the parent's RSS is reported next to
+it) are the row's. The child is spawned, a fresh interpreter, not forked: a fork after the
+parent ran parallel kernels inherits thread pools (GNU OpenMP's under torch) whose threads it
+does not have, and a torch row then hung in its first parallel region. The top-N metrics are over a
 seeded sample of the evaluated users (`eval_users`); every user's training row is fitted on.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import multiprocessing as mp
 import os
 import resource
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -33,38 +35,50 @@ EVAL_USERS = 30_000
 SEED = 0
 
 
-def _rss_gb() -> float:
-    """This process's resident set now (VmRSS), GB."""
+def _status_gb(key: str = "VmRSS") -> float:
+    """This process's /proc/self/status `key` (VmRSS: resident now, VmHWM: its peak), GB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 2**20
     return float("nan")
 
 
+def _rss_gb() -> float:
+    return _status_gb("VmRSS")
+
+
+def _child(conn, fn: Callable[[], dict]) -> None:
+    """The spawned child: run `fn`, send its result (or its error) and its peak RSS."""
+    try:
+        out = {"ok": fn()}
+    except BaseException as e:  # a failing row is a measured failure, not a crash
+        traceback.print_exc()
+        out = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())}
+    out["peak_rss_gb"] = _status_gb("VmHWM")
+    conn.send(out)
+    conn.close()
+
+
 def in_child(fn: Callable[[], dict]) -> dict:
-    """`fn()` in a forked child: its result, wall seconds and peak RSS (ru_maxrss, GB)."""
-    r, w = os.pipe()
+    """`fn()` in a spawned child process (`fn` and what it holds are pickled to it: functions of
+    a module, not lambdas): its result, wall seconds (the interpreter's start included) and
+    peak RSS (the child's VmHWM, GB)."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
     t0 = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:  # the child: run, send the result as JSON, exit without cleanup
-        os.close(r)
-        try:
-            out = {"ok": fn()}
-        except BaseException as e:  # a failing row is a measured failure, not a crash
-            traceback.print_exc()
-            out = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())}
-        with os.fdopen(w, "w") as f:
-            json.dump(out, f)
-        sys.stdout.flush()
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        text = f.read()
-    _, status, usage = os.wait4(pid, 0)
-    seconds = time.perf_counter() - t0
-    out = json.loads(text) if text else {"error": f"the row's process died (status {status})"}
-    out.update(seconds=seconds, peak_rss_gb=usage.ru_maxrss / 2**20)
+    proc = ctx.Process(target=_child, args=(send, fn))
+    proc.start()
+    send.close()
+    try:
+        out = recv.recv()
+    except EOFError:
+        out = None
+    proc.join()
+    if out is None:
+        out = {"error": f"the row's process died (exit code {proc.exitcode})"}
+    out["seconds"] = time.perf_counter() - t0
+    out.setdefault("peak_rss_gb", math.nan)
     return out
 
 
