@@ -1,5 +1,6 @@
 """`accuracy --scale`: each row fitted and scored in a spawned child process (ELSA's torch
-training too) gives what the same fit gives in-process; its section of ACCURACY.md is replaced on its own, the rest kept."""
+training too) gives what the same fit gives in-process; its section of ACCURACY.md is replaced
+on its own, the rest kept."""
 
 from __future__ import annotations
 

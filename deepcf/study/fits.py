@@ -16,8 +16,8 @@ back to the refit.
 from __future__ import annotations
 
 import itertools
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
