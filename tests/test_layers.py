@@ -1,10 +1,11 @@
 """The import graph: layers only look down, no circles, and function-level imports say why.
 
 The layers, from the ground: the leaf (errors, kernels, the shared math and safe file reading,
-the table of moved config keys), data and models, serving, training, study and bench, and the
-command modules on top. Every import of deepcf's own code is read from the source with `ast`
-(function-level ones too); an import from a higher layer, a circle of modules, or a
-function-level import without a comment saying it keeps start-up light fails here.
+the table of moved config keys, the process's memory), data and models, serving, training,
+study and bench, and the command modules on top. Every import of deepcf's own code is read
+from the source with `ast` (function-level ones too); an import from a higher layer, a circle of
+modules, or a function-level import without a comment saying it keeps start-up light fails
+here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "deepcf"
 LAYERS = [  # (module prefix, layer); the longest matching prefix decides
     ("deepcf.errors", 0), ("deepcf.kernels", 0), ("deepcf.stats", 0), ("deepcf.files", 0),
-    ("deepcf.compat", 0), ("deepcf.data", 1), ("deepcf.models", 1), ("deepcf.serving", 2),
+    ("deepcf.compat", 0), ("deepcf.memory", 0), ("deepcf.data", 1), ("deepcf.models", 1),
+    ("deepcf.serving", 2),
     ("deepcf.training", 3), ("deepcf.study", 4), ("deepcf.bench", 4),
 ]
 COMMANDS = 5  # deepcf.train, deepcf.evaluate, ...: everything else at the package's top

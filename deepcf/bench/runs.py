@@ -20,21 +20,12 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import sys
 import time
 import warnings
 from pathlib import Path
 
-
-def peak_rss_gb() -> float:
-    try:  # VmHWM: this process's high-water mark
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+from deepcf.memory import peak_rss_gb
 
 
 def _data(spec: dict) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -27,25 +26,13 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 
+from deepcf.memory import peak_rss_gb, rss_gb
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.study.protocols import KS, rating_errors, rating_split, topn_split
 from deepcf.study.selection import Row, Task, describe
 
 EVAL_USERS = 30_000
 SEED = 0
-
-
-def _status_gb(key: str = "VmRSS") -> float:
-    """This process's /proc/self/status `key` (VmRSS: resident now, VmHWM: its peak), GB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def _rss_gb() -> float:
-    return _status_gb("VmRSS")
 
 
 def _child(conn, fn: Callable[[], dict]) -> None:
@@ -55,7 +42,7 @@ def _child(conn, fn: Callable[[], dict]) -> None:
     except BaseException as e:  # a failing row is a measured failure, not a crash
         traceback.print_exc()
         out = {"error": f"{type(e).__name__}: " + " ".join(str(e).split())}
-    out["peak_rss_gb"] = _status_gb("VmHWM")
+    out["peak_rss_gb"] = peak_rss_gb()
     conn.send(out)
     conn.close()
 
@@ -122,7 +109,7 @@ def run_scale(data, rows: list[Row], eval_users: int = EVAL_USERS,
         del split
         log(f"{protocol}: split in {time.perf_counter() - t0:.0f} s "
             f"({train.nnz:,} training, {test.nnz:,} test entries)")
-        parent_gb = _rss_gb()
+        parent_gb = rss_gb()
         for row in todo:
             res = in_child(partial(fit_and_score, row, train, test, task))
             res.update(row=row, parent_rss_gb=parent_gb)
@@ -135,4 +122,4 @@ def run_scale(data, rows: list[Row], eval_users: int = EVAL_USERS,
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": time.perf_counter() - t_start, "cpus": os.cpu_count(),
             "data": describe(data), "eval_users": eval_users, "results": results,
-            "self_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "self_peak_rss_gb": peak_rss_gb()}
