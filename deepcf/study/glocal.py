@@ -88,8 +88,9 @@ def fine_tune(net, train: sp.csr_matrix, val: sp.csr_matrix | None,
     params = [*net.parameters(), gk.conv_kernel]
     opt = Rprop(params, lr=lr)
     budget = max_epochs if val is not None else int(epochs)
-    best, best_epoch = (val_rmse() if val is not None else math.inf), 0
-    best_state = copy.deepcopy((net.state_dict(), gk.state_dict()))
+    if val is not None:  # epoch 0, the pretrained net, is the first candidate
+        best, best_epoch = val_rmse(), 0
+        best_state = copy.deepcopy((net.state_dict(), gk.state_dict()))
     for epoch in range(1, budget + 1):
         opt.zero_grad(set_to_none=True)
         err = ((predict() - R)[mask] ** 2).sum()

@@ -65,10 +65,9 @@ def select_options(net: RatingNet, stats: dict[str, torch.Tensor], train_rows: s
         names = sorted(n for grid, _ in net.selection_stages() for n in grid)
         raise ConfigError(f"model.net.{names[0]}=auto: chosen on the validation carve, but the "
                           f"run has no validation ratings (data.protocol.val_fraction > 0)")
-    scored = []  # (setting, carve metric, carve coverage) of every setting so far
     for stage, floor in net.selection_stages():
         if callable(floor):  # a floor read from the earlier stages (EDLAE's coverage of EASE)
-            floor = float(floor(scored))
+            floor = float(floor([(t, t[SELECT_METRIC], t[SELECT_COVERAGE]) for t in tried]))
             log.info("closed form: the carve %s floor of %s is %.4f", SELECT_COVERAGE,
                      "/".join(stage), floor)
         results = []
@@ -78,7 +77,6 @@ def select_options(net: RatingNet, stats: dict[str, torch.Tensor], train_rows: s
             net.solve(stats)
             m = carve_scores(net, train_rows, val_rows)
             tried.append({**chosen, **setting, **m})
-            scored.append(({**chosen, **setting}, m[SELECT_METRIC], m[SELECT_COVERAGE]))
             results.append((m[SELECT_COVERAGE] >= floor, m[SELECT_METRIC], m[SELECT_COVERAGE],
                             setting))
         eligible = [r for r in results if r[0]]
