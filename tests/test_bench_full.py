@@ -38,6 +38,27 @@ def test_train_facts_and_the_page():
     assert "## Whole runs at movies_full" in page and "180 s (3.0 min), 1.50 GB" in page
 
 
+RANK_OUT = """epoch 1/4  train/loss 0.5000  val/ndcg@10 0.1900  (40.0 s)
+deepcf: elsa on x.csv (3 users x 2 movies, rows=users), 1 epochs
+  no RMSE: a ranking model's outputs are scores, not ratings
+  test recall@10 0.2600  ndcg@10 0.2868  recall@20 0.2400  best val ndcg@10 0.1930 (each row's \
+unseen movies ranked)
+"""
+
+
+def test_a_ranking_rows_test_ndcg_is_the_tests_not_the_best_vals():
+    facts = _train_facts(RANK_OUT)
+    assert facts["test_ndcg"] == "0.2868" and facts["test_rmse"] is None
+    step = {"wall_s": 60.0, "peak_rss_gb": 1.5, "rc": 0, "cpu_s": 100.0, "cmd": "-m x --all"}
+    res = [{"row": "ranking", "steps": {"train": {**step, **facts}, "evaluate": step,
+                                        "recommend": step},
+            "scoring": {"n_users": 600, "rows": "users", "onnx_users_per_s": 10.0}}]
+    meta = {"command": "c", "date": "d", "machine": "m", "load_before": "1", "load_after": "1",
+            "csv": "x.csv", "csv_mb": 1.0}
+    page = render(res, meta)
+    assert "NDCG@10 0.2868" in page and "| ranking | users | 10 | nan | 10 |" in page
+
+
 def test_timed_reads_the_childs_peak_rss(tmp_path):
     out = timed([sys.executable, "-c", "x = bytearray(300 << 20)"], tmp_path / "log")
     assert out["rc"] == 0 and out["peak_rss_gb"] > 0.25

@@ -41,17 +41,26 @@ import scipy.sparse as sp
 class WholeRun:
     name: str                       # the table's label
     train: tuple[str, ...]          # deepcf.train overrides (besides the data)
-    user: str = "1"                 # the raw user id `recommend` is asked about
     # overrides of the dense masked formulation's timed batches (None: no dense counterpart)
     dense: tuple[str, ...] | None = None
     dense_batches: int = 2          # timed dense batches (after one warm-up)
     note: str = ""
+    evaluate: tuple[str, ...] = ()  # deepcf.evaluate's options besides the run dir
+    # deepcf.recommend's options besides the run dir (--all: a CSV for every user, in the work
+    # dir)
+    recommend: tuple[str, ...] = ("--user", "1", "-n", "10")
 
 
 WHOLE_RUNS: list[WholeRun] = [
     WholeRun("rating: I-AutoRec + residual target", ("experiment=i_autorec_target",),
              dense=("model.objective.train_path=dense", "data.batch_size=256"),
              note="full-batch Rprop on movie rows, the column-major path"),
+    WholeRun("ranking: ELSA", ("experiment=elsa", "model.net.rank=256", "data.batch_size=4096",
+                               "data.eval_batch_size=2048", "model.optimizer.lr=0.01",
+                               "+trainer.limit_val_batches=8", "trainer.max_epochs=4",
+                               "callbacks.early_stopping.patience=2"),
+             evaluate=("--protocol", "topn"), recommend=("--all", "-n", "10"),
+             note="rank 256 on user rows, Adam, batches of 4,096 users"),
 ]
 
 EPOCH = re.compile(r"^epoch (\d+)(?:/\d+)?\s.*\(([\d.]+) s\)\s*$", re.M)
@@ -75,6 +84,7 @@ def _train_facts(text: str) -> dict:
            if epochs else float("nan")}
     for key, pat in (("test_rmse", r"test RMSE ([\d.]+)"), ("best_val_rmse",
                                                             r"best val RMSE ([\d.]+)"),
+                     ("test_ndcg", r"  test .*?ndcg@10 ([\d.]+)"),
                      ("parity", r"onnxruntime parity ([\deE.+-]+)")):
         m = re.search(pat, text)
         out[key] = m.group(1) if m else None
@@ -82,26 +92,32 @@ def _train_facts(text: str) -> dict:
 
 
 def scoring(run: Path, threads: int, cache_dir: str, chunk: int = 32, chunks: int = 3) -> dict:
-    """users/s of onnxruntime's dense pass over every movie and of the cached item codes."""
+    """users/s of onnxruntime's dense graph and, for a model on movie rows, of the cached item
+    codes. Movie rows: one pass of every movie row scores every user, so users/s = users / the
+    pass' time, timed on `chunks` chunks of `chunk` movie rows. User rows: a user per row, timed
+    on `chunks` chunks of 8 x `chunk` users."""
     # start-up: the bench's own process imports serving only for this measurement
     from deepcf.serving.runs import load_model, run_datamodule
     from deepcf.serving.scoring import densify
 
     scorer, card = load_model(run / "model.onnx", threads=threads)
     dm = run_datamodule(run, cache_dir=cache_dir)
-    X = dm.train_rows  # movies x users, the rows the model was trained on
-    n_movies, n_users = X.shape
-    out = {"n_movies": int(n_movies), "n_users": int(n_users)}
-    scorer(densify(X, np.arange(chunk)))  # warm-up
+    X = dm.train_rows  # the rows the model was trained on
+    n_rows, width = X.shape
+    by_movie = dm.orientation == "item"
+    n_users = width if by_movie else n_rows
+    out = {"n_users": int(n_users), "rows": "movies" if by_movie else "users"}
+    size = chunk if by_movie else 8 * chunk
+    scorer(densify(X, np.arange(size)))  # warm-up
     t = time.perf_counter()
     for c in range(1, chunks + 1):
-        scorer(densify(X, np.arange(c * chunk, (c + 1) * chunk)))
-    movies_per_s = chunks * chunk / (time.perf_counter() - t)
-    out["onnx_users_per_s"] = n_users * movies_per_s / n_movies
+        scorer(densify(X, np.arange(c * size, (c + 1) * size)))
+    rows_per_s = chunks * size / (time.perf_counter() - t)
+    out["onnx_users_per_s"] = n_users * rows_per_s / n_rows if by_movie else rows_per_s
     codes = card.codes
     if codes is not None:
         users = np.arange(min(2048, codes.n_users))
-        W, b = codes.user_rows(sp.csr_matrix((n_users, n_movies)), users, users)  # all known
+        W, b = codes.user_rows(sp.csr_matrix((n_users, n_rows)), users, users)  # all known
         codes.scores(W[:64], b[:64])
         t = time.perf_counter()
         codes.scores(W, b)
@@ -137,9 +153,10 @@ def run_row(row: WholeRun, csv: str, work: Path, threads: int, env: dict) -> dic
     t.update(_train_facts((work / "train.log").read_text()))
     if t["rc"] != 0:
         return out
-    for name, cmd in (("evaluate", [py, "-m", "deepcf.evaluate", str(run)]),
-                      ("recommend", [py, "-m", "deepcf.recommend", str(run), "--user",
-                                     row.user, "-n", "10"])):
+    recommend = [*row.recommend, *(["--csv", str(work / "recs.csv")] if "--all" in
+                                   row.recommend else [])]
+    for name, cmd in (("evaluate", [py, "-m", "deepcf.evaluate", str(run), *row.evaluate]),
+                      ("recommend", [py, "-m", "deepcf.recommend", str(run), *recommend])):
         out["steps"][name] = timed(cmd, work / f"{name}.log")
     out["scoring"] = scoring(run, threads, str(cache))
     if row.dense is not None:
@@ -164,7 +181,7 @@ def render(results: list[dict], meta: dict) -> str:
              f"(`wait4` ru_maxrss, as `/usr/bin/time -v` reports it).", "",
              "| model | epochs to the early stop | s / epoch (with validation) | train: wall, "
              "peak RSS | evaluate: wall, peak RSS | recommend: wall, peak RSS | whole run: wall, "
-             "peak RSS | test RMSE |",
+             "peak RSS | test RMSE or NDCG@10 |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["steps"]
@@ -179,23 +196,30 @@ def render(results: list[dict], meta: dict) -> str:
                  f" min), {_gb(max(x['peak_rss_gb'] for x in ok))} GB")
         lines.append(f"| {r['row']} | {t.get('epochs')} | {t.get('epoch_s', float('nan')):.1f} "
                      f"| {cells[0]} | {cells[1]} | {cells[2]} | {whole} | "
-                     f"{t.get('test_rmse')} |")
+                     f"{t.get('test_rmse') or ('NDCG@10 ' + str(t.get('test_ndcg')))} |")
     lines += ["", "Commands (each row):", ""]
     for r in results:
         lines.append(f"- {r['row']}:")
         for k, x in r["steps"].items():
             lines.append(f"  - {k}: `python {x['cmd']}` (CPU {x['cpu_s']:.0f} s)")
     lines += ["", "### Scoring throughput (onnxruntime and the cached item codes)", "",
-              "| model | onnxruntime, the dense graph over every movie row: users/s | cached "
-              "item codes (what evaluate / recommend use): users/s |", "|---|---|---|"]
+              "| model | rows | onnxruntime, the dense graph: users/s | cached item codes (what "
+              "evaluate / recommend use for movie rows): users/s | recommend --all: users/s "
+              "(the whole command) |", "|---|---|---|---|---|"]
     for r in results:
         sc = r.get("scoring", {})
-        lines.append(f"| {r['row']} | {sc.get('onnx_users_per_s', float('nan')):,.0f} | "
-                     f"{sc.get('codes_users_per_s', float('nan')):,.0f} |")
-    lines += ["", "onnxruntime: one pass of every movie row through the graph scores every user "
-              "at once, so users/s = users / (the pass' seconds), the pass timed on 3 chunks of "
-              "32 movie rows. Codes: 2,048 model users' scores over every movie, "
-              "`codes @ W_u + b_u + base`.", "",
+        rec = r["steps"].get("recommend")
+        whole = (f"{sc['n_users'] / rec['wall_s']:,.0f}" if rec and rec["rc"] == 0 and "n_users"
+                 in sc and "--all" in rec["cmd"] else "")
+        lines.append(f"| {r['row']} | {sc.get('rows', '')} | "
+                     f"{sc.get('onnx_users_per_s', float('nan')):,.0f} | "
+                     f"{sc.get('codes_users_per_s', float('nan')):,.0f} | {whole} |")
+    lines += ["", "onnxruntime on movie rows: one pass of every movie row through the graph "
+              "scores every user at once, so users/s = users / (the pass' seconds), the pass "
+              "timed on 3 chunks of 32 movie rows; on user rows, 3 chunks of 256 users. Codes: "
+              "2,048 model users' scores over every movie, `codes @ W_u + b_u + base`. "
+              "recommend --all: every user's top 10 written to a CSV, the process' wall time "
+              "(start-up and loading included).", "",
               "### The training step against the dense masked formulation", "",
               "| model | path | s / epoch | peak RSS | ratio |", "|---|---|---|---|---|"]
     for r in results:
