@@ -115,6 +115,11 @@ def grid(**axes) -> list[dict]:
 
 # The train-config fit functions are partials of module functions, not closures: they pickle,
 # so `accuracy --scale` can send a row to the spawned process that fits it.
+def _overrides(overrides: list[str], params: dict) -> list[str]:
+    """A train-config fit's deepcf.train overrides: the row's, its params, CONTENDER_EXTRA."""
+    return [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA]
+
+
 def contender(overrides: list[str]) -> Callable:
     """The fit function of the train config `overrides` (see deepcf.study.contenders)."""
     return partial(_contender_fit, list(overrides))
@@ -123,9 +128,8 @@ def contender(overrides: list[str]) -> Callable:
 def _contender_fit(overrides, train, val, params, task):
     params = dict(params)
     epochs = params.pop("epochs", None)
-    net, orientation, info = fit_contender(
-        [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA], train, val,
-        (task.rating_min, task.rating_max), task.seed, epochs)
+    net, orientation, info = fit_contender(_overrides(overrides, params), train, val,
+                                           (task.rating_min, task.rating_max), task.seed, epochs)
     return _Fitted(lambda rows, cols: predict_rows(net, orientation, train, rows, cols), info)
 
 
@@ -139,8 +143,7 @@ def glocal_k(overrides: list[str]) -> Callable:
 def _glocal_k_fit(overrides, train, val, params, task):
     params = dict(params)
     epochs, ft_epochs = params.pop("epochs", None), params.pop("ft_epochs", None)
-    net, cfg, info = fit_run([*overrides, *(f"{k}={v}" for k, v in params.items()),
-                              *CONTENDER_EXTRA], train, val,
+    net, cfg, info = fit_run(_overrides(overrides, params), train, val,
                              (task.rating_min, task.rating_max), task.seed, epochs)
     if cfg.data.orientation != "item":
         raise ConfigError(f"{' '.join(overrides)}: the global kernel convolves the movies x "
@@ -195,9 +198,7 @@ def ranker(overrides: list[str]) -> Callable:
 def _ranker_fit(overrides, train, val, params, task):
     params = dict(params)
     epochs = params.pop("epochs", None)
-    score, info = fit_ranker([*overrides, *CONTENDER_EXTRA,
-                              *(f"{k}={v}" for k, v in params.items())], train, val,
-                             task.seed, epochs)
+    score, info = fit_ranker(_overrides(overrides, params), train, val, task.seed, epochs)
     return _Fitted(score, info)
 
 
