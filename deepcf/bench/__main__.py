@@ -305,8 +305,8 @@ def header(cmd: str, info: dict) -> list[str]:
         "",
         "Written by `make bench` (`" + cmd.strip() + "`); every figure below is from that run.",
         "Whole runs of the recommended models at the Movies Dataset's scale (26M ratings, train to "
-        "early stopping, export, evaluate, recommend) go to `BENCHMARKS-full.md`, which `make "
-        "bench-full` writes (not in the repository until it has been run).",
+        "early stopping, export, evaluate, recommend) are in [BENCHMARKS-full.md]"
+        "(BENCHMARKS-full.md), which `make bench-full` writes.",
         "",
         f"- date: {info['date']}",
         f"- machine: {info['cores']} cores, {info['cpu']}; torch {info['torch']}, "
