@@ -409,6 +409,7 @@ def test_accuracy_md_has_every_row_anchor_and_target(tiny_report):
             assert 0 <= m["ndcg@10"] <= 1 and 0 < m["coverage@10"] <= 1
 
 
+@pytest.mark.slow  # the whole command on the tiny set (about 45 s)
 def test_accuracy_command_writes_the_file(tmp_path, cache_dir, monkeypatch):
     out = tmp_path / "ACCURACY.md"
     monkeypatch.setattr(sel, "ROWS", light_rows())

@@ -32,6 +32,7 @@ def _rows():
             else r for r in SCALE_ROWS]
 
 
+@pytest.mark.slow  # every at-scale row in a spawned child of its own (about a minute)
 def test_rows_in_children_give_the_in_process_figures(small):
     report = run_scale(small, _rows(), eval_users=100, log=lambda s: None)
     assert [r["row"].name for r in report["results"]] == [r.name for r in SCALE_ROWS]
