@@ -71,7 +71,8 @@ def test_a_failing_row_is_reported_not_raised():
 
 
 def test_the_scale_section_is_spliced_into_accuracy_md(tmp_path, cache_dir, monkeypatch):
-    # the splicing, on a baseline row of each protocol (every row is the first test's)
+    # the splicing, on a baseline row of each protocol (every row in its child: the slow test
+    # above)
     from deepcf.study import accuracy
 
     monkeypatch.setattr(accuracy, "SCALE_ROWS", [r for r in SCALE_ROWS

@@ -163,6 +163,10 @@ def run_row(row: WholeRun, csv: str, work: Path, threads: int, env: dict) -> dic
     return out
 
 
+def _ndcg(x) -> str:
+    return "n/a" if x is None else f"NDCG@10 {x}"
+
+
 def _gb(x) -> str:
     return f"{x:.2f}"
 
@@ -195,7 +199,7 @@ def render(results: list[dict], meta: dict) -> str:
                  f" min), {_gb(max(x['peak_rss_gb'] for x in ok))} GB")
         lines.append(f"| {r['row']} | {t.get('epochs')} | {t.get('epoch_s', float('nan')):.1f} "
                      f"| {cells[0]} | {cells[1]} | {cells[2]} | {whole} | "
-                     f"{t.get('test_rmse') or ('NDCG@10 ' + str(t.get('test_ndcg')))} |")
+                     f"{t.get('test_rmse') or _ndcg(t.get('test_ndcg'))} |")
     lines += ["", "Commands (each row):", ""]
     for r in results:
         lines.append(f"- {r['row']}:")

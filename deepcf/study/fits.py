@@ -113,13 +113,13 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-# The train-config fit functions are partials of module functions, not closures: they pickle,
-# so `accuracy --scale` can send a row to the spawned process that fits it.
 def _overrides(overrides: list[str], params: dict) -> list[str]:
     """A train-config fit's deepcf.train overrides: the row's, its params, CONTENDER_EXTRA."""
     return [*overrides, *(f"{k}={v}" for k, v in params.items()), *CONTENDER_EXTRA]
 
 
+# The train-config fit functions are partials of module functions, not closures: they pickle,
+# so `accuracy --scale` can send a row to the spawned process that fits it.
 def contender(overrides: list[str]) -> Callable:
     """The fit function of the train config `overrides` (see deepcf.study.contenders)."""
     return partial(_contender_fit, list(overrides))
