@@ -44,9 +44,10 @@ def popularity_weights(item_count: np.ndarray, beta: float) -> np.ndarray:
     return np.maximum(np.asarray(item_count, np.float64), 1.0) ** -float(beta)
 
 
-def binary_gram(X: sp.spmatrix) -> np.ndarray:
-    """G = X^T X of the binarised X (every stored entry an interaction), dense float64."""
-    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+def binary_gram(X: sp.spmatrix, dtype=np.float64) -> np.ndarray:
+    """G = X^T X of the binarised X (every stored entry an interaction), dense, in `dtype`
+    (float32 holds the counts exactly below 2^24 rows)."""
+    X = sp.csr_matrix(X, dtype=dtype, copy=True)
     X.eliminate_zeros()
     X.data[:] = 1.0
     return (X.T @ X).toarray()

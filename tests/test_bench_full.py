@@ -57,7 +57,7 @@ def test_a_ranking_rows_test_ndcg_is_the_tests_not_the_best_vals():
             "csv": "x.csv", "csv_mb": 1.0}
     page = render(res, meta)
     assert "NDCG@10 0.2868" in page
-    assert "| ranking | users | 10 | n/a (no item codes) | 10 |" in page
+    assert "| ranking | users | 10 | n/a (no cache: the graph) | 10 |" in page
 
 
 def test_timed_reads_the_childs_peak_rss(tmp_path):
@@ -69,3 +69,35 @@ def test_a_missing_csv_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "deepcf.bench.full", "--csv",
                         str(tmp_path / "none.csv")], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such file" in p.stderr
+
+
+def test_the_edlae_row_is_the_at_scale_tables_setting(make_cfg):
+    """bench-full's EDLAE run trains what ACCURACY.md's at-scale EDLAE row fits."""
+    from deepcf.bench.full import EDLAE_AT_SCALE
+    from deepcf.study.rows import EDLAE_SCALE
+
+    net = make_cfg("experiment=edlae", *EDLAE_AT_SCALE).model.net
+    assert {k: net[k] for k in EDLAE_SCALE} == EDLAE_SCALE
+
+
+def test_a_run_with_only_keeps_the_other_rows_with_their_own_command():
+    from deepcf.bench.full import carry
+
+    step = {"wall_s": 60.0, "peak_rss_gb": 1.5, "rc": 0, "cpu_s": 100.0, "cmd": "-m x"}
+    meta = {"command": "new cmd", "date": "d2", "machine": "m", "load_before": "1",
+            "load_after": "1", "csv": "x.csv", "csv_mb": 1.0}
+    old_meta = {**meta, "command": "old cmd", "date": "d1"}
+
+    def result(name, m):
+        return {"row": name, "steps": {"train": {**step, "epochs": 1, "epoch_s": 5.0},
+                                       "evaluate": step, "recommend": step},
+                "scoring": {}, "meta": m}
+
+    old = [result(WHOLE_RUNS[2].name, old_meta), result(WHOLE_RUNS[1].name, old_meta),
+           result("a row no longer run", old_meta)]
+    out = carry([result(WHOLE_RUNS[1].name, meta)], old)
+    assert [r["row"] for r in out] == [WHOLE_RUNS[1].name, WHOLE_RUNS[2].name]
+    assert out[0]["meta"]["command"] == "new cmd" and out[1]["meta"]["command"] == "old cmd"
+    page = render(out, meta)
+    assert "`old cmd` on d1" in page and "`new cmd` on d2" in page
+    assert page.index(WHOLE_RUNS[2].name, page.index("`old cmd`")) < page.index("## Whole")

@@ -324,3 +324,94 @@ def test_emphasis_auto_and_the_ease_floor_are_the_carve_choice_by_brute_force():
     for bad in ({"emphasis": "maybe"}, {"coverage_floor": "popularity"}):
         with pytest.raises(ConfigError, match="model.net."):
             EDLAE.build(train.shape[1], **bad)
+
+
+# -- a pruned catalogue (model.net.max_items) -------------------------------------------------
+
+def _popular(X: sp.csr_matrix, k: int) -> np.ndarray:
+    """Brute force: the k columns with the most entries, ties to the lower index, ascending."""
+    counts = np.asarray((X != 0).sum(0)).ravel()
+    order = sorted(range(X.shape[1]), key=lambda j: (-counts[j], j))
+    return np.sort(order[:k])
+
+
+@pytest.mark.parametrize("emphasis", [True, False])
+def test_a_pruned_catalogue_is_the_closed_form_on_the_most_popular_movies(emphasis):
+    X = sp.csr_matrix(tiny_binary(3, n_users=80, n_movies=30, density=0.25) * 3.0)
+    net = EDLAE.build(30, dropout=0.5, lam=2.0, pop_beta=0.3, emphasis=emphasis, max_items=12)
+    net.fit_data(X)
+    net.fit_closed_form(X)
+    items = _popular(X, 12)
+    np.testing.assert_array_equal(net.items.numpy(), items)
+    G = binary_gram(X[:, items])
+    B = edlae_weights(G, 0.5, 2.0, emphasis)
+    want = ((X[:, items].toarray() != 0) @ B) * popularity_weights(np.diag(G), 0.3)
+    x = torch.from_numpy(X.toarray().astype(np.float32))
+    out = net(x).numpy()
+    np.testing.assert_allclose(out[:, items], want, atol=1e-5)
+    others = np.setdiff1d(np.arange(30), items)
+    assert (out[:, others] == np.finfo(np.float32).min).all()  # never above a modelled movie
+    # the sparse rows' scores (validation, the carve, the study) are the forward's
+    from deepcf.training.objectives.closed_form import sparse_rows_scores
+
+    np.testing.assert_allclose(sparse_rows_scores(net, X), out, atol=1e-5)
+    # rebuilt from its checkpoint: the modelled movies are part of the state
+    state = {"hyper_parameters": {"net": net.spec()},
+             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}
+    torch.testing.assert_close(net_from_checkpoint(state)(x), net(x))
+
+
+def test_the_float32_solve_is_the_float64_one():
+    from deepcf.models.edlae import edlae_weights_f32
+
+    G = binary_gram(sp.csr_matrix(tiny_binary(4, n_users=200, n_movies=40, density=0.3)))
+    for p, lam, emphasis in [(0.0, 5.0, True), (0.7, 1.0, True), (0.5, 3.0, False)]:
+        want = edlae_weights(G, p, lam, emphasis)
+        got = edlae_weights_f32(G.astype(np.float32), p, lam, emphasis)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_ease_baseline_at_a_dropout_is_the_net():
+    from deepcf.study.baselines import fit_ease_f32
+
+    X = sp.csr_matrix(tiny_binary(5, n_users=90, n_movies=25, density=0.3))
+    items, B = fit_ease_f32(X, 4.0, np.arange(0, 25, 2), dropout=0.6)
+    want = edlae_weights(binary_gram(X[:, items]), 0.6, 4.0)
+    np.testing.assert_allclose(B, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "ten", True])
+def test_a_bad_max_items_is_one_line(value):
+    with pytest.raises(ConfigError, match="model.net.max_items"):
+        EDLAE.build(10, dropout=0.5, lam=1.0, max_items=value)
+
+
+def test_a_pruned_run_serves_from_its_cached_weights(make_cfg, tmp_path):
+    """deepcf.train with max_items: the export caches B in the sidecar (checked against
+    onnxruntime), evaluate and recommend score sparse rows from it, and the picks are the
+    ONNX graph's own, never a movie outside the modelled ones."""
+    from deepcf.serving.codes import ItemItem
+    from deepcf.serving.evaluate import evaluate_run
+    from deepcf.serving.recommend import load_ratings, recommend
+    from deepcf.serving.scoring import densify, top_k_unseen
+    from deepcf.training.train import train
+
+    run = tmp_path / "run"
+    m = train(make_cfg("experiment=edlae", "data=synthetic", "model.net.max_items=40",
+                       "model.net.lam=50", "model.net.lam_unit=absolute",
+                       "model.net.dropout=0.5", "model.net.emphasis=true",
+                       "model.net.pop_beta=0.1", "logger=none", output_dir=run))
+    assert m["onnx"]
+    scorer, card, data = load_ratings(run)
+    assert isinstance(card.codes, ItemItem) and len(card.codes.items) == 40
+    users = data.user_ids[:25]
+    rows = data.rows_of(users)
+    recs = list(recommend(scorer, card, data, users, n=5))
+    got = [[card.item_ids.tolist().index(r["movie_id"]) for r in recs if r["user_id"] == u]
+           for u in users]
+    dense = scorer(densify(data.X, rows))  # the ONNX graph on dense rows
+    top, _ = top_k_unseen(dense, data.X[rows], 5)
+    assert got == top.tolist()
+    assert set(np.ravel(got)) <= set(card.codes.items.tolist())
+    r = evaluate_run(run, ks=(10,), protocol="topn")
+    assert 0.0 < r["topn"]["ndcg@10"] <= 1.0

@@ -15,7 +15,10 @@ figure `/usr/bin/time -v` prints) are measured here. Then, on the run's model:
   (batch, n_users) rows of movies and reads the full-width output at the observed ratings; an
   epoch of it is its timed batches scaled to the epoch's batches.
 
-A new model is one `WholeRun` in `WHOLE_RUNS`.
+A new model is one `WholeRun` in `WHOLE_RUNS`. Every row's results, with the command and date
+that measured them, are kept in BENCHMARKS-full.json beside the page: a run with `--only`
+measures the rows it names and keeps the others' recorded results, each labelled with its own
+command.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class WholeRun:
     recommend: tuple[str, ...] = ("--user", "1", "-n", "10")
 
 
+# EDLAE at The Movies Dataset's scale (docs/full-scale.md): the settings chosen on a carve of
+# the at-scale top-N split's training part (deepcf.study.rows)
+EDLAE_AT_SCALE = ("model.net.max_items=10000", "model.net.dropout=0.85", "model.net.lam=500",
+                  "model.net.lam_unit=absolute", "model.net.emphasis=true",
+                  "model.net.pop_beta=0", "data.batch_size=32768", "data.eval_batch_size=2048")
+
 WHOLE_RUNS: list[WholeRun] = [
     WholeRun("rating: I-AutoRec + residual target", ("experiment=i_autorec_target",),
              dense=("model.objective.train_path=dense", "data.batch_size=256"),
@@ -60,6 +69,10 @@ WHOLE_RUNS: list[WholeRun] = [
                                "+trainer.limit_val_batches=8", "trainer.max_epochs=1"),
              evaluate=("--protocol", "topn"), recommend=("--all", "-n", "10"),
              note="rank 1024 on user rows, Adam, batches of 4,096 users, one epoch"),
+    WholeRun("ranking: EDLAE on the 10,000 most popular movies",
+             ("experiment=edlae", *EDLAE_AT_SCALE),
+             evaluate=("--protocol", "topn"), recommend=("--all", "-n", "10"),
+             note="closed form in float32 on user rows, batches of 32,768 users"),
 ]
 
 EPOCH = re.compile(r"^epoch (\d+)(?:/\d+)?\s.*\(([\d.]+) s\)\s*$", re.M)
@@ -91,11 +104,13 @@ def _train_facts(text: str) -> dict:
 
 
 def scoring(run: Path, threads: int, cache_dir: str, chunk: int = 32, chunks: int = 3) -> dict:
-    """users/s of onnxruntime's dense graph and, for a model on movie rows, of the cached item
-    codes. Movie rows: one pass of every movie row scores every user, so users/s = users / the
-    pass' time, timed on `chunks` chunks of `chunk` movie rows. User rows: a user per row, timed
-    on `chunks` chunks of 8 x `chunk` users."""
+    """users/s of onnxruntime's dense graph and of the model's serving cache (a model on movie
+    rows: its cached item codes; a user-row linear model: its cached item-item weights, on
+    8,192 users' rows). Movie rows: one pass of every movie row scores every user, so users/s =
+    users / the pass' time, timed on `chunks` chunks of `chunk` movie rows. User rows: a user
+    per row, timed on `chunks` chunks of 8 x `chunk` users."""
     # start-up: the bench's own process imports serving only for this measurement
+    from deepcf.serving.codes import ItemItem
     from deepcf.serving.runs import load_model, run_datamodule
     from deepcf.serving.scoring import densify
 
@@ -114,7 +129,13 @@ def scoring(run: Path, threads: int, cache_dir: str, chunk: int = 32, chunks: in
     rows_per_s = chunks * size / (time.perf_counter() - t)
     out["onnx_users_per_s"] = n_users * rows_per_s / n_rows if by_movie else rows_per_s
     codes = card.codes
-    if codes is not None:
+    if isinstance(codes, ItemItem):  # a user-row linear model: its users' sparse rows
+        users = np.arange(min(8192, n_rows))
+        codes.scores(X[users[:256]])
+        t = time.perf_counter()
+        codes.scores(X[users])
+        out["codes_users_per_s"] = len(users) / (time.perf_counter() - t)
+    elif codes is not None:
         users = np.arange(min(2048, codes.n_users))
         W, b = codes.user_rows(sp.csr_matrix((n_users, n_rows)), users, users)  # all known
         codes.scores(W[:64], b[:64])
@@ -171,11 +192,25 @@ def _gb(x) -> str:
     return f"{x:.2f}"
 
 
+def _written_by(meta: dict) -> str:
+    return (f"`{meta['command']}` on {meta['date']} ({meta['machine']}; load average "
+            f"{meta['load_before']} before, {meta['load_after']} after: other processes share "
+            f"the cores)")
+
+
 def render(results: list[dict], meta: dict) -> str:
+    """The page; a result with a "meta" of its own (a row kept from an earlier run, `carry`)
+    names the command and date that measured it."""
+    runs: dict[str, list[str]] = {}
+    for r in results:
+        runs.setdefault(_written_by(r.get("meta", meta)), []).append(r["row"])
+    if len(runs) == 1:
+        written = f"Written by {next(iter(runs))}."
+    else:
+        written = "Rows measured by " + "; ".join(
+            f"{who}: {', '.join(rows)}" for who, rows in runs.items()) + "."
     lines = ["# deepcf benchmarks: whole runs at the Movies Dataset's scale", "",
-             f"Written by `{meta['command']}` on {meta['date']} ({meta['machine']}; load average "
-             f"{meta['load_before']} before, {meta['load_after']} after: other processes share "
-             f"the cores). Linked from [BENCHMARKS.md](BENCHMARKS.md); the commands are "
+             f"{written} Linked from [BENCHMARKS.md](BENCHMARKS.md); the commands are "
              f"[docs/full-scale.md](docs/full-scale.md)'s.", "",
              "## Whole runs at movies_full", "",
              f"Data: `{meta['csv']}` ({meta['csv_mb']:.0f} MB; the synthetic `movies_full` "
@@ -205,9 +240,9 @@ def render(results: list[dict], meta: dict) -> str:
         lines.append(f"- {r['row']}:")
         for k, x in r["steps"].items():
             lines.append(f"  - {k}: `python {x['cmd']}` (CPU {x['cpu_s']:.0f} s)")
-    lines += ["", "### Scoring throughput (onnxruntime and the cached item codes)", "",
-              "| model | rows | onnxruntime, the dense graph: users/s | cached item codes (what "
-              "evaluate / recommend use for movie rows): users/s | recommend --all: users/s "
+    lines += ["", "### Scoring throughput (onnxruntime and the serving caches)", "",
+              "| model | rows | onnxruntime, the dense graph: users/s | the sidecar's cache "
+              "(what evaluate / recommend use): users/s | recommend --all: users/s "
               "(the whole command) |", "|---|---|---|---|---|"]
     for r in results:
         sc = r.get("scoring", {})
@@ -215,14 +250,16 @@ def render(results: list[dict], meta: dict) -> str:
         whole = (f"{sc['n_users'] / rec['wall_s']:,.0f}" if rec and rec["rc"] == 0 and "n_users"
                  in sc and "--all" in rec["cmd"] else "")
         codes = (f"{sc['codes_users_per_s']:,.0f}" if "codes_users_per_s" in sc else
-                 "n/a (no item codes)")
+                 "n/a (no cache: the graph)")
         lines.append(f"| {r['row']} | {sc.get('rows', '')} | "
                      f"{sc.get('onnx_users_per_s', float('nan')):,.0f} | "
                      f"{codes} | {whole} |")
     lines += ["", "onnxruntime on movie rows: one pass of every movie row through the graph "
               "scores every user at once, so users/s = users / (the pass' seconds), the pass "
-              "timed on 3 chunks of 32 movie rows; on user rows, 3 chunks of 256 users. Codes: "
-              "2,048 model users' scores over every movie, `codes @ W_u + b_u + base`. "
+              "timed on 3 chunks of 32 movie rows; on user rows, 3 chunks of 256 users. Caches: "
+              "movie rows' item codes, 2,048 model users' scores over every movie, `codes @ W_u "
+              "+ b_u + base`; a linear model's item-item weights, 8,192 users' sparse rows "
+              "against B. "
               "recommend --all: every user's top 10 written to a CSV, the process' wall time "
               "(start-up and loading included).", ""]
     if not any(r.get("dense") for r in results):
@@ -282,8 +319,22 @@ def main(argv: list[str] | None = None) -> None:
         (work / "results.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(results[-1]), flush=True)
     meta["load_after"] = f"{os.getloadavg()[0]:.1f}"
+    for r in results:
+        r["meta"] = meta
+    record = args.out.with_suffix(".json")
+    results = carry(results, json.loads(record.read_text()) if record.exists() else [])
+    record.write_text(json.dumps(results, indent=1) + "\n")
     args.out.write_text(render(results, meta))
-    print(f"wrote {args.out} (work dir {work})")
+    print(f"wrote {args.out} and {record} (work dir {work})")
+
+
+def carry(new: list[dict], old: list[dict]) -> list[dict]:
+    """This run's results, plus the recorded ones of the WHOLE_RUNS rows it did not run (each
+    with the meta of the run that measured it), in WHOLE_RUNS order; rows no longer in
+    WHOLE_RUNS are dropped."""
+    by_row = {r["row"]: r for r in old if "meta" in r}
+    by_row.update({r["row"]: r for r in new})
+    return [by_row[w.name] for w in WHOLE_RUNS if w.name in by_row]
 
 
 if __name__ == "__main__":

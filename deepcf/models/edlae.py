@@ -25,6 +25,16 @@ The scores are ranking scores, not ratings: their held-out RMSE means nothing; r
 number of interactions per movie), so that one setting carries to catalogues and data sets of
 other sizes, whose Gram matrices have other scales (dropout's p/(1-p) diag(G) scales already).
 
+`max_items`: model only the `max_items` movies with the most training interactions (0: all),
+chosen from the training rows before the fit (`fit_data`); B is then max_items x max_items
+and the other movies score the lowest float (never recommended before a modelled one). Above
+F32_ABOVE modelled movies the solve runs in float32 with an in-place Cholesky inverse
+(`edlae_weights_f32`: one movies x movies matrix held), which is what lets the closed form run
+on a catalogue like The Movies Dataset's: 0.4 GB at 10,000 movies, where the whole 45,115 in
+float64 would be 16 GB a copy. Validation and the carve score sparse rows (`rank_rows`: the sum
+of B's rows at each user's interactions, never a dense users x movies product), and the export
+caches B for serving (deepcf.serving.codes.ItemItem).
+
 Chosen on the validation carve (`lam=auto`, `dropout=auto`, `emphasis=auto`, `pop_beta=auto`):
 `selection_stages` states the grids, deepcf.training.objectives.closed_form.select_options scores
 them. Stage 1: every (lam, dropout, emphasis) of the auto ones' grids (lam as multiples of mean
@@ -44,13 +54,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from deepcf.errors import ConfigError
 from deepcf.models.contract import RatingNet
-from deepcf.models.sparse_ops import Pattern
+from deepcf.models.sparse_ops import Pattern, entry_rows
 from deepcf.stats import binary_gram, popularity_weights
 
 AUTO = "auto"
+F32_ABOVE = 4096  # more modelled movies than this: the float32 in-place solve
 EASE_FLOOR = "ease"  # coverage_floor: the carve coverage@10 of EASE's choice
 LAM_UNITS = ("absolute", "mean_diag")
 # the carve's grids (lam: multiples of mean diag(G)); Steck 2020 tunes p in about 0.1..0.9
@@ -79,16 +91,25 @@ def check_edlae(dropout: float, lam: float) -> None:
         raise ConfigError(f"model.net.lam={lam} must be >= 0")
 
 
-def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = True
-                  ) -> np.ndarray:
-    """The (width x width) weights B of EDLAE (`emphasis`, zero diagonal) or DLAE from the Gram
-    matrix G of the binary inputs; see the module docstring."""
+def _penalty(G: np.ndarray, dropout: float, lam: float) -> np.ndarray:
+    """Lambda's diagonal, p / (1 - p) diag(G) + lam (float64)."""
     check_edlae(dropout, lam)
-    G = np.asarray(G, dtype=np.float64)
-    reg = dropout / (1.0 - dropout) * np.diag(G) + lam
+    reg = dropout / (1.0 - dropout) * np.diag(G).astype(np.float64) + lam
     if not (reg > 0).all():
         raise ConfigError(f"model.net.lam={lam}, model.net.dropout={dropout}: a movie with no "
                           f"interaction gets no penalty; use lam > 0")
+    return reg
+
+
+def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = True
+                  ) -> np.ndarray:
+    """The (width x width) weights B of EDLAE (`emphasis`, zero diagonal) or DLAE from the Gram
+    matrix G of the binary inputs; see the module docstring. Float64 up to F32_ABOVE movies,
+    above that `edlae_weights_f32` on a float32 copy of G."""
+    if G.shape[0] > F32_ABOVE:
+        return edlae_weights_f32(np.array(G, dtype=np.float32), dropout, lam, emphasis)
+    G = np.asarray(G, dtype=np.float64)
+    reg = _penalty(G, dropout, lam)
     A = G.copy()
     A[np.diag_indices_from(A)] += reg
     if not emphasis:  # (G + Lambda)^-1 G = I - (G + Lambda)^-1 Lambda
@@ -97,6 +118,51 @@ def edlae_weights(G: np.ndarray, dropout: float, lam: float, emphasis: bool = Tr
     B = -P / np.diag(P)[None, :]
     B[np.diag_indices_from(B)] = 0.0
     return B
+
+
+def edlae_weights_f32(G: np.ndarray, dropout: float, lam: float, emphasis: bool = True
+                      ) -> np.ndarray:
+    """`edlae_weights` in float32 and in place: G (float32, C order) is overwritten by the
+    Cholesky factor, then by P = (G + Lambda)^-1, then by B, which is returned. One movies x
+    movies matrix is held (LAPACK spotrf / spotri on the lower triangle), so 10,000 movies take
+    0.4 GB. The binary Gram's entries are counts, exact in float32 below 2^24 users."""
+    # start-up: scipy.linalg's LAPACK wrappers are only needed by this solve
+    from scipy.linalg import lapack
+
+    reg = _penalty(G, dropout, lam)
+    G[np.diag_indices_from(G)] += reg.astype(np.float32)
+    c, info = lapack.spotrf(G, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        raise ConfigError(f"EDLAE: the Cholesky factorisation of G + Lambda failed (LAPACK "
+                          f"info {info}); raise model.net.lam")
+    P, info = lapack.spotri(c, lower=1, overwrite_c=1)
+    if info != 0:
+        raise ConfigError(f"EDLAE: the inverse of G + Lambda failed (LAPACK info {info})")
+    del c, G
+    n, b = P.shape[0], 2048  # spotri leaves the lower triangle: mirror it, block by block
+    for s0 in range(0, n, b):
+        e = min(s0 + b, n)
+        low = np.tril(P[s0:e, s0:e])
+        P[s0:e, s0:e] = low + np.tril(low, -1).T
+        P[s0:e, e:] = P[e:, s0:e].T
+    if not emphasis:  # DLAE: (G + Lambda)^-1 G = I - P Lambda
+        P *= -reg.astype(np.float32)[None, :]
+        P[np.diag_indices_from(P)] += 1.0
+        return P
+    d = np.diag(P).copy()
+    P /= -d[None, :]
+    P[np.diag_indices_from(P)] = 0.0
+    return P
+
+
+def top_items(train_rows, k: int) -> np.ndarray:
+    """The k columns of a rows x movies CSR with the most stored entries (ties: the lower
+    index), ascending; all of them when k is 0 or at least the width."""
+    X = sp.csr_matrix(train_rows)
+    counts = np.bincount(X.indices[X.data != 0], minlength=X.shape[1])
+    if not 0 < k < X.shape[1]:
+        return np.arange(X.shape[1])
+    return np.sort(np.argsort(-counts, kind="stable")[:k])
 
 
 @dataclass
@@ -113,6 +179,8 @@ class EDLAEConfig:
     lam_grid: list[float] = field(default_factory=lambda: list(LAM_GRID))
     dropout_grid: list[float] = field(default_factory=lambda: list(DROPOUT_GRID))
     pop_beta_grid: list[float] = field(default_factory=lambda: list(POP_BETA_GRID))
+    # model only the max_items movies with the most training interactions (0: every movie)
+    max_items: int = 0
 
 
 class EDLAE(RatingNet):
@@ -145,8 +213,16 @@ class EDLAE(RatingNet):
                 raise ConfigError(f"model.net.{name}=[]: give at least one value")
             for v in values:
                 check_option(name, v, lo, hi)
-        self.register_buffer("weight", torch.zeros(self.width, self.width))
-        self.register_buffer("col_scale", torch.ones(self.width))
+        if isinstance(config.max_items, bool) or not isinstance(config.max_items, int) \
+                or config.max_items < 0:
+            raise ConfigError(f"model.net.max_items={config.max_items!r} must be a whole number "
+                              f">= 0 (0: every movie)")
+        k = config.max_items if 0 < config.max_items < self.width else self.width
+        self.pruned = k < self.width
+        # the modelled movies (ascending columns; set from the training rows by fit_data)
+        self.register_buffer("items", torch.arange(k))
+        self.register_buffer("weight", torch.zeros(k, k))
+        self.register_buffer("col_scale", torch.ones(k))
         self._chosen: dict = {}  # the options set_options fixed (chosen on the carve)
         self._solved: tuple | None = None  # what the weights were solved for (pop_beta
         # alone changes nothing of B: the carve's pop_beta stage solves once)
@@ -200,14 +276,27 @@ class EDLAE(RatingNet):
         takes them as given (deepcf.training.train.refit)."""
         return dict(self._chosen)
 
+    @property
+    def needs_train_rows(self) -> bool:
+        return self.pruned  # which movies to model
+
+    def fit_data(self, train_rows) -> None:
+        """The modelled movies: the max_items with the most training interactions."""
+        if self.pruned:
+            self.items.copy_(torch.from_numpy(top_items(train_rows, len(self.items))))
+
     def closed_form_stats(self, rows: Pattern, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch's binary Gram matrix X_b^T X_b (float64; they add up to X^T X)."""
+        """The batch's binary Gram matrix X_b^T X_b over the modelled movies (they add up to
+        X^T X): float64, or float32 (exact counts, half the memory) above F32_ABOVE movies."""
         if rows.width != self.width:
             raise ConfigError(f"EDLAE of width {self.width} fitted on rows of width "
                               f"{rows.width}")
         X = sp.csr_matrix((values.detach().cpu().numpy(), rows.idx.cpu().numpy(),
                            rows.crow.cpu().numpy()), shape=(rows.n_rows, self.width))
-        return {"gram": torch.from_numpy(binary_gram(X)).to(values.device)}
+        if self.pruned:
+            X = X[:, self.items.cpu().numpy()]
+        dtype = np.float32 if len(self.items) > F32_ABOVE else np.float64
+        return {"gram": torch.from_numpy(binary_gram(X, dtype)).to(values.device)}
 
     def absolute_lam(self, G: np.ndarray) -> float:
         """lam in the units of G (lam_unit=mean_diag: times the mean of diag(G))."""
@@ -221,15 +310,52 @@ class EDLAE(RatingNet):
             raise ConfigError("model.net.lam/dropout=auto: EDLAE chooses them on the validation "
                               "carve, which this fit has not been given (objective=closed_form "
                               "does it in deepcf.train); give numbers")
-        G = stats["gram"].detach().cpu().double().numpy()
+        G = stats["gram"].detach().cpu().numpy()
         key = (float(c.dropout), self.absolute_lam(G), bool(c.emphasis), G.shape, float(G.sum()),
                float(np.trace(G)))
         if self._solved != key:  # else the weights are those of this G and setting already
             B = edlae_weights(G, float(c.dropout), self.absolute_lam(G), bool(c.emphasis))
             self.weight.copy_(torch.from_numpy(B))
+            del B
             self._solved = key
         beta = 0.0 if c.pop_beta == AUTO else float(c.pop_beta)  # auto: off until chosen
         self.col_scale.copy_(torch.from_numpy(popularity_weights(np.diag(G), beta)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x != 0).to(self.weight.dtype) @ self.weight) * self.col_scale
+        if not self.pruned:
+            return ((x != 0).to(self.weight.dtype) @ self.weight) * self.col_scale
+        s = ((x.index_select(1, self.items) != 0).to(self.weight.dtype) @ self.weight) \
+            * self.col_scale
+        return self._widen(s)
+
+    def _widen(self, s: torch.Tensor) -> torch.Tensor:
+        """(rows, modelled movies) scores -> (rows, width): the others the lowest float."""
+        out = s.new_full((s.shape[0], self.width), torch.finfo(s.dtype).min)
+        return out.index_copy(1, self.items, s)
+
+    def rank_rows(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """forward's scores from flat rows: the sum of B's rows at each row's interactions with
+        the modelled movies (an embedding bag), no dense rows x width product."""
+        keep = val != 0
+        pos = self.positions()[idx]
+        keep &= pos >= 0
+        rows = entry_rows(off, len(idx))[keep]
+        counts = torch.zeros(len(off), dtype=torch.long, device=idx.device).index_add_(
+            0, rows, torch.ones_like(rows))
+        offsets = torch.cumsum(counts, 0) - counts
+        s = F.embedding_bag(pos[keep], self.weight, offsets, mode="sum") * self.col_scale
+        return self._widen(s) if self.pruned else s
+
+    def positions(self) -> torch.Tensor:
+        """Each column's row of B (-1: a movie not modelled)."""
+        pos = torch.full((self.width,), -1, dtype=torch.long, device=self.items.device)
+        pos[self.items] = torch.arange(len(self.items), device=self.items.device)
+        return pos
+
+    def item_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(modelled movies, B, column scale) as float32 / int64 arrays: the scores are
+        (x[:, movies] != 0) @ B * scale, what the export caches for serving
+        (deepcf.serving.codes.ItemItem)."""
+        return (self.items.cpu().numpy().astype(np.int64),
+                np.ascontiguousarray(self.weight.cpu().float().numpy()),
+                self.col_scale.cpu().float().numpy())

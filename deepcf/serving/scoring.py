@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from deepcf.data.orientation import rows_are_items
 from deepcf.errors import DeepCFError
+from deepcf.serving.codes import ItemCodes, ItemItem
 
 # the names of the ONNX graph's input (dense rating rows) and output (predictions)
 INPUT, OUTPUT = "ratings", "predictions"
@@ -87,7 +88,9 @@ class UserScores:
     deepcf.serving.codes) a user's scores are their output row against every movie's code: a
     model user's own row, a new user's folded in from their ratings in X. `model_users`: the
     model's index of each row of X, -1 for a user it never saw (default: row i < the model's
-    users is model user i, the row order of deepcf.serving.runs.Ratings). Without codes (a
+    users is model user i, the row order of deepcf.serving.runs.Ratings). A user-row model's
+    cached item-item weights (`codes` an ItemItem) score the users' sparse rows, no dense row
+    through the graph. Without codes (a
     sidecar exported before them) a user's scores are one column of the output over all movie
     rows, so each call runs every movie through the model once, and only model users can be
     scored.
@@ -98,15 +101,17 @@ class UserScores:
         self.scorer, self.X, self.orientation, self.chunk = scorer, X, orientation, chunk
         self.n_movies = X.shape[1]
         items = rows_are_items(orientation)
-        self.codes = codes if items else None
+        self.codes = codes if isinstance(codes, ItemItem) != items else None
         self.XT = X.T.tocsr() if items and codes is None else None
-        if self.codes is not None and model_users is None:
+        if isinstance(self.codes, ItemCodes) and model_users is None:
             rows = np.arange(X.shape[0])
             model_users = np.where(rows < self.codes.n_users, rows, -1)
         self.model_users = model_users
 
     def block(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_movies) float32 predictions, unclipped."""
+        if isinstance(self.codes, ItemItem):
+            return self.codes.scores(self.X[users])
         if self.codes is not None:
             users = np.asarray(users)
             return self.codes.scores(*self.codes.user_rows(self.X, users,

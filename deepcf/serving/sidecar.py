@@ -23,12 +23,14 @@ import numpy as np
 from deepcf.data.orientation import input_width
 from deepcf.errors import DeepCFError
 from deepcf.files import atomic_open, sha256
-from deepcf.serving.codes import ItemCodes
+from deepcf.serving.codes import ItemCodes, ItemItem
 
 SIDECAR_SUFFIX = ".deepcf.npz"
 SIDECAR_VERSION = 1
 # an item-row model's cached codes, stored as codes_<field> (optional: other models have none)
 CODE_KEYS = ("items", "item_base", "user_weights", "user_bias", "ridge", "user_bias_reg")
+# a user-row linear model's cached weights (ItemItem), stored as linear_<field>
+LINEAR_KEYS = ("items", "weight", "scale")
 
 
 @dataclass
@@ -45,8 +47,9 @@ class ModelCard:
     item_train_count: np.ndarray  # training ratings per movie (popularity)
     score_kind: str = "rating"  # "rating", or "<Net> score" for a ranking model (not a rating)
     implicit: str = ""  # the data.implicit the model was trained on ("": ratings as they are)
-    # an item-row model's cached movie codes and output layer (deepcf.serving.codes), or None
-    codes: ItemCodes | None = None
+    # an item-row model's cached movie codes and output layer, or a user-row linear model's
+    # cached item-item weights (deepcf.serving.codes), or None
+    codes: ItemCodes | ItemItem | None = None
 
     @property
     def rates(self) -> bool:
@@ -100,8 +103,10 @@ def write_sidecar(model_path: str | Path, card: ModelCard, fingerprint: str | No
     }
     if card.titles is not None:
         arrays["titles"] = np.asarray(card.titles, dtype=str)
-    if card.codes is not None:
+    if isinstance(card.codes, ItemCodes):
         arrays.update({f"codes_{k}": np.asarray(getattr(card.codes, k)) for k in CODE_KEYS})
+    elif isinstance(card.codes, ItemItem):
+        arrays.update({f"linear_{k}": np.asarray(getattr(card.codes, k)) for k in LINEAR_KEYS})
     with atomic_open(path, "wb") as f:  # a file object: np.savez would append .npz to a str
         np.savez(f, **arrays)
     return path
@@ -136,8 +141,18 @@ def _check_fingerprint(expected: str, model: Path, path: Path) -> None:
                           f"deepcf.export RUN_DIR`")
 
 
-def _read_codes(z, path: Path) -> ItemCodes | None:
-    """The cached codes of an item-row model, checked against the sidecar's ids."""
+def _read_codes(z, path: Path) -> ItemCodes | ItemItem | None:
+    """The cached codes of an item-row model, or the cached weights of a user-row linear one,
+    checked against the sidecar's ids."""
+    if "linear_items" in z:
+        n_movies = len(z["item_ids"])
+        items, weight, scale = (z[f"linear_{k}"] for k in LINEAR_KEYS)
+        k = len(items)
+        if (weight.shape != (k, k) or scale.shape != (k,) or k > n_movies
+                or (k and (items.min() < 0 or items.max() >= n_movies))):
+            raise ValueError(f"its cached item weights do not fit its {n_movies} movies")
+        return ItemItem(items=items.astype(np.int64), weight=weight, scale=scale,
+                        width=n_movies)
     if "codes_items" not in z:
         return None
     codes = ItemCodes(

@@ -28,14 +28,13 @@ from deepcf.errors import ConfigError
 from deepcf.models.edlae import EDLAE
 from deepcf.models.sparse_ops import Pattern
 from deepcf.serving.evaluate import topn_metrics
-from deepcf.serving.scoring import TorchScorer, densify
 from deepcf.stats import fit_biases, item_popularity, popularity_weights
 from deepcf.study import baselines as bl
 from deepcf.study.contenders import fit_contender, fit_ranker, fit_run, predict_rows
 from deepcf.study.glocal import fine_tune
 from deepcf.study.protocols import KS
 from deepcf.training.config import compose
-from deepcf.training.objectives.closed_form import select_options
+from deepcf.training.objectives.closed_form import select_options, sparse_rows_scores
 
 # appended to every contender's overrides, after its params (the tests shrink the nets and
 # epochs with it)
@@ -208,6 +207,8 @@ def edlae(train, val, params, task):
     `auto` are chosen on the carve `val` (deepcf.training.objectives.closed_form.select_options,
     as `deepcf.train` does); the info holds the chosen values, which the refit gets back."""
     net = EDLAE.build(train.shape[1], **params)
+    if net.needs_train_rows:  # max_items: which movies to model
+        net.fit_data(train)
     info = {}
     if net.selection_stages():
         X = train.tocsr()
@@ -217,8 +218,8 @@ def edlae(train, val, params, task):
                                    X, val)
         info = {**chosen, "lam_unit": net.config.lam_unit}
     net.fit_closed_form(train)
-    scorer = TorchScorer(net)
-    return _Fitted(lambda users: scorer(densify(train, users)), info)
+    X = sp.csr_matrix(train)
+    return _Fitted(lambda users: sparse_rows_scores(net, X[np.asarray(users)]), info)
 
 
 def shipped_model(experiment: str) -> dict:
@@ -290,7 +291,8 @@ def ease_top(train, val, params, task):
     pop = item_popularity(train)
     items = (np.sort(np.argsort(-pop, kind="stable")[:cap]) if 0 < cap < len(pop)
              else np.arange(len(pop)))
-    items, B = bl.fit_ease_f32(train, float(params["lam"]), items)
+    items, B = bl.fit_ease_f32(train, float(params["lam"]), items,
+                               float(params.get("dropout", 0.0)))
     X = sp.csr_matrix(train[:, items], dtype=np.float32, copy=True)
     X.data[:] = 1.0
 
