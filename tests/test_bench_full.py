@@ -101,3 +101,20 @@ def test_a_run_with_only_keeps_the_other_rows_with_their_own_command():
     page = render(out, meta)
     assert "`old cmd` on d1" in page and "`new cmd` on d2" in page
     assert page.index(WHOLE_RUNS[2].name, page.index("`old cmd`")) < page.index("## Whole")
+
+
+REFIT_OUT = """epoch 1/1  val/ndcg@10 0.1961  (137.7 s)
+[..][deepcf.data.datamodule][INFO] - data: x.csv, 3 users x 2 movies; ratings train 9 / val 0
+epoch 1/1  (45.3 s)
+deepcf: edlae on x.csv (3 users x 2 movies, rows=users), 1 epochs
+  no RMSE: a ranking model's outputs are scores, not ratings
+  test ndcg@10 0.2278  best val ndcg@10 0.1961 (each row's unseen movies ranked)
+  refit on all 9 training ratings (train + the carve) for the carve's 1 epochs: 46.7 s (the \
+carve's fit: 141.9 s); the carve's model: test ndcg@10 0.1958
+"""
+
+
+def test_a_refit_is_not_an_epoch_to_the_early_stop():
+    facts = _train_facts(REFIT_OUT)
+    assert facts["epochs"] == 1 and facts["epoch_s"] == 137.7 and facts["refit_s"] == 46.7
+    assert facts["test_ndcg"] == "0.2278"
