@@ -277,15 +277,18 @@ def test_a_moved_run_dir_resumes_where_it_is_now(make_cfg, tmp_path):
     assert not list((run / "checkpoints").glob(".moved-*"))
 
 
-def test_ddp_on_cpu_closed_form_sums_every_ranks_rows(tmp_path, cache_dir):
+@pytest.mark.parametrize("extra", [(), ("model.net.max_items=30",)])
+def test_ddp_on_cpu_closed_form_sums_every_ranks_rows(tmp_path, cache_dir, extra):
     """2-process DDP of the closed-form objective: each rank adds the Gram matrix of its own
     rows, the sum is reduced over the ranks before the solve, so the fitted weights are the
-    single-process closed form over every training row."""
+    single-process closed form over every training row; with a pruned catalogue every rank
+    models the same movies (the most popular of all the training rows)."""
     from deepcf.models.edlae import EDLAE
     from deepcf.serving.runs import load_net, run_datamodule
 
     p = _cli("experiment=edlae", "data=synthetic", "logger=none", "trainer=ddp_cpu",
-             "trainer.devices=2", "data.batch_size=16", cwd=tmp_path, cache_dir=cache_dir)
+             "trainer.devices=2", "data.batch_size=16", *extra, cwd=tmp_path,
+             cache_dir=cache_dir)
     rc, out, err = _done(p)
     assert rc == 0, err[-3000:]
     assert out.count("no RMSE") == 1 and "not exported" not in out
@@ -298,6 +301,9 @@ def test_ddp_on_cpu_closed_form_sums_every_ranks_rows(tmp_path, cache_dir):
     assert dm.train_rows.nnz == m["refit/n_train"]
     want = EDLAE.build(dm.width, **{k: v for k, v in net.config.__dict__.items()
                                     if k != "width"})
+    want.fit_data(dm.train_rows)
     want.fit_closed_form(dm.train_rows)
+    assert len(net.items) == (30 if extra else dm.width)
+    torch.testing.assert_close(net.items, want.items)
     torch.testing.assert_close(net.weight, want.weight, atol=1e-6, rtol=1e-5)
     assert m["epochs"] == 1 and 0 < m["test/ndcg@10"] <= 1
