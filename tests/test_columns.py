@@ -4,6 +4,7 @@ deepcf's Rprop is torch.optim.Rprop's update, held-out decoding equals the dense
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
@@ -124,12 +125,99 @@ def test_rprop_is_torch_rprop(dtype):
     torch.testing.assert_close(st["step_size"], ref.state[p_ref]["step_size"], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_rprop_weight_decay_is_the_l2_gradient_added(native):
+    """weight_decay: the step of grad + wd * p, on the native kernel and on torch's
+    arithmetic (a non-contiguous parameter)."""
+    torch.manual_seed(8)
+    base = torch.randn(30, 4, dtype=torch.float64)
+
+    def param():  # native: contiguous; else (30, 4) with a transposed layout
+        return (base.clone() if native else torch.empty(4, 30, dtype=base.dtype).t()
+                .copy_(base)).requires_grad_()
+
+    p_ref, p_ours = param(), param()
+    assert p_ours.is_contiguous() == native
+    kw = dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-3, 0.2))
+    ref, ours = Rprop([p_ref], **kw), Rprop([p_ours], weight_decay=0.3, **kw)
+    for _ in range(10):
+        g = torch.randn(30, 4, dtype=torch.float64)
+        p_ref.grad = torch.empty_like(p_ref).copy_(g + 0.3 * p_ref.detach())
+        p_ours.grad = torch.empty_like(p_ours).copy_(g)
+        ref.step()
+        ours.step()
+        torch.testing.assert_close(p_ours, p_ref, atol=1e-12, rtol=0)
+
+
+def test_model_l2_goes_into_rprop_and_the_steps_are_the_penalty_gradients(monkeypatch):
+    """With optimizer=rprop, model.l2 is the optimizer's weight decay (lambda / N on the net's
+    l2 weights, none on the biases) and the loss logs the penalty's value: the same training
+    as differentiating lambda/2 ||W||^2 / N."""
+    from deepcf.training import objectives
+
+    rng = np.random.default_rng(4)
+    X = sp.random(9, WIDTH, density=0.25, random_state=4, format="csr")
+    X.data = rng.integers(1, 6, X.nnz).astype(np.float64)
+    batch = flat_batch(X)
+
+    def trained(fused: bool):
+        monkeypatch.setattr(objectives.Objective, "configure_optimizers",
+                            original if fused else unfused)
+        torch.manual_seed(3)
+        module = make_module(WIDTH, objective_options={"train_path": "columns"},
+                             train_rows=X, l2=50.0, hidden=[6], activation="sigmoid",
+                             optimizer={"_target_": "deepcf.training.optim.Rprop",
+                                        "lr": 0.01}).double()
+        opt = module.configure_optimizers()
+        opt = opt["optimizer"] if isinstance(opt, dict) else opt
+        for _ in range(4):
+            opt.zero_grad()
+            loss = module.training_step(batch, 0)
+            loss.backward()
+            opt.step()
+        return module, opt, float(loss.detach())
+
+    original = objectives.Objective.configure_optimizers
+
+    def unfused(self, module):
+        out = original(self, module)
+        self.l2_fused = False
+        opt = out["optimizer"] if isinstance(out, dict) else out
+        for g in opt.param_groups:
+            g["weight_decay"] = 0.0
+        return out
+
+    fused_module, fused_opt, fused_loss = trained(True)
+    plain_module, _, plain_loss = trained(False)
+    assert fused_module.objective.l2_fused
+    decayed = [g for g in fused_opt.param_groups if g["weight_decay"] > 0]
+    assert len(decayed) == 1
+    assert {id(p) for p in decayed[0]["params"]} == {id(p) for p in
+                                                      fused_module.net.l2_weights()}
+    assert decayed[0]["weight_decay"] == pytest.approx(50.0 / fused_module.objective.setup.n_train)
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+    for a, b in zip(fused_module.parameters(), plain_module.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sum_squares_accumulates_in_float64():
+    from deepcf.kernels import sum_squares
+
+    torch.manual_seed(9)
+    x = (torch.rand(2_000_006) - 0.5) * 0.09
+    want = float(x.double().square().sum())
+    assert sum_squares(x) == pytest.approx(want, rel=1e-12)
+    assert sum_squares(x.view(1000003, 2).t()) == pytest.approx(want, rel=1e-12)  # strided
+
+
 def test_rprop_refuses_bad_options():
     p = [torch.zeros(2, requires_grad=True)]
     with pytest.raises(ConfigError, match="etas"):
         Rprop(p, etas=(1.5, 1.2))
     with pytest.raises(ConfigError, match="lr"):
         Rprop(p, lr=0)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        Rprop(p, weight_decay=-1.0)
 
 
 def test_ddp_on_cpu_trains_the_columns_path_and_scores_once(tmp_path, cache_dir):

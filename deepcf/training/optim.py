@@ -135,10 +135,17 @@ class Rprop(Optimizer):
     reads of it); on the CPU a native kernel reads and writes each element once
     (`deepcf.kernels.rprop_`), elsewhere torch's own functional Rprop runs. One difference in
     the rounding corner: the sign of prev * grad is taken from the signs, so a product that
-    underflows to 0 in float does not count as "no sign change"."""
+    underflows to 0 in float does not count as "no sign change".
+
+    `weight_decay` (per parameter group, default 0): the step's gradient is grad +
+    weight_decay * p, an L2 term's gradient added inside the update's one pass. The training
+    objectives put `model.l2` there (`fuses_l2`) instead of differentiating lambda/2 ||W||^2:
+    the same steps, without the parameter-sized temporaries of the penalty's autograd."""
+
+    fuses_l2 = True  # takes model.l2 as weight_decay (deepcf.training.objectives)
 
     def __init__(self, params, lr: float = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
-                 step_sizes: tuple[float, float] = (1e-6, 50.0)):
+                 step_sizes: tuple[float, float] = (1e-6, 50.0), weight_decay: float = 0.0):
         etas, step_sizes = tuple(float(e) for e in etas), tuple(float(s) for s in step_sizes)
         if not lr > 0.0:
             raise ConfigError(f"model.optimizer.lr={lr} must be > 0")
@@ -148,13 +155,17 @@ class Rprop(Optimizer):
         if len(step_sizes) != 2 or not 0.0 <= step_sizes[0] <= step_sizes[1]:
             raise ConfigError(f"model.optimizer.step_sizes={list(step_sizes)} must be [min, max] "
                               f"with 0 <= min <= max")
-        super().__init__(params, dict(lr=float(lr), etas=etas, step_sizes=step_sizes))
+        if not weight_decay >= 0.0:
+            raise ConfigError(f"model.optimizer.weight_decay={weight_decay} must be >= 0")
+        super().__init__(params, dict(lr=float(lr), etas=etas, step_sizes=step_sizes,
+                                      weight_decay=float(weight_decay)))
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
         for group in self.param_groups:
             (eta_minus, eta_plus), (lo, hi) = group["etas"], group["step_sizes"]
+            wd = group.get("weight_decay", 0.0)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -168,8 +179,10 @@ class Rprop(Optimizer):
                 state["step"] += 1
                 grad, prev, size = p.grad, state["prev"], state["step_size"]
                 if _native(p, grad, size) and prev.is_contiguous():
-                    rprop_(p, grad, size, prev, eta_minus, eta_plus, lo, hi)
+                    rprop_(p, grad, size, prev, eta_minus, eta_plus, lo, hi, wd)
                     continue
+                if wd:
+                    grad = grad.add(p, alpha=wd)
                 sign = grad.sign().mul_(prev)  # elsewhere: torch's arithmetic on the sign
                 factor = torch.where(sign > 0, eta_plus, torch.where(sign < 0, eta_minus, 1.0))
                 size.mul_(factor.to(size.dtype)).clamp_(lo, hi)

@@ -37,9 +37,10 @@ import importlib
 from typing import Any, ClassVar
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from deepcf.errors import ConfigError
+from deepcf.kernels import sum_squares
 from deepcf.models.contract import RatingNet
 from deepcf.models.noise import corrupt
 from deepcf.models.sparse_ops import Pattern
@@ -73,6 +74,9 @@ class Objective(abc.ABC):
             raise ConfigError(f"model.objective.{key} is not an option of "
                               f"{type(self).__name__}")
         self.setup: Setup | None = None
+        # model.l2 applied by the optimizer (its fuses_l2: the gradient wd * W added in its
+        # update) instead of differentiating the penalty; set by configure_optimizers
+        self.l2_fused = False
 
     @property
     def name(self) -> str:
@@ -122,8 +126,17 @@ class Objective(abc.ABC):
         `scheduler` group's scheduler (stepped each epoch, on the module's monitor)."""
         s = self.setup
         opt_cfg = s.optimizer or {"_target_": "torch.optim.Adam", "lr": 1e-3}
+        params = list(module.parameters())
+        self.l2_fused = s.l2 > 0 and getattr(get_class(opt_cfg["_target_"]), "fuses_l2", False)
+        if self.l2_fused:  # lambda/2 ||W||^2 / N: the gradient (lambda / N) W, in the update
+            decayed = {id(p) for p in module.net.l2_weights()}
+            wd = float(opt_cfg.get("weight_decay", 0.0) or 0.0)
+            params = [{"params": [p for p in params if id(p) in decayed],
+                       "weight_decay": wd + s.l2 / s.n_train},
+                      {"params": [p for p in params if id(p) not in decayed]}]
+            params = [g for g in params if g["params"]]
         # plain lists (Rprop's etas): the optimizer's state goes into weights_only checkpoints
-        optimizer = instantiate(opt_cfg, params=module.parameters(), _convert_="all")
+        optimizer = instantiate(opt_cfg, params=params, _convert_="all")
         if not s.scheduler:
             return optimizer
         scheduler = instantiate(s.scheduler, optimizer=optimizer)
@@ -140,7 +153,10 @@ class Objective(abc.ABC):
         """The step's regularisers over N, by name: "l2" (lambda/2 ||W||^2, when model.l2 > 0)
         and "penalty" (the net's own, e.g. the kernel net's sparsity, in the same units)."""
         s, out = self.setup, {}
-        if s.l2 > 0:
+        if s.l2 > 0 and self.l2_fused:  # its gradient is the optimizer's: the value only
+            value = s.l2 / 2.0 * sum(sum_squares(p) for p in net.l2_weights()) / s.n_train
+            out["l2"] = torch.tensor(value)
+        elif s.l2 > 0:
             out["l2"] = l2_penalty(net, s.l2) / s.n_train
         own = net.penalty()
         if own is not None:
