@@ -415,3 +415,9 @@ def test_a_pruned_run_serves_from_its_cached_weights(make_cfg, tmp_path):
     assert set(np.ravel(got)) <= set(card.codes.items.tolist())
     r = evaluate_run(run, ks=(10,), protocol="topn")
     assert 0.0 < r["topn"]["ndcg@10"] <= 1.0
+    # the HTTP service loads and describes the same cache
+    from deepcf.serving import service
+
+    served = service.load_served(run)
+    assert "item-item weights" in service.memory_note(served)
+    assert "item-item" in served.info["new_users"]

@@ -64,6 +64,7 @@ from starlette.responses import JSONResponse
 from deepcf.data.orientation import rows_are_items
 from deepcf.data.split import implicit_matrix
 from deepcf.errors import DeepCFError, UnknownUserError
+from deepcf.serving.codes import ItemItem
 from deepcf.serving.recommend import load_ratings, ranked, ranked_by
 from deepcf.serving.runs import Ratings, best_metrics
 from deepcf.serving.scoring import UserScores
@@ -175,6 +176,8 @@ def describe(s: Served, model: Path, run_dir: Path | None) -> dict:
                  "ratings": int(s.data.X.nnz)},
         "new_users": ("folded in: ridge regression of the user's output row on the item codes "
                       "of the movies they rated" if items else
+                      "scored from their ratings by the cached item-item weights"
+                      if isinstance(codes, ItemItem) else
                       "scored by the model's forward pass over their ratings"),
         "item_codes_bytes": None if codes is None else int(codes.nbytes),
         "training_metrics": {k: v for k, v in metrics.items()
@@ -670,8 +673,11 @@ def memory_note(s: Served) -> str:
     X = s.data.X
     data_mb = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 1e6
     note = f"ratings {data_mb:.1f} MB"
-    if s.card.codes is not None:
-        c = s.card.codes
+    c = s.card.codes
+    if isinstance(c, ItemItem):
+        k = len(c.items)
+        note += f", item-item weights {c.nbytes / 1e6:.1f} MB ({k} x {k} movies, float32)"
+    elif c is not None:
         note += (f", item codes {c.nbytes / 1e6:.1f} MB ({c.items.shape[0]} movies x {c.k} "
                  f"+ {c.n_users} users x {c.k}, float32)")
     return note
