@@ -165,6 +165,30 @@ def top_items(train_rows, k: int) -> np.ndarray:
     return np.sort(np.argsort(-counts, kind="stable")[:k])
 
 
+def widen(s: torch.Tensor, items: torch.Tensor, width: int) -> torch.Tensor:
+    """(rows, modelled movies) scores -> (rows, width): the other movies the lowest float."""
+    out = s.new_full((s.shape[0], width), torch.finfo(s.dtype).min)
+    return out.index_copy(1, items, s)
+
+
+def item_item_scores(idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor,
+                     items: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                     width: int) -> torch.Tensor:
+    """(rows, width) scores of flat rows (column ids, values, row offsets) under a linear
+    item-item model over the movies `items` (ascending): the sum of `weight`'s rows at each
+    row's interactions (nonzero values) with those movies, an embedding bag, times `scale`;
+    the other movies score the lowest float. No dense rows x width product is made."""
+    pos = torch.full((width,), -1, dtype=torch.long, device=items.device)
+    pos[items] = torch.arange(len(items), device=items.device)  # each movie's row of weight
+    at = pos[idx]
+    keep = (val != 0) & (at >= 0)
+    rows = entry_rows(off, len(idx))[keep]
+    counts = torch.zeros(len(off), dtype=torch.long, device=idx.device).index_add_(
+        0, rows, torch.ones_like(rows))
+    s = F.embedding_bag(at[keep], weight, torch.cumsum(counts, 0) - counts, mode="sum") * scale
+    return s if len(items) == width else widen(s, items, width)
+
+
 @dataclass
 class EDLAEConfig:
     width: int
@@ -326,31 +350,13 @@ class EDLAE(RatingNet):
             return ((x != 0).to(self.weight.dtype) @ self.weight) * self.col_scale
         s = ((x.index_select(1, self.items) != 0).to(self.weight.dtype) @ self.weight) \
             * self.col_scale
-        return self._widen(s)
-
-    def _widen(self, s: torch.Tensor) -> torch.Tensor:
-        """(rows, modelled movies) scores -> (rows, width): the others the lowest float."""
-        out = s.new_full((s.shape[0], self.width), torch.finfo(s.dtype).min)
-        return out.index_copy(1, self.items, s)
+        return widen(s, self.items, self.width)
 
     def rank_rows(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
-        """forward's scores from flat rows: the sum of B's rows at each row's interactions with
-        the modelled movies (an embedding bag), no dense rows x width product."""
-        keep = val != 0
-        pos = self.positions()[idx]
-        keep &= pos >= 0
-        rows = entry_rows(off, len(idx))[keep]
-        counts = torch.zeros(len(off), dtype=torch.long, device=idx.device).index_add_(
-            0, rows, torch.ones_like(rows))
-        offsets = torch.cumsum(counts, 0) - counts
-        s = F.embedding_bag(pos[keep], self.weight, offsets, mode="sum") * self.col_scale
-        return self._widen(s) if self.pruned else s
-
-    def positions(self) -> torch.Tensor:
-        """Each column's row of B (-1: a movie not modelled)."""
-        pos = torch.full((self.width,), -1, dtype=torch.long, device=self.items.device)
-        pos[self.items] = torch.arange(len(self.items), device=self.items.device)
-        return pos
+        """forward's scores from flat rows (`item_item_scores`: B's rows summed at each row's
+        interactions with the modelled movies)."""
+        return item_item_scores(idx, val, off, self.items, self.weight, self.col_scale,
+                                self.width)
 
     def item_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(modelled movies, B, column scale) as float32 / int64 arrays: the scores are

@@ -146,41 +146,29 @@ class ItemItem:
     movies (EDLAE / EASE, `model.net.max_items` or the whole catalogue): a user's scores are
     the sum of B's rows at their interactions with the modelled movies, times `scale`, and the
     lowest float32 at the movies not modelled. The ONNX graph computes the same from a dense
-    row (rows x movies x movies multiply-adds); this is (interactions x movies), about 270,896
-    users a few seconds per 10,000 modelled movies on two cores, and any row scores, a new
-    user's as a known one's. The export checks it against onnxruntime."""
+    row (rows x movies x movies multiply-adds); this is (interactions x movies), and any row
+    scores, a new user's as a known one's. The export checks it against onnxruntime."""
 
     items: np.ndarray  # (k,) int64: the modelled movies (columns), ascending
     weight: np.ndarray  # (k, k) float32: B
     scale: np.ndarray  # (k,) float32: the column scale (the popularity correction; else 1)
     width: int  # the model's movies
 
-    def __post_init__(self):
-        self.pos = np.full(self.width, -1, np.int64)  # each column's row of B (-1: none)
-        self.pos[self.items] = np.arange(len(self.items))
-
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.items, self.weight, self.scale, self.pos))
+        return sum(a.nbytes for a in (self.items, self.weight, self.scale))
 
     def scores(self, X: sp.csr_matrix) -> np.ndarray:
         """(n, width) float32 scores of the rows of X (n x width; any stored nonzero an
-        interaction)."""
+        interaction): the net's own sparse-row scoring (deepcf.models.edlae.item_item_scores)
+        on these arrays."""
         import torch
-        import torch.nn.functional as F
+
+        from deepcf.models.edlae import item_item_scores
 
         X = sp.csr_matrix(X)
-        pos = self.pos[X.indices]
-        keep = (pos >= 0) & (X.data != 0)
-        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-        counts = np.bincount(rows[keep], minlength=X.shape[0])
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         with torch.inference_mode():
-            s = F.embedding_bag(torch.from_numpy(pos[keep]), torch.from_numpy(self.weight),
-                                torch.from_numpy(offsets), mode="sum").numpy()
-        s *= self.scale[None, :]
-        if len(self.items) == self.width:
-            return s
-        out = np.full((X.shape[0], self.width), np.finfo(np.float32).min, np.float32)
-        out[:, self.items] = s
-        return out
+            return item_item_scores(
+                torch.from_numpy(X.indices.astype(np.int64)), torch.from_numpy(X.data),
+                torch.from_numpy(X.indptr[:-1].astype(np.int64)), torch.from_numpy(self.items),
+                torch.from_numpy(self.weight), torch.from_numpy(self.scale), self.width).numpy()

@@ -101,6 +101,7 @@ class UserScores:
         self.scorer, self.X, self.orientation, self.chunk = scorer, X, orientation, chunk
         self.n_movies = X.shape[1]
         items = rows_are_items(orientation)
+        # the cache of this orientation: item codes for movie rows, item-item weights for users
         self.codes = codes if isinstance(codes, ItemItem) != items else None
         self.XT = X.T.tocsr() if items and codes is None else None
         if isinstance(self.codes, ItemCodes) and model_users is None:

@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deepcf.errors import ConfigError
-from deepcf.models.edlae import EDLAE
+from deepcf.models.edlae import EDLAE, top_items
 from deepcf.models.sparse_ops import Pattern
 from deepcf.serving.evaluate import topn_metrics
 from deepcf.stats import fit_biases, item_popularity, popularity_weights
@@ -287,10 +287,7 @@ def ease_top(train, val, params, task):
     most training interactions (all when 0 or absent); the other movies score -inf (never
     recommended): the EASE baseline where a movies x movies matrix of the whole catalogue does
     not fit in memory."""
-    cap = int(params.get("max_items", 0) or 0)
-    pop = item_popularity(train)
-    items = (np.sort(np.argsort(-pop, kind="stable")[:cap]) if 0 < cap < len(pop)
-             else np.arange(len(pop)))
+    items = top_items(train, int(params.get("max_items", 0) or 0))
     items, B = bl.fit_ease_f32(train, float(params["lam"]), items,
                                float(params.get("dropout", 0.0)))
     X = sp.csr_matrix(train[:, items], dtype=np.float32, copy=True)
