@@ -164,6 +164,7 @@ class ItemItem:
         on these arrays."""
         import torch
 
+        # start-up: the net's module (torch, kernels) loads only when a linear model scores
         from deepcf.models.edlae import item_item_scores
 
         X = sp.csr_matrix(X)
