@@ -36,7 +36,20 @@ def _columns(off, idx):
     return pat
 
 
-def test_column_kernels_match_the_dense_products_and_their_gradients():
+# BLOCK_BYTES of 100 on these 6-wide float64 operands: blocks of 2 rows, the walk over 5 blocks
+BLOCKS = pytest.mark.parametrize("block_bytes", [None, 100], ids=["one block", "row blocks"])
+
+
+def _blocks(monkeypatch, block_bytes):
+    import deepcf.kernels as kernels
+
+    if block_bytes is not None:
+        monkeypatch.setattr(kernels, "BLOCK_BYTES", block_bytes)
+
+
+@BLOCKS
+def test_column_kernels_match_the_dense_products_and_their_gradients(monkeypatch, block_bytes):
+    _blocks(monkeypatch, block_bytes)
     torch.manual_seed(1)
     x, mask, idx, val, off = _batch()
     W = torch.randn(WIDTH, 6, dtype=torch.double, requires_grad=True)
@@ -55,7 +68,9 @@ def test_column_kernels_match_the_dense_products_and_their_gradients():
     assert (ga[0][7] == 0).all() and (ga[1][7] == 0).all() and ga[2][7] == 0
 
 
-def test_column_kernels_pass_gradcheck():
+@BLOCKS
+def test_column_kernels_pass_gradcheck(monkeypatch, block_bytes):
+    _blocks(monkeypatch, block_bytes)
     x, mask, idx, val, off = _batch(n_rows=5, width=WIDTH, density=0.15, seed=2)
     pat = _columns(off, idx)
     g = torch.Generator().manual_seed(3)
@@ -89,17 +104,23 @@ def test_columns_refuse_row_sparse_gradients():
                     hidden=[4], optimizer={"_target_": "deepcf.training.optim.LazyAdam"})
 
 
-def test_held_out_decoding_equals_the_dense_forward_sorted_or_not(monkeypatch):
+@BLOCKS
+def test_held_out_scoring_equals_the_dense_forward_sorted_or_not(monkeypatch, block_bytes):
     import deepcf.models.autoencoder as ae
 
-    monkeypatch.setattr(ae, "DECODE_CHUNK", 4)  # both branches on small data
+    _blocks(monkeypatch, block_bytes)
+    # both decoding branches, and the column walk of the first layer, on small data
+    monkeypatch.setattr(ae, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(ae, "COLUMN_WALK_MIN", 4)
     torch.manual_seed(5)
     net = AutoEncoder.build(WIDTH, hidden=[6], activation="sigmoid").double()
     x, mask, idx, val, off = _batch(seed=6)
-    h, _ = net.codes_at(idx, val, off)
+    h_bag, _ = net.codes_at(idx, val, off)  # with gradients: the embedding bag
     dense = net(x)
     row = entry_rows(off, len(idx))
     with torch.no_grad():
+        h, _ = net.codes_at(idx, val, off)  # held-out scoring: the column walk
+        torch.testing.assert_close(h, h_bag)
         torch.testing.assert_close(net.decode_at(h, row, idx), dense[row, idx])
         perm = torch.randperm(len(idx))
         torch.testing.assert_close(net.decode_at(h, row[perm], idx[perm]),

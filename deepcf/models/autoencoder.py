@@ -37,6 +37,10 @@ from deepcf.models.residual import BiasResidual
 from deepcf.models.sparse_ops import Pattern, entry_rows, sampled_decode, sparse_encode
 
 DECODE_CHUNK = 1 << 16  # (row, column) pairs per gathered product in `decode_at`
+# entries from which a gradient-free first layer walks the batch column by column on the CPU
+# (deepcf.kernels: each row of the weight read once, as in training): held-out scoring of a
+# whole batch of movie rows, whose embedding bag would read a user row of the weight per rating
+COLUMN_WALK_MIN = 1 << 16
 
 ACTIVATIONS = {
     "selu": F.selu,
@@ -125,7 +129,12 @@ class AutoEncoder(BiasResidual, RatingNet):
     # -- sparse path (training and held-out scoring) ----------------------------------------
     def encode_sparse(self, idx: torch.Tensor, val: torch.Tensor, off: torch.Tensor):
         """Code of rows given as (column ids, ratings, offsets); empty rows are allowed."""
-        z = F.embedding_bag(idx, self.item_in, off, mode="sum", per_sample_weights=val)
+        if len(idx) >= COLUMN_WALK_MIN and not torch.is_grad_enabled():
+            pattern = Pattern.from_offsets(off, idx, self.width)
+            pattern.by_columns = True
+            z = sparse_encode(self.item_in, val, pattern, sparse_grad=False)
+        else:
+            z = F.embedding_bag(idx, self.item_in, off, mode="sum", per_sample_weights=val)
         z = self.act(z + self.enc_b[0])
         for w, b in zip(self.enc_w, self.enc_b[1:]):
             z = self.act(F.linear(z, w, b))
