@@ -22,6 +22,7 @@ ones without a pass over the movies and without the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -50,31 +51,43 @@ from deepcf.serving.sidecar import (
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def scoring_net(net: torch.nn.Module):
+    """`net` in eval mode on the CPU in float32: the net itself (its mode restored after) when it
+    is there already, else a copy. At the Movies Dataset's scale a net is a GB: the export and
+    its checks must not hold copies of it."""
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in net.parameters()):
+        yield copy.deepcopy(net).cpu().float().eval()
+        return
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
 def export_onnx(net: torch.nn.Module, path: str | Path, example: torch.Tensor,
                 metadata: dict | None = None) -> Path:
     """Write `net` (dense forward) to `path`; returns the path."""
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = copy.deepcopy(net).cpu().float().eval()
     example = example.detach().cpu().float()
     if example.shape[0] < 2:  # torch.export specialises a batch of 1
         example = example.repeat(2, 1)
     for name in ("torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
+    with scoring_net(net) as net, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True,
-            external_data=False, verbose=False,
+        program = torch.onnx.export(
+            net, (example,), None, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
         )
-    if metadata:
-        model = onnx.load(str(path))
-        onnx.helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
-        onnx.save(model, str(path))
+    # the metadata set on the program's model before its one write (a load and a second save
+    # of a GB-sized graph would hold it twice more)
+    program.model.metadata_props.update({k: str(v) for k, v in (metadata or {}).items()})
+    program.save(str(path), external_data=False)
     return path
 
 
@@ -119,8 +132,7 @@ def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray,
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if ours is None:
         ours = onnx_outputs(path, rows)
-    net = copy.deepcopy(net).cpu().float().eval()
-    with torch.no_grad():
+    with scoring_net(net) as net, torch.no_grad():
         ref = net(torch.from_numpy(rows)).numpy()
     return gap(ours, ref, rtol)
 
@@ -133,11 +145,7 @@ def item_codes(net: torch.nn.Module, train_rows: sp.csr_matrix, l2: float = 0.0,
     model's model.l2 (the fold-in's ridge is l2 / 2, the objective's weight on one row)."""
     if not (hasattr(net, "codes_at") and hasattr(net, "output_layer")):
         return None
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in net.parameters()):
-        net = copy.deepcopy(net).cpu().float()
-    was_training = net.training
-    net.eval()  # in place, not a copy: at the Movies Dataset's scale the net is a GB
-    try:
+    with scoring_net(net) as net:
         head = net.output_layer()
         if head is None:
             return None
@@ -151,8 +159,6 @@ def item_codes(net: torch.nn.Module, train_rows: sp.csr_matrix, l2: float = 0.0,
             parts.append(h.numpy())
             bases.append(base.reshape(-1).numpy())
         W, b, col = head
-    finally:
-        net.train(was_training)
     residual = bool(getattr(net, "residual", False))
     return ItemCodes(
         items=np.ascontiguousarray(np.concatenate(parts), np.float32),
@@ -172,8 +178,8 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
     sidecar, checked against onnxruntime on the same rows. Returns the max abs difference.
     """
     rows = train_rows[: min(n_rows, train_rows.shape[0])].toarray()
-    with torch.no_grad():
-        probe = copy.deepcopy(net).cpu().float().eval()(torch.from_numpy(rows).float())
+    with scoring_net(net) as scorer, torch.no_grad():
+        probe = scorer(torch.from_numpy(rows).float())
     if not torch.isfinite(probe).all():
         # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
         raise DivergedModel(f"{path}: not exported: the model's outputs are NaN or inf "
