@@ -60,8 +60,16 @@ EDLAE_AT_SCALE = ("model.net.max_items=10000", "model.net.dropout=0.85", "model.
                   "model.net.lam_unit=absolute", "model.net.emphasis=true",
                   "model.net.pop_beta=0", "data.batch_size=32768", "data.eval_batch_size=2048")
 
+# I-AutoRec + residual target at The Movies Dataset's scale (docs/full-scale.md): Rprop's first
+# step size chosen on the validation curves of deepcf.train's own split (0.003 against 0.001 and
+# 0.01), a validation every 2nd epoch, stopped once two checks in a row gain under 0.001 RMSE
+I_AUTOREC_AT_SCALE = ("model.optimizer.lr=0.003", "trainer.check_val_every_n_epoch=2",
+                      "callbacks.early_stopping.min_delta=0.001",
+                      "callbacks.early_stopping.patience=2")
+
 WHOLE_RUNS: list[WholeRun] = [
-    WholeRun("rating: I-AutoRec + residual target", ("experiment=i_autorec_target",),
+    WholeRun("rating: I-AutoRec + residual target",
+             ("experiment=i_autorec_target", *I_AUTOREC_AT_SCALE),
              dense=("model.objective.train_path=dense", "data.batch_size=256"),
              note="full-batch Rprop on movie rows, the column-major path"),
     WholeRun("ranking: ELSA", ("experiment=elsa", "model.net.rank=1024", "data.batch_size=4096",
