@@ -265,19 +265,25 @@ class EpochLines(pl.Callback):
 
     def __init__(self):
         self._start = 0.0
+        self._validated = -1  # the last epoch whose validation ran
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         import time
 
         self._start = time.monotonic()
 
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         import time
 
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        keys = ["train/loss", "val/rmse",
-                *(f"val/{k}" for k in getattr(pl_module, "metric_keys", ()))]
+        keys = ["train/loss"]
+        if self._validated == trainer.current_epoch:  # else the val/ values are an older epoch's
+            keys += ["val/rmse", *(f"val/{k}" for k in getattr(pl_module, "metric_keys", ()))]
         print(epoch_line(trainer.current_epoch, trainer.max_epochs, trainer.callback_metrics,
                          time.monotonic() - self._start, keys), flush=True)
 
