@@ -131,3 +131,26 @@ def test_init_schemes():
 def test_bad_model_options(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         AutoEncoder.build(10, **{"hidden": [4], **kwargs})
+
+
+def test_the_export_scores_the_net_itself_restores_its_mode_and_writes_its_metadata(tmp_path):
+    import onnx
+
+    from deepcf.serving.export import export_onnx, parity, scoring_net
+
+    torch.manual_seed(0)
+    net = AutoEncoder.build(12, hidden=[4], dropout=0.5)  # dropout: eval mode matters
+    net.train()
+    with scoring_net(net) as scorer:  # on the CPU in float32: no copy (a GB at scale)
+        assert scorer is net and not net.training
+    assert net.training
+    wide = AutoEncoder.build(12, hidden=[4]).double()
+    with scoring_net(wide) as scorer:  # float64: a float32 copy, the net left as it is
+        assert scorer is not wide and next(scorer.parameters()).dtype == torch.float32
+    assert next(wide.parameters()).dtype == torch.float64
+    rows = (torch.rand(6, 12) < 0.4).float() * 4.0
+    path = export_onnx(net, tmp_path / "m.onnx", rows[:3], {"deepcf.width": 12, "k": "v"})
+    assert net.training  # the export does not leave the training run's net in eval mode
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["deepcf.width"] == "12" and props["k"] == "v"
+    assert parity(path, net, rows.numpy()) <= 1e-5  # scored in eval mode: dropout off
