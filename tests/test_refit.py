@@ -69,6 +69,32 @@ def test_refit_replays_the_same_run_from_scratch(make_cfg, tmp_path):
     assert runs[0]["refit/epochs"] == runs[1]["refit/epochs"]
 
 
+def test_the_refit_trains_without_the_carve_models_weights_alive(make_cfg, tmp_path,
+                                                                 monkeypatch):
+    """The carve's model is tested before the refit starts: its weights, gradients and optimizer
+    state (3.5 GB for I-AutoRec at the Movies Dataset's scale) are gone before the refit's are
+    made, the optimizer's param groups, which hold the weights too, included."""
+    import gc
+
+    import deepcf.training.train as tt
+
+    alive, build = [], tt.build_module
+
+    def refit_module(cfg, dm):
+        gc.collect()
+        alive.extend(o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter)
+                     and o.device.type == "cpu" and o.dim() == 2 and o.shape[1] == 13)
+        return build(cfg, dm)
+
+    monkeypatch.setattr(tt, "build_module", refit_module)
+    m = train(make_cfg("data=synthetic", "trainer.max_epochs=2", "experiment=i_autorec_target",
+                       "model.net.hidden=[13]", "callbacks.onnx_export=null",
+                       output_dir=tmp_path / "run"))
+    assert m["refit"]
+    # no (users x 13) weight of the carve's model is left (13: a size no other test's net has)
+    assert alive == []
+
+
 def test_refit_off_keeps_the_carve_model(make_cfg, tmp_path):
     m = train(make_cfg(*RATING[:-1], output_dir=tmp_path / "run"))
     assert "refit" not in m and "carve/test/rmse" not in m

@@ -260,8 +260,9 @@ def refit(cfg: DictConfig, trainer, carve_model, carve_dm, callbacks: list, out_
     # the carve's model has been tested and its numbers are in `metrics`: its optimizer state,
     # gradients and weights go before the refit's are made (for a full-batch I-AutoRec at the
     # Movies Dataset's scale they are 3.5 GB, which the refit would otherwise train beside)
-    for opt in trainer.optimizers:
+    for opt in trainer.optimizers:  # its param groups hold the weights too
         opt.state.clear()
+        opt.param_groups.clear()
     carve_model.zero_grad(set_to_none=True)
     carve_model.to("meta")
     refit_cfg = cfg
