@@ -121,17 +121,15 @@ def gap(ours: np.ndarray, ref: np.ndarray, rtol: float = 1e-5) -> float:
 
 
 def parity(path: str | Path, net: torch.nn.Module, rows: np.ndarray,
-           rtol: float = 1e-5, ours: np.ndarray | None = None) -> float:
+           rtol: float = 1e-5) -> float:
     """max |onnxruntime - PyTorch| - rtol * max |PyTorch| over the dense `rows`.
 
     For outputs on the rating scale this is the plain max abs difference (to ~5e-5); the rtol
     term only forgives the float32 rounding of a model whose outputs are huge (a diverged run's
-    outputs of 1e5 carry rounding of ~1e-2), which no absolute bound can hold. `ours`:
-    onnxruntime's outputs when already computed.
+    outputs of 1e5 carry rounding of ~1e-2), which no absolute bound can hold.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if ours is None:
-        ours = onnx_outputs(path, rows)
+    ours = onnx_outputs(path, rows)
     with scoring_net(net) as net, torch.no_grad():
         ref = net(torch.from_numpy(rows)).numpy()
     return gap(ours, ref, rtol)
@@ -178,7 +176,7 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
     sidecar, checked against onnxruntime on the same rows. Returns the max abs difference.
     """
     rows = train_rows[: min(n_rows, train_rows.shape[0])].toarray()
-    with scoring_net(net) as scorer, torch.no_grad():
+    with scoring_net(net) as scorer, torch.no_grad():  # PyTorch's side of the parity check
         probe = scorer(torch.from_numpy(rows).float())
     if not torch.isfinite(probe).all():
         # a diverged run: its outputs are NaN/inf, so there is nothing to serve or compare
@@ -191,16 +189,18 @@ def export_checked(net: torch.nn.Module, path: str | Path, train_rows: sp.csr_ma
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:  # renamed onto `path` once every check has passed
-        diff = _export_into(tmp, net, rows, meta, train_rows, card, atol, l2, path)
+        diff = _export_into(tmp, net, rows, probe.numpy(), meta, train_rows, card, atol, l2,
+                            path)
     return diff
 
 
-def _export_into(tmp: Path, net, rows: np.ndarray, meta: dict, train_rows, card: ModelCard,
-                 atol: float, l2: float, path: Path) -> float:
-    """The model into `tmp` and, once checked, its sidecar beside `path` (fingerprinted)."""
+def _export_into(tmp: Path, net, rows: np.ndarray, ref: np.ndarray, meta: dict, train_rows,
+                 card: ModelCard, atol: float, l2: float, path: Path) -> float:
+    """The model into `tmp` and, once checked, its sidecar beside `path` (fingerprinted);
+    `ref`: PyTorch's outputs of `rows` (`parity`'s reference, computed once by the caller)."""
     export_onnx(net, tmp, torch.from_numpy(rows[:8]), meta)
     ours = onnx_outputs(tmp, rows)
-    diff = parity(tmp, net, rows, ours=ours)
+    diff = gap(ours, ref)
     if not diff <= atol:
         raise ExportParityError(f"ONNX export {path}: onnxruntime differs from PyTorch by "
                            f"{diff:.3g} > {atol:g} on {len(rows)} rows")
